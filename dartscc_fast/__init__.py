@@ -1,0 +1,10 @@
+"""dartscc_fast: hardware-aware differentiable architecture search with fused kernels.
+
+Import order matters: ``_extension`` loads the compiled ops, ``ops`` gives them
+fake kernels and autograd, and the modules above use ``ops``.
+"""
+from dartscc_fast._extension import BUILD_INFO
+from dartscc_fast import ops
+from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixed_sum
+
+__version__ = BUILD_INFO["version"]

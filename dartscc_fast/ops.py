@@ -1,0 +1,320 @@
+"""Typed wrappers of the compiled ops, with their fake kernels and autograd.
+
+Each op's schema lives in ``csrc/<op>.cpp``, its CPU kernel in
+``csrc/cpu/<op>_cpu.cpp``, its CUDA kernel in ``csrc/cuda/<op>_kernel.cu`` and its
+pure-PyTorch reference in :mod:`dartscc_fast.reference`.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from dartscc_fast import _extension  # noqa: F401  (registers the ops)
+
+_ops = torch.ops.dartscc_fast
+
+#: Slot codes of :func:`mixed_op_free`; must match ``csrc/common/primitives.h``.
+PRIM_CODES = {"param": 0, "none": 1, "identity": 2, "max_pool": 3, "avg_pool": 4}
+MAX_OPS = 16
+
+__all__ = ["mixed_sum", "gumbel_softmax", "hard_mixed_sum", "hard_groups", "mixed_op_free",
+           "PRIM_CODES", "MAX_OPS"]
+
+
+# ----------------------------------------------------------------------------- mixed_sum
+def mixed_sum(outputs: Union[Sequence[Tensor], Tensor], weights: Tensor) -> Tensor:
+    """``sum_m weights[..., m] * outputs[m]`` in one pass over memory.
+
+    Args:
+        outputs: the k candidate outputs, a list of tensors of one shape or a
+            stacked tensor ``[k, N, ...]``.
+        weights: ``[k]`` (one weight per op) or ``[N, k]`` (per sample, as
+            DARTS-CC draws Gumbel weights per example).
+    Returns:
+        A tensor of the outputs' shape, in their memory format.
+    """
+    if isinstance(outputs, Tensor):
+        if outputs.dim() < 1:
+            raise ValueError("mixed_sum: a stacked outputs tensor must have shape [k, ...], got a scalar")
+        outputs = outputs.unbind(0)
+    return _ops.mixed_sum.default(list(outputs), weights)
+
+
+def is_non_overlapping_and_dense(t: Tensor) -> bool:
+    """Whether t's elements fill exactly t.numel() slots of memory, in any order."""
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _layout_like(outputs: Sequence[Tensor], per_sample: bool) -> bool:
+    """Mirror of ``same_layout`` in csrc/checks.cpp: may the kernels keep the outputs' strides?"""
+    o0 = outputs[0]
+    ok = is_non_overlapping_and_dense(o0)
+    if ok and per_sample and o0.dim() >= 1 and o0.shape[0] > 1:
+        ok = o0.stride(0) * o0.shape[0] == o0.numel()
+    return ok and all(o.stride() == o0.stride() for o in outputs[1:])
+
+
+def _empty_out(outputs: Sequence[Tensor], per_sample: bool) -> Tensor:
+    o0 = outputs[0]
+    if _layout_like(outputs, per_sample):
+        return torch.empty_strided(o0.shape, o0.stride(), dtype=o0.dtype, device=o0.device)
+    return torch.empty(o0.shape, dtype=o0.dtype, device=o0.device)
+
+
+@torch.library.register_fake("dartscc_fast::mixed_sum")
+def _mixed_sum_fake(outputs, weights):
+    torch._check(len(outputs) >= 1 and len(outputs) <= MAX_OPS)
+    torch._check(weights.shape[-1] == len(outputs))
+    return _empty_out(outputs, weights.dim() == 2)
+
+
+@torch.library.register_fake("dartscc_fast::mixed_sum_backward")
+def _mixed_sum_backward_fake(grad, outputs, weights):
+    per_sample = weights.dim() == 2
+    ok = _layout_like(outputs, per_sample) and grad.stride() == outputs[0].stride()
+    if ok:
+        grads = [torch.empty_strided(o.shape, o.stride(), dtype=o.dtype, device=o.device) for o in outputs]
+    else:
+        grads = [torch.empty(o.shape, dtype=o.dtype, device=o.device) for o in outputs]
+    return grads, torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
+
+
+def _mixed_sum_setup(ctx, inputs, output):
+    outputs, weights = inputs
+    ctx.k = len(outputs)
+    ctx.save_for_backward(*outputs, weights)
+
+
+def _mixed_sum_backward(ctx, grad):
+    *outputs, weights = ctx.saved_tensors
+    grad_outputs, grad_weights = _ops.mixed_sum_backward.default(grad, outputs, weights)
+    return list(grad_outputs), grad_weights
+
+
+torch.library.register_autograd("dartscc_fast::mixed_sum", _mixed_sum_backward,
+                                setup_context=_mixed_sum_setup)
+
+
+# ------------------------------------------------------------------------ gumbel_softmax
+def _seed_tensor(generator: Optional[torch.Generator], seed: Union[int, Tensor, None]) -> Tensor:
+    if seed is None:
+        device = generator.device if generator is not None else "cpu"
+        seed = torch.randint(-(2 ** 63), 2 ** 63 - 1, (), generator=generator, device=device,
+                             dtype=torch.int64)
+        return seed.cpu()
+    if isinstance(seed, Tensor):
+        return seed.to(device="cpu", dtype=torch.int64).reshape(())
+    return torch.tensor(int(seed) & (2 ** 64 - 1), dtype=torch.uint64).view(torch.int64) \
+        if seed >= 2 ** 63 else torch.tensor(int(seed), dtype=torch.int64)
+
+
+def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False, *,
+                   generator: Optional[torch.Generator] = None,
+                   seed: Union[int, Tensor, None] = None, return_soft: bool = False):
+    """Gumbel-Softmax over the last dimension, all edges in one kernel.
+
+    ``softmax((logits + G) / tau)`` with Gumbel noise G from a counter-based
+    Philox generator keyed by one 64-bit seed, so the CPU and CUDA kernels draw
+    the same sample. The seed is drawn from ``generator`` (or the default
+    generator) unless ``seed`` is given. With ``hard=True`` the result is the
+    exact one-hot of the argmax and its gradient is the soft sample's
+    (straight-through, as GDAS).
+
+    Args:
+        logits: ``[E, k]`` or ``[N, E, k]`` (any leading dimensions work).
+        tau: the temperature, finite and > 0.
+        return_soft: also return the soft sample.
+    """
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"gumbel_softmax: tau must be a finite number > 0, got {tau!r}")
+    y, soft = _ops.gumbel_softmax.default(logits, _seed_tensor(generator, seed), float(tau), bool(hard))
+    return (y, soft) if return_soft else y
+
+
+@torch.library.register_fake("dartscc_fast::gumbel_softmax")
+def _gumbel_softmax_fake(logits, seed, tau, hard):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format), \
+        torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dartscc_fast::gumbel_softmax_backward")
+def _gumbel_softmax_backward_fake(grad, soft, tau):
+    return torch.empty_like(soft, memory_format=torch.contiguous_format)
+
+
+def _gumbel_setup(ctx, inputs, output):
+    ctx.tau = inputs[2]
+    ctx.save_for_backward(output[1])
+
+
+def _gumbel_backward(ctx, grad_y, grad_soft):
+    (soft,) = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = grad_soft
+    elif grad_soft is not None:
+        grad_y = grad_y + grad_soft  # y is straight-through, so both share soft's Jacobian
+    return _ops.gumbel_softmax_backward.default(grad_y, soft, ctx.tau), None, None, None
+
+
+torch.library.register_autograd("dartscc_fast::gumbel_softmax", _gumbel_backward,
+                                setup_context=_gumbel_setup)
+
+
+# ------------------------------------------------------------------------ hard_mixed_sum
+def hard_groups(index: Tensor, k: int) -> List[Tensor]:
+    """For each op m, the (sorted) samples whose hard weights picked m."""
+    order = torch.argsort(index, stable=True)
+    counts = torch.bincount(index, minlength=k).tolist()
+    return list(torch.split(order, counts))
+
+
+def hard_mixed_sum(outputs: Sequence[Tensor], weights: Tensor, index: Tensor) -> Tensor:
+    """Scatter the sampled ops' outputs back into one batch (the hard, GDAS path).
+
+    ``y[n] = weights[n, index[n]] * outputs[index[n]][pos(n)] + sum_{m != index[n]} weights[n, m]``
+    where ``outputs[m]`` holds, in sample order, only the samples that drew op m
+    (:func:`hard_groups`), so each op runs on its own samples only. The weights
+    of the ops not drawn are zero in value but still get the straight-through
+    gradient ``sum(g[n])``.
+
+    Args:
+        outputs: k tensors ``[count_m, ...]`` (empty for ops nobody drew).
+        weights: hard Gumbel weights ``[k]`` or ``[N, k]``.
+        index: ``[N]`` int64, the op each sample drew.
+    """
+    return _ops.hard_mixed_sum.default(list(outputs), weights, index)
+
+
+def _hard_out_shape(outputs, index):
+    rest = next((o.shape[1:] for o in outputs if o.dim() >= 1), ())
+    return (index.shape[0],) + tuple(rest)
+
+
+@torch.library.register_fake("dartscc_fast::hard_mixed_sum")
+def _hard_mixed_sum_fake(outputs, weights, index):
+    o0 = outputs[0]
+    return torch.empty(_hard_out_shape(outputs, index), dtype=o0.dtype, device=o0.device)
+
+
+@torch.library.register_fake("dartscc_fast::hard_mixed_sum_backward")
+def _hard_mixed_sum_backward_fake(grad, outputs, weights, index):
+    return [torch.empty(o.shape, dtype=o.dtype, device=o.device) for o in outputs], \
+        torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
+
+
+def _hard_setup(ctx, inputs, output):
+    outputs, weights, index = inputs
+    ctx.save_for_backward(*outputs, weights, index)
+
+
+def _hard_backward(ctx, grad):
+    *outputs, weights, index = ctx.saved_tensors
+    grad_outputs, grad_weights = _ops.hard_mixed_sum_backward.default(grad, outputs, weights, index)
+    return list(grad_outputs), grad_weights, None
+
+
+torch.library.register_autograd("dartscc_fast::hard_mixed_sum", _hard_backward, setup_context=_hard_setup)
+
+
+# ------------------------------------------------------------------------- mixed_op_free
+def prim_codes(prims: Sequence[Union[str, int]]) -> List[int]:
+    """Map slot names ('param', 'none', 'identity', 'max_pool', 'avg_pool') to codes."""
+    codes = []
+    for p in prims:
+        if isinstance(p, str):
+            if p not in PRIM_CODES:
+                raise ValueError(f"mixed_op_free: unknown slot {p!r}; expected one of {sorted(PRIM_CODES)}")
+            codes.append(PRIM_CODES[p])
+        else:
+            codes.append(int(p))
+    return codes
+
+
+def mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor,
+                  prims: Sequence[Union[str, int]], stride: int = 1, eps: float = 1e-5,
+                  bn_stats: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """A DARTS mixed op whose parameter-free candidates are computed on the fly.
+
+    Slot m of ``prims`` says what candidate m is: ``'param'`` (its output is the
+    next tensor of ``param_outputs``), ``'none'`` (zero), ``'identity'``
+    (stride 1 only), ``'max_pool'`` / ``'avg_pool'`` (3x3, padding 1,
+    ``count_include_pad=False``, then ``BatchNorm2d(C, affine=False)``). Pool
+    outputs are never stored: forward and backward recompute them from ``x``.
+
+    Args:
+        x: the edge input ``[N, C, H, W]``.
+        param_outputs: the parametric candidates' outputs ``[N, C, Ho, Wo]``.
+        weights: ``[k]`` or ``[N, k]``.
+        stride: 1 or 2.
+        eps: the pools' BatchNorm eps.
+        bn_stats: ``[P, 2, C]`` running (mean, var) of the P pool slots, to
+            normalise with (BatchNorm in eval mode); None normalises with the
+            batch statistics (training mode).
+    Returns:
+        ``(y, stats)``: the mixed output and the ``[P, 2, C]`` (mean, biased
+        var) used, from which a caller updates running statistics.
+    """
+    return _ops.mixed_op_free.default(x, list(param_outputs), weights, prim_codes(prims), int(stride),
+                                      float(eps), bn_stats)
+
+
+def _free_out_hw(x, stride):
+    return (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+
+
+def _stats_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("dartscc_fast::mixed_op_free")
+def _mixed_op_free_fake(x, param_outputs, weights, prims, stride, eps, bn_stats):
+    ho, wo = _free_out_hw(x, stride)
+    n_pool = sum(1 for p in prims if p in (PRIM_CODES["max_pool"], PRIM_CODES["avg_pool"]))
+    mf = _memory_format(x)
+    y = torch.empty((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype, device=x.device).contiguous(
+        memory_format=mf)
+    stats = torch.empty((n_pool, 2, x.shape[1]), dtype=_stats_dtype(x.dtype), device=x.device)
+    return y, stats
+
+
+def _memory_format(x):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("dartscc_fast::mixed_op_free_backward")
+def _mixed_op_free_backward_fake(grad, x, param_outputs, weights, prims, stride, eps, stats, stats_fixed):
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=_memory_format(x))
+    gp = [torch.empty(p.shape, dtype=p.dtype, device=p.device).contiguous(memory_format=_memory_format(p))
+          for p in param_outputs]
+    return gx, gp, torch.empty(weights.shape, dtype=weights.dtype, device=weights.device)
+
+
+def _free_setup(ctx, inputs, output):
+    x, param_outputs, weights, prims, stride, eps, bn_stats = inputs
+    ctx.prims, ctx.stride, ctx.eps = prims, stride, eps
+    ctx.stats_fixed = bn_stats is not None
+    ctx.n_param = len(param_outputs)
+    ctx.save_for_backward(x, weights, output[1], *param_outputs)
+
+
+def _free_backward(ctx, grad_y, grad_stats):
+    x, weights, stats, *param_outputs = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = x.new_zeros((x.shape[0], x.shape[1]) + _free_out_hw(x, ctx.stride))
+    gx, gp, gw = _ops.mixed_op_free_backward.default(grad_y, x, param_outputs, weights, ctx.prims,
+                                                     ctx.stride, ctx.eps, stats, ctx.stats_fixed)
+    return gx, list(gp), gw, None, None, None, None
+
+
+torch.library.register_autograd("dartscc_fast::mixed_op_free", _free_backward, setup_context=_free_setup)
