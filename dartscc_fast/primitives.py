@@ -1,0 +1,153 @@
+"""The DARTS candidate operations, as quark0/darts defines them.
+
+Module classes, constructor arguments and submodule names are those of
+quark0/darts ``operations.py``, so DARTS checkpoints load unchanged. Every
+primitive also has an *op type* (pool, identity, conv) for the latency
+regulariser; 'none' has no type and no cost.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+#: The full DARTS search space, in quark0/darts order.
+DARTS_PRIMITIVES: List[str] = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+#: The seeds' Fashion-MNIST space.
+FMNIST_PRIMITIVES: List[str] = ["sep_conv_3x3", "max_pool_3x3", "skip_connect"]
+#: Operation types, in the order of the complexity vector S.
+OP_TYPES: List[str] = ["pool", "identity", "conv"]
+
+_TYPE: Dict[str, Optional[str]] = {
+    "none": None,
+    "max_pool_3x3": "pool", "avg_pool_3x3": "pool",
+    "skip_connect": "identity",
+    "sep_conv_3x3": "conv", "sep_conv_5x5": "conv", "sep_conv_7x7": "conv",
+    "dil_conv_3x3": "conv", "dil_conv_5x5": "conv", "conv_7x1_1x7": "conv",
+}
+
+
+def op_type(primitive: str) -> Optional[str]:
+    """The op type ('pool', 'identity', 'conv') of a primitive; None for 'none'."""
+    check_primitives([primitive])
+    return _TYPE[primitive]
+
+
+def check_primitives(primitives: Sequence[str]) -> List[str]:
+    """Validate primitive names; raise ValueError naming the unknown one."""
+    primitives = list(primitives)
+    if not primitives:
+        raise ValueError("primitives must name at least one operation")
+    for p in primitives:
+        if p not in OPS:
+            raise ValueError(f"unknown primitive {p!r}; known primitives: {sorted(OPS)}")
+    if len(set(primitives)) != len(primitives):
+        raise ValueError(f"primitives must not repeat a name, got {primitives}")
+    return primitives
+
+
+class ReLUConvBN(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, kernel_size=1, padding=0, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class Zero(nn.Module):
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return x.mul(0.)
+        return x[:, :, ::self.stride, ::self.stride].mul(0.)
+
+
+class FactorizedReduce(nn.Module):
+    """skip_connect at stride 2. Needs even H and W, as in quark0/darts."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        assert C_out % 2 == 0
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"FactorizedReduce (skip_connect at stride 2) needs even H and W, got "
+                             f"{tuple(x.shape[2:])}")
+        x = self.relu(x)
+        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return self.bn(out)
+
+
+OPS = {
+    "none": lambda C, stride, affine: Zero(stride),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "skip_connect": lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
+    "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    "sep_conv_5x5": lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
+    "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+    "conv_7x1_1x7": lambda C, stride, affine: nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.BatchNorm2d(C, affine=affine)),
+}
+
+
+def search_candidate(primitive: str, C: int, stride: int) -> nn.Module:
+    """A candidate op as DARTS builds it for search: affine=False, pools followed by BatchNorm."""
+    op = OPS[primitive](C, stride, False)
+    if "pool" in primitive:
+        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op
