@@ -1,0 +1,48 @@
+"""The ``dartscc-fast`` command line.
+
+Each subcommand lives in the module of its concept and registers itself through
+a ``register(subparsers)`` function that adds its parser and sets ``func``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# Modules that add subcommands, in the order `--help` lists them.
+_COMMAND_MODULES: List[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dartscc-fast",
+        description="Hardware-aware differentiable architecture search: one search, an architecture "
+                    "for every complexity vector S = (pool, identity, conv).")
+    parser.add_argument("--version", action="store_true", help="print the version and build and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from dartscc_fast import BUILD_INFO
+        print("dartscc_fast", BUILD_INFO)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dartscc-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
