@@ -1,0 +1,154 @@
+"""The drop-in MixedOp and replace_mixed_ops against quark0/darts semantics."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import dartscc_fast
+from dartscc_fast import reference
+from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, search_candidate
+
+
+def pair(C, stride, primitives, dtype=torch.float64):
+    ref = reference.MixedOp(C, stride, primitives).to(dtype)
+    fast = dartscc_fast.MixedOp(C, stride, primitives).to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def compare(ref, fast, x, w, hard=False, atol=1e-9):
+    x1, w1 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    x2, w2 = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y1, y2 = ref(x1, w1, hard=hard), fast(x2, w2, hard=hard)
+    torch.testing.assert_close(y2, y1, atol=atol, rtol=atol)
+    g = torch.randn_like(y1)
+    p1 = [p for p in ref.parameters()]
+    p2 = [p for p in fast.parameters()]
+    g1 = torch.autograd.grad(y1, [x1, w1] + p1, g, allow_unused=True)
+    g2 = torch.autograd.grad(y2, [x2, w2] + p2, g, allow_unused=True)
+    for a, b in zip(g2, g1):
+        if a is None or b is None:
+            assert a is None and b is None or (a if a is not None else b).abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b, atol=atol, rtol=atol)
+    for (n1, b1), (n2, b2) in zip(ref.named_buffers(), fast.named_buffers()):
+        assert n1 == n2
+        torch.testing.assert_close(b2, b1, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("primitive", DARTS_PRIMITIVES)
+def test_every_primitive_alone(stride, per_sample, primitive):
+    ref, fast = pair(4, stride, [primitive])
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    w = torch.randn((3, 1) if per_sample else (1,), dtype=torch.float64)
+    compare(ref, fast, x, w)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, FMNIST_PRIMITIVES])
+def test_soft(stride, per_sample, primitives):
+    ref, fast = pair(4, stride, primitives)
+    x = torch.randn(5, 4, 10, 10, dtype=torch.float64)
+    k = len(primitives)
+    w = torch.softmax(torch.randn((5, k) if per_sample else (k,), dtype=torch.float64), -1)
+    compare(ref, fast, x, w)
+    # several steps: running statistics must follow the reference
+    compare(ref, fast, x * 2 + 1, w)
+    ref.eval(), fast.eval()
+    compare(ref, fast, x, w)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_hard(stride, per_sample):
+    ref, fast = pair(4, stride, DARTS_PRIMITIVES)
+    x = torch.randn(9, 4, 8, 8, dtype=torch.float64)
+    logits = torch.randn((9, 8) if per_sample else (8,), dtype=torch.float64)
+    w = dartscc_fast.gumbel_softmax(logits, 0.5, True, seed=4)
+    soft = torch.softmax(logits, -1)
+    w = w - soft + soft  # straight-through values, as training produces them
+    compare(ref, fast, x, w, hard=True)
+
+
+def test_odd_sizes_and_channels_last():
+    ref, fast = pair(3, 1, DARTS_PRIMITIVES)
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    compare(ref, fast, x, torch.softmax(torch.randn(8, dtype=torch.float64), -1))
+    ref, fast = pair(4, 2, [p for p in DARTS_PRIMITIVES if p != "skip_connect"])
+    compare(ref, fast, torch.randn(2, 4, 7, 9, dtype=torch.float64), torch.rand(7, dtype=torch.float64))
+
+
+def test_empty_batch():
+    fast = dartscc_fast.MixedOp(4, 1, ["max_pool_3x3", "skip_connect", "none"]).eval()
+    y = fast(torch.randn(0, 4, 6, 6), torch.ones(3) / 3)
+    assert y.shape == (0, 4, 6, 6)
+
+
+def test_state_dict_keys_match_darts():
+    ref, fast = pair(8, 2, DARTS_PRIMITIVES)
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    assert "_ops.1.1.running_mean" in fast.state_dict()  # max_pool_3x3 + BatchNorm, as in DARTS
+
+
+def test_bad_primitive_and_weights():
+    with pytest.raises(ValueError, match="unknown primitive 'conv_9x9'"):
+        dartscc_fast.MixedOp(4, 1, ["sep_conv_3x3", "conv_9x9"])
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        dartscc_fast.MixedOp(4, 3)
+    op = dartscc_fast.MixedOp(4, 1, FMNIST_PRIMITIVES)
+    with pytest.raises(ValueError, match=r"weights must have shape \[k\] or \[N, k\] with k=3, got \[4\]"):
+        op(torch.randn(2, 4, 5, 5), torch.ones(4))
+
+
+# --- a DARTS model as users have it: quark0/darts classes, not ours ---------------------
+class MixedOp(nn.Module):  # noqa: the name is what replace_mixed_ops looks for
+    def __init__(self, C, stride, primitives=DARTS_PRIMITIVES):
+        super().__init__()
+        self._ops = nn.ModuleList(search_candidate(p, C, stride) for p in primitives)
+
+    def forward(self, x, weights, hard=False):
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, FMNIST_PRIMITIVES])
+def test_replace_mixed_ops_in_darts_network(primitives):
+    torch.manual_seed(0)
+    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
+    fast = copy.deepcopy(net)
+    n = dartscc_fast.replace_mixed_ops(fast)
+    assert n == 3 * net.num_edges
+    assert all(isinstance(m, dartscc_fast.MixedOp) for m in fast.modules() if type(m).__name__ == "MixedOp")
+    assert list(net.state_dict()) == list(fast.state_dict())
+    x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
+    E, k = net.num_edges, len(primitives)
+    for _ in range(2):  # a second step checks the BatchNorm running statistics too
+        wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+        wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+        a, b = net(x, wn, wr), fast(x, wn, wr)
+        torch.testing.assert_close(b, a)
+        ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(net.parameters()))
+        gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(fast.parameters()))
+        for p, q in zip(gb, ga):
+            torch.testing.assert_close(p, q)
+    net.eval(), fast.eval()
+    torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
+
+
+def test_checkpoint_of_darts_model_loads_into_fast_model():
+    net = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=MixedOp)
+    fast = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
+    fast.load_state_dict(net.state_dict())  # strict: same keys, same shapes
+
+
+def test_unknown_candidates_run_as_modules():
+    ops = nn.ModuleList([search_candidate("sep_conv_3x3", 4, 1), nn.Sequential(nn.AvgPool2d(3, 1, 1)),
+                         search_candidate("max_pool_3x3", 4, 1)])
+    fast = dartscc_fast.MixedOp.from_ops(ops)
+    assert fast._kinds == ["param", "param", "max_pool"]
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.rand(3)
+    torch.testing.assert_close(fast(x, w), sum(wi * op(x) for wi, op in zip(w, ops)), atol=1e-5, rtol=1e-5)
