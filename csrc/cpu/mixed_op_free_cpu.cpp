@@ -4,126 +4,125 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "../common/primitives.h"
 #include "../mixed_op_free.h"
+#include "plane_ops.h"
+
+// Work is split by (n, c) plane: each plane is gathered into dense buffers, the
+// pools are recomputed there (separable 3x3, never stored), and reductions go
+// through per-plane partials summed in a fixed order, so results do not depend
+// on the thread count.
 
 namespace dartscc {
 namespace {
 
-// A 4-D strided view; every tensor keeps its own layout (NCHW or NHWC).
 template <typename T>
-struct View4 {
+struct Plane {  // the (n, c) plane of a 4-D strided tensor
   T* p;
-  int64_t s0, s1, s2, s3;
-  View4(T* ptr, const at::Tensor& t) : p(ptr), s0(t.stride(0)), s1(t.stride(1)), s2(t.stride(2)), s3(t.stride(3)) {}
-  T* plane(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
+  int64_t s0, s1, sh, sw;
+  Plane(T* ptr, const at::Tensor& t) : p(ptr), s0(t.stride(0)), s1(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
+  T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
 };
 
-// The 3x3, padding-1 pooling window of output pixel (ho, wo), clipped to the input.
-struct Window {
-  int64_t h0, h1, w0, w1;
-  Window(int64_t ho, int64_t wo, int64_t stride, int64_t H, int64_t W) {
-    h0 = std::max<int64_t>(ho * stride - 1, 0);
-    h1 = std::min<int64_t>(ho * stride + 2, H);
-    w0 = std::max<int64_t>(wo * stride - 1, 0);
-    w1 = std::min<int64_t>(wo * stride + 2, W);
-  }
-  int64_t count() const { return (h1 - h0) * (w1 - w0); }
-};
-
-// Max over the window; `arg` gets the offset (h * W + w) of the first maximum in
-// scan order, NaN winning, as torch's max_pool2d picks it.
-template <typename acc_t, typename scalar_t>
-inline acc_t window_max(const scalar_t* xp, int64_t sh, int64_t sw, const Window& win, int64_t W, int64_t* arg) {
-  acc_t best = -std::numeric_limits<acc_t>::infinity();
-  int64_t where = win.h0 * W + win.w0;
-  for (int64_t h = win.h0; h < win.h1; ++h)
-    for (int64_t w = win.w0; w < win.w1; ++w) {
-      const acc_t v = static_cast<acc_t>(xp[h * sh + w * sw]);
-      if (v > best || std::isnan(v)) {
-        best = v;
-        where = h * W + w;
-        if (std::isnan(v)) { *arg = where; return v; }
-      }
-    }
-  *arg = where;
-  return best;
-}
-
-template <typename acc_t, typename scalar_t>
-inline acc_t window_avg(const scalar_t* xp, int64_t sh, int64_t sw, const Window& win) {
-  acc_t sum = 0;
-  for (int64_t h = win.h0; h < win.h1; ++h)
-    for (int64_t w = win.w0; w < win.w1; ++w) sum += static_cast<acc_t>(xp[h * sh + w * sw]);
-  return sum / static_cast<acc_t>(win.count());
-}
-
-template <typename acc_t, typename scalar_t>
-inline acc_t pool_value(bool is_max, const scalar_t* xp, int64_t sh, int64_t sw, const Window& win, int64_t W) {
-  int64_t arg;
-  return is_max ? window_max<acc_t>(xp, sh, sw, win, W, &arg) : window_avg<acc_t>(xp, sh, sw, win);
-}
+at::ScalarType stats_dtype(at::ScalarType t) { return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t; }
 
 template <typename scalar_t>
-struct Problem {
+struct Kernel {
   using acc_t = at::opmath_type<scalar_t>;
   const FreeShape& s;
   at::IntArrayRef prims;
-  View4<const scalar_t> x;
-  std::vector<View4<const scalar_t>> params;  // by param index
+  Plane<const scalar_t> x;
+  std::vector<Plane<const scalar_t>> params;
   const scalar_t* w;
+  int64_t P;
 
   acc_t weight(int64_t n, int64_t m) const { return static_cast<acc_t>(w[(s.per_sample ? n * s.k : 0) + m]); }
-  bool is_max(size_t p) const { return prims[s.pool_slots[p]] == kMaxPool; }
+  bool is_max(int64_t p) const { return prims[s.pool_slots[p]] == kMaxPool; }
 
-  // Batch mean and biased variance of each pool slot's output, per channel.
-  // Shifted by the first value so the one-pass variance does not cancel.
+  std::vector<acc_t> inv;  // average-pool divisors
+
+  // Scratch for one plane, per thread; xb and gxb are padded (plane_ops.h).
+  struct Scratch {
+    std::vector<acc_t> xb, pooled, row, buf, gb, gxb, share;
+    std::vector<int32_t> arg, row_arg;
+    Scratch(const FreeShape& s)
+        : xb((s.h + 2) * (s.w + 2)), pooled(s.ho * s.wo), row((s.h + 2) * s.wo), buf(s.ho * s.wo), gb(s.ho * s.wo),
+          gxb((s.h + 2) * (s.w + 2)), share(s.wo), arg(s.ho * s.wo), row_arg((s.h + 2) * s.wo) {}
+  };
+
+  void init() {
+    inv.resize(s.ho * s.wo);
+    cpu::avg_divisors(s.h, s.w, s.stride, s.ho, s.wo, inv.data());
+  }
+  void pool(int64_t p, Scratch& t, bool want_arg) const {
+    cpu::pool_plane<acc_t>(is_max(p), t.xb.data(), s.h, s.w, s.stride, s.ho, s.wo, t.pooled.data(),
+                           want_arg ? t.arg.data() : nullptr, inv.data(), t.row.data(), t.row_arg.data());
+  }
+  void load_x(int64_t n, int64_t c, Scratch& t) const {
+    cpu::load_padded(t.xb.data(), x.at(n, c), s.h, s.w, x.sh, x.sw);
+  }
+  // x's interior row h (stride 1, where the identity slot exists).
+  const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
+
+  // Batch (mean, biased var) of each pool slot per channel: per-plane mean and
+  // M2, merged with Chan's formula (stable, no one-pass cancellation).
   void batch_stats(std::vector<acc_t>& mean, std::vector<acc_t>& var) const {
-    const size_t P = s.pool_slots.size();
-    const double M = static_cast<double>(s.n * s.ho * s.wo);
-    at::parallel_for(0, s.c, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c)
-        for (size_t p = 0; p < P; ++p) {
-          const bool mx = is_max(p);
-          double shift = 0, s1 = 0, s2 = 0;
-          bool first = true;
-          for (int64_t n = 0; n < s.n; ++n) {
-            const scalar_t* xp = x.plane(n, c);
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo) {
-                const double v = pool_value<acc_t>(mx, xp, x.s2, x.s3, Window(ho, wo, s.stride, s.h, s.w), s.w);
-                if (first) { shift = v; first = false; }
-                s1 += v - shift;
-                s2 += (v - shift) * (v - shift);
-              }
-          }
-          const double mu = M > 0 ? s1 / M : 0.0;
-          mean[p * s.c + c] = static_cast<acc_t>(shift + mu);
-          var[p * s.c + c] = static_cast<acc_t>(M > 0 ? std::max(s2 / M - mu * mu, 0.0) : 0.0);
+    const int64_t planes = s.n * s.c, m = s.ho * s.wo;
+    std::vector<double> pm(planes * P), pm2(planes * P);
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      Scratch t(s);
+      for (int64_t i = begin; i < end; ++i) {
+        load_x(i / s.c, i % s.c, t);
+        for (int64_t p = 0; p < P; ++p) {
+          pool(p, t, false);
+          const double mu = static_cast<double>(cpu::sum(t.pooled.data(), m)) / m;
+          double m2 = 0;
+          for (int64_t j = 0; j < m; ++j) m2 += (t.pooled[j] - mu) * (t.pooled[j] - mu);
+          pm[i * P + p] = mu;
+          pm2[i * P + p] = m2;
         }
+      }
     });
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t p = 0; p < P; ++p) {
+        double cnt = 0, mu = 0, m2 = 0;
+        for (int64_t n = 0; n < s.n; ++n) {
+          const int64_t i = (n * s.c + c) * P + p;
+          const double delta = pm[i] - mu, tot = cnt + m;
+          mu += delta * m / tot;
+          m2 += pm2[i] + delta * delta * cnt * m / tot;
+          cnt = tot;
+        }
+        mean[p * s.c + c] = static_cast<acc_t>(mu);
+        var[p * s.c + c] = static_cast<acc_t>(cnt > 0 ? m2 / cnt : 0.0);
+      }
   }
 };
 
-template <typename scalar_t>
-void read_stats(const at::Tensor& stats, int64_t P, int64_t C, std::vector<at::opmath_type<scalar_t>>& mean,
-                std::vector<at::opmath_type<scalar_t>>& var) {
+template <typename acc_t>
+void read_stats(const at::Tensor& stats, int64_t P, int64_t C, std::vector<acc_t>& mean, std::vector<acc_t>& var) {
   at::Tensor st = stats.to(at::kDouble).contiguous();
-  const double* p = st.const_data_ptr<double>();
+  const double* q = st.const_data_ptr<double>();
   for (int64_t i = 0; i < P; ++i)
     for (int64_t c = 0; c < C; ++c) {
-      mean[i * C + c] = static_cast<at::opmath_type<scalar_t>>(p[(i * 2) * C + c]);
-      var[i * C + c] = static_cast<at::opmath_type<scalar_t>>(p[(i * 2 + 1) * C + c]);
+      mean[i * C + c] = static_cast<acc_t>(q[(i * 2) * C + c]);
+      var[i * C + c] = static_cast<acc_t>(q[(i * 2 + 1) * C + c]);
     }
 }
 
-at::ScalarType stats_dtype(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+template <typename acc_t>
+void write_stats(at::Tensor& stats, int64_t P, int64_t C, const std::vector<acc_t>& mean, const std::vector<acc_t>& var) {
+  at::Tensor st = at::empty({P, 2, C}, at::TensorOptions().dtype(at::kDouble));
+  double* q = st.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < P; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      q[(i * 2) * C + c] = mean[i * C + c];
+      q[(i * 2 + 1) * C + c] = var[i * C + c];
+    }
+  stats.copy_(st);
 }
 
 std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::TensorList param_outputs,
@@ -137,65 +136,55 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
   at::Tensor stats = at::empty({P, 2, s.c}, x.options().dtype(stats_dtype(x.scalar_type())));
   const at::Tensor w = weights.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mixed_op_free_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    Problem<scalar_t> pb{s, prims, View4<const scalar_t>(x.const_data_ptr<scalar_t>(), x), {},
-                         w.const_data_ptr<scalar_t>()};
-    for (const auto& p : param_outputs) pb.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
-    std::vector<acc_t> mean(P * s.c, 0), var(P * s.c, 0), invstd(P * s.c, 0);
+    using K = Kernel<scalar_t>;
+    using acc_t = typename K::acc_t;
+    K kr{s, prims, Plane<const scalar_t>(x.const_data_ptr<scalar_t>(), x), {}, w.const_data_ptr<scalar_t>(), P, {}};
+    for (const auto& p : param_outputs) kr.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
+    kr.init();
+    std::vector<acc_t> mean(P * s.c, 0), var(P * s.c, 0);
     if (bn_stats) {
-      read_stats<scalar_t>(*bn_stats, P, s.c, mean, var);
-    } else if (s.n * s.ho * s.wo > 0) {
-      pb.batch_stats(mean, var);
+      read_stats(*bn_stats, P, s.c, mean, var);
+    } else if (P > 0 && s.n * s.ho * s.wo > 0) {
+      kr.batch_stats(mean, var);
     }
-    for (int64_t i = 0; i < P * s.c; ++i) invstd[i] = acc_t(1) / std::sqrt(var[i] + static_cast<acc_t>(eps));
-    {
-      at::Tensor st = at::empty({P, 2, s.c}, at::TensorOptions().dtype(at::kDouble));
-      double* q = st.mutable_data_ptr<double>();
-      for (int64_t i = 0; i < P; ++i)
-        for (int64_t c = 0; c < s.c; ++c) {
-          q[(i * 2) * s.c + c] = mean[i * s.c + c];
-          q[(i * 2 + 1) * s.c + c] = var[i * s.c + c];
-        }
-      stats.copy_(st);
-    }
+    write_stats(stats, P, s.c, mean, var);
     if (y.numel() == 0) return;
-    View4<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
-    const int64_t plane = s.ho * s.wo;
+    std::vector<acc_t> invstd(P * s.c);
+    for (int64_t i = 0; i < P * s.c; ++i) invstd[i] = acc_t(1) / std::sqrt(var[i] + static_cast<acc_t>(eps));
+    Plane<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
+    const int64_t m = s.ho * s.wo;
+    const bool need_x = P > 0 || std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
     at::parallel_for(0, s.n * s.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> buf(static_cast<size_t>(plane));
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / s.c, c = t % s.c;
-        std::fill(buf.begin(), buf.end(), acc_t(0));
-        size_t param = 0, pool = 0;
-        for (int64_t m = 0; m < s.k; ++m) {
-          const acc_t wm = pb.weight(n, m);
-          const int64_t code = prims[m];
+      typename K::Scratch t(s);
+      acc_t* __restrict buf = t.buf.data();
+      acc_t* __restrict tmp = t.gb.data();
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / s.c, c = i % s.c;
+        std::fill(t.buf.begin(), t.buf.end(), acc_t(0));
+        if (need_x) kr.load_x(n, c, t);
+        int64_t param = 0, pool = 0;
+        for (int64_t slot = 0; slot < s.k; ++slot) {
+          const acc_t wm = kr.weight(n, slot);
+          const int64_t code = prims[slot];
           if (code == kParam) {
-            const auto& pv = pb.params[param++];
-            const scalar_t* pp = pv.plane(n, c);
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo)
-                buf[ho * s.wo + wo] += wm * static_cast<acc_t>(pp[ho * pv.s2 + wo * pv.s3]);
+            const auto& pv = kr.params[param++];
+            cpu::load_plane(tmp, pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
+            for (int64_t j = 0; j < m; ++j) buf[j] += wm * tmp[j];
           } else if (code == kIdentity) {
-            const scalar_t* xp = pb.x.plane(n, c);
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo)
-                buf[ho * s.wo + wo] += wm * static_cast<acc_t>(xp[ho * pb.x.s2 + wo * pb.x.s3]);
+            for (int64_t h = 0; h < s.h; ++h) {
+              const acc_t* __restrict xr = kr.x_row(t, h);
+              acc_t* __restrict br = buf + h * s.wo;
+              for (int64_t j = 0; j < s.w; ++j) br[j] += wm * xr[j];
+            }
           } else if (is_pool(code)) {
-            const bool mx = code == kMaxPool;
-            const acc_t mu = mean[pool * s.c + c], is = invstd[pool * s.c + c];
+            kr.pool(pool, t, false);
+            const acc_t a = wm * invstd[pool * s.c + c], b = -a * mean[pool * s.c + c];
+            const acc_t* __restrict pooled = t.pooled.data();
+            for (int64_t j = 0; j < m; ++j) buf[j] += a * pooled[j] + b;
             ++pool;
-            const scalar_t* xp = pb.x.plane(n, c);
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo) {
-                const acc_t v = pool_value<acc_t>(mx, xp, pb.x.s2, pb.x.s3, Window(ho, wo, s.stride, s.h, s.w), s.w);
-                buf[ho * s.wo + wo] += wm * (v - mu) * is;
-              }
           }
         }
-        scalar_t* yp = yv.plane(n, c);
-        for (int64_t ho = 0; ho < s.ho; ++ho)
-          for (int64_t wo = 0; wo < s.wo; ++wo) yp[ho * yv.s2 + wo * yv.s3] = static_cast<scalar_t>(buf[ho * s.wo + wo]);
+        cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);
       }
     });
   });
@@ -208,8 +197,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
   const char* op = "mixed_op_free_backward";
   const FreeShape s = check_mixed_op_free(op, x, param_outputs, weights, prims, stride, eps);
   check_stats(op, "stats", stats, s, x);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({s.n, s.c, s.ho, s.wo}), op, ": grad must have shape [",
-              s.n, ", ", s.c, ", ", s.ho, ", ", s.wo, "], got ", grad.sizes());
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({s.n, s.c, s.ho, s.wo}), op, ": grad must have shape [", s.n, ", ",
+              s.c, ", ", s.ho, ", ", s.wo, "], got ", grad.sizes());
   TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad must have dtype ", x.scalar_type());
   const int64_t P = static_cast<int64_t>(s.pool_slots.size());
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(result_format(x)));
@@ -222,119 +211,117 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     return {gx, gp, gw};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "mixed_op_free_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    Problem<scalar_t> pb{s, prims, View4<const scalar_t>(x.const_data_ptr<scalar_t>(), x), {},
-                         w.const_data_ptr<scalar_t>()};
-    for (const auto& p : param_outputs) pb.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
-    View4<const scalar_t> g(grad.const_data_ptr<scalar_t>(), grad);
+    using K = Kernel<scalar_t>;
+    using acc_t = typename K::acc_t;
+    K kr{s, prims, Plane<const scalar_t>(x.const_data_ptr<scalar_t>(), x), {}, w.const_data_ptr<scalar_t>(), P, {}};
+    for (const auto& p : param_outputs) kr.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
+    kr.init();
+    Plane<const scalar_t> g(grad.const_data_ptr<scalar_t>(), grad);
     std::vector<acc_t> mean(P * s.c), var(P * s.c), invstd(P * s.c);
-    read_stats<scalar_t>(stats, P, s.c, mean, var);
+    read_stats(stats, P, s.c, mean, var);
     for (int64_t i = 0; i < P * s.c; ++i) invstd[i] = acc_t(1) / std::sqrt(var[i] + static_cast<acc_t>(eps));
-    const acc_t M = static_cast<acc_t>(s.n * s.ho * s.wo);
+    const int64_t m = s.ho * s.wo, planes = s.n * s.c;
+    const double M = static_cast<double>(s.n * m);
 
-    // Pass 1, per channel: mean(w g) and mean(w g xhat) of each pool slot, the
-    // batch-statistics terms of the BatchNorm backward.
+    // Pass 1: per plane, sum(w g) and sum(w g xhat) of each pool slot: the
+    // batch-statistics terms of the BatchNorm backward, reduced per channel.
     std::vector<acc_t> mg(P * s.c, 0), mgx(P * s.c, 0);
     if (!stats_fixed && P > 0 && M > 0) {
-      at::parallel_for(0, s.c, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t c = begin; c < end; ++c)
+      std::vector<double> pa(planes * P), pb(planes * P);
+      at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+        typename K::Scratch t(s);
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / s.c, c = i % s.c;
+          kr.load_x(n, c, t);
+          cpu::load_plane(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
           for (int64_t p = 0; p < P; ++p) {
-            const bool mx = pb.is_max(p);
-            const acc_t mu = mean[p * s.c + c], is = invstd[p * s.c + c];
-            double a = 0, b = 0;
-            for (int64_t n = 0; n < s.n; ++n) {
-              const acc_t wn = pb.weight(n, s.pool_slots[p]);
-              const scalar_t* xp = pb.x.plane(n, c);
-              const scalar_t* gp_ = g.plane(n, c);
-              for (int64_t ho = 0; ho < s.ho; ++ho)
-                for (int64_t wo = 0; wo < s.wo; ++wo) {
-                  const acc_t v = pool_value<acc_t>(mx, xp, pb.x.s2, pb.x.s3, Window(ho, wo, s.stride, s.h, s.w), s.w);
-                  const acc_t gh = wn * static_cast<acc_t>(gp_[ho * g.s2 + wo * g.s3]);
-                  a += gh;
-                  b += gh * (v - mu) * is;
-                }
-            }
-            mg[p * s.c + c] = static_cast<acc_t>(a / M);
-            mgx[p * s.c + c] = static_cast<acc_t>(b / M);
+            kr.pool(p, t, false);
+            const acc_t wn = kr.weight(n, s.pool_slots[p]), mu = mean[p * s.c + c], is = invstd[p * s.c + c];
+            const acc_t sg = cpu::sum(t.gb.data(), m), sgp = cpu::dot(t.gb.data(), t.pooled.data(), m);
+            pa[i * P + p] = static_cast<double>(wn * sg);
+            pb[i * P + p] = static_cast<double>(wn * is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
           }
+        }
       });
+      for (int64_t c = 0; c < s.c; ++c)
+        for (int64_t p = 0; p < P; ++p) {
+          double a = 0, b = 0;
+          for (int64_t n = 0; n < s.n; ++n) {
+            a += pa[(n * s.c + c) * P + p];
+            b += pb[(n * s.c + c) * P + p];
+          }
+          mg[p * s.c + c] = static_cast<acc_t>(a / M);
+          mgx[p * s.c + c] = static_cast<acc_t>(b / M);
+        }
     }
 
-    // Pass 2, per (n, c) plane: every input gradient, and per-plane partial dots
-    // for the weight gradient (reduced in a fixed order below).
-    std::vector<double> partial(static_cast<size_t>(s.n * s.c * s.k), 0.0);
-    std::vector<View4<scalar_t>> gpv;
+    // Pass 2: per plane, every input gradient and the weight-gradient partials.
+    std::vector<double> partial(planes * s.k, 0.0);
+    std::vector<Plane<scalar_t>> gpv;
     for (auto& t : gp) gpv.emplace_back(t.mutable_data_ptr<scalar_t>(), t);
-    View4<scalar_t> gxv(gx.mutable_data_ptr<scalar_t>(), gx);
-    const int64_t plane_in = s.h * s.w;
-    at::parallel_for(0, s.n * s.c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> gxb(static_cast<size_t>(plane_in));
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t n = t / s.c, c = t % s.c;
-        std::fill(gxb.begin(), gxb.end(), acc_t(0));
-        const scalar_t* gpl = g.plane(n, c);
-        const scalar_t* xp = pb.x.plane(n, c);
-        double* part = partial.data() + t * s.k;
-        size_t param = 0;
-        int64_t pool = 0;
-        for (int64_t m = 0; m < s.k; ++m) {
-          const acc_t wm = pb.weight(n, m);
-          const int64_t code = prims[m];
-          acc_t dot = 0;
+    Plane<scalar_t> gxv(gx.mutable_data_ptr<scalar_t>(), gx);
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      typename K::Scratch t(s);
+      std::vector<acc_t> tmp(m), dp(m);
+      acc_t* __restrict gb = t.gb.data();
+      acc_t* __restrict gxb = t.gxb.data();
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / s.c, c = i % s.c;
+        std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
+        cpu::load_plane(gb, g.at(n, c), s.ho, s.wo, g.sh, g.sw);
+        kr.load_x(n, c, t);
+        double* part = partial.data() + i * s.k;
+        int64_t param = 0, pool = 0;
+        for (int64_t slot = 0; slot < s.k; ++slot) {
+          const acc_t wm = kr.weight(n, slot);
+          const int64_t code = prims[slot];
           if (code == kParam) {
-            const auto& pv = pb.params[param];
+            const auto& pv = kr.params[param];
             auto& gv = gpv[param];
             ++param;
-            const scalar_t* pp = pv.plane(n, c);
-            scalar_t* gq = gv.plane(n, c);
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo) {
-                const acc_t gi = static_cast<acc_t>(gpl[ho * g.s2 + wo * g.s3]);
-                gq[ho * gv.s2 + wo * gv.s3] = static_cast<scalar_t>(wm * gi);
-                dot += gi * static_cast<acc_t>(pp[ho * pv.s2 + wo * pv.s3]);
-              }
+            cpu::load_plane(tmp.data(), pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
+            part[slot] = static_cast<double>(cpu::dot(gb, tmp.data(), m));
+            for (int64_t j = 0; j < m; ++j) tmp[j] = wm * gb[j];
+            cpu::store_plane(gv.at(n, c), tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
           } else if (code == kIdentity) {
-            for (int64_t h = 0; h < s.h; ++h)
-              for (int64_t w_ = 0; w_ < s.w; ++w_) {
-                const acc_t gi = static_cast<acc_t>(gpl[h * g.s2 + w_ * g.s3]);
-                gxb[h * s.w + w_] += wm * gi;
-                dot += gi * static_cast<acc_t>(xp[h * pb.x.s2 + w_ * pb.x.s3]);
-              }
+            double d = 0;
+            for (int64_t h = 0; h < s.h; ++h) {
+              const acc_t* __restrict gr = gb + h * s.w;
+              acc_t* __restrict gxr = gxb + (h + 1) * (s.w + 2) + 1;
+              d += static_cast<double>(cpu::dot(gr, kr.x_row(t, h), s.w));
+              for (int64_t j = 0; j < s.w; ++j) gxr[j] += wm * gr[j];
+            }
+            part[slot] = d;
           } else if (is_pool(code)) {
             const bool mx = code == kMaxPool;
+            kr.pool(pool, t, mx);
             const acc_t mu = mean[pool * s.c + c], is = invstd[pool * s.c + c];
             const acc_t a = mg[pool * s.c + c], b = mgx[pool * s.c + c];
             ++pool;
-            for (int64_t ho = 0; ho < s.ho; ++ho)
-              for (int64_t wo = 0; wo < s.wo; ++wo) {
-                const Window win(ho, wo, s.stride, s.h, s.w);
-                int64_t arg = 0;
-                const acc_t v = mx ? window_max<acc_t>(xp, pb.x.s2, pb.x.s3, win, s.w, &arg)
-                                   : window_avg<acc_t>(xp, pb.x.s2, pb.x.s3, win);
-                const acc_t gi = static_cast<acc_t>(gpl[ho * g.s2 + wo * g.s3]);
-                const acc_t xhat = (v - mu) * is;
-                dot += gi * xhat;
-                const acc_t dp = stats_fixed ? wm * gi * is : is * (wm * gi - a - xhat * b);
-                if (mx) {
-                  gxb[arg] += dp;
-                } else {
-                  const acc_t share = dp / static_cast<acc_t>(win.count());
-                  for (int64_t h = win.h0; h < win.h1; ++h)
-                    for (int64_t w_ = win.w0; w_ < win.w1; ++w_) gxb[h * s.w + w_] += share;
-                }
-              }
+            const acc_t* __restrict pooled = t.pooled.data();
+            // <g, xhat> = is * (<g, pooled> - mu * sum(g))
+            part[slot] = static_cast<double>(is) *
+                         (static_cast<double>(cpu::dot(gb, pooled, m)) - static_cast<double>(mu) * cpu::sum(gb, m));
+            if (stats_fixed) {
+              for (int64_t j = 0; j < m; ++j) dp[j] = wm * is * gb[j];
+            } else {
+              for (int64_t j = 0; j < m; ++j) dp[j] = is * (wm * gb[j] - a - (pooled[j] - mu) * is * b);
+            }
+            if (mx) {
+              const int32_t* arg = t.arg.data();
+              for (int64_t j = 0; j < m; ++j) gxb[arg[j]] += dp[j];
+            } else {
+              cpu::avg_pool_backward(dp.data(), kr.inv.data(), s.w, s.stride, s.ho, s.wo, gxb, t.share.data());
+            }
           }
-          part[m] = static_cast<double>(dot);
         }
-        scalar_t* gxp = gxv.plane(n, c);
         for (int64_t h = 0; h < s.h; ++h)
-          for (int64_t w_ = 0; w_ < s.w; ++w_) gxp[h * gxv.s2 + w_ * gxv.s3] = static_cast<scalar_t>(gxb[h * s.w + w_]);
+          cpu::store_plane(gxv.at(n, c) + h * gxv.sh, gxb + (h + 1) * (s.w + 2) + 1, 1, s.w, s.w, gxv.sw);
       }
     });
-    std::vector<double> acc(static_cast<size_t>(s.per_sample ? s.n * s.k : s.k), 0.0);
-    for (int64_t n = 0; n < s.n; ++n)
-      for (int64_t c = 0; c < s.c; ++c)
-        for (int64_t m = 0; m < s.k; ++m) acc[(s.per_sample ? n * s.k : 0) + m] += partial[(n * s.c + c) * s.k + m];
+    std::vector<double> acc(s.per_sample ? s.n * s.k : s.k, 0.0);
+    for (int64_t i = 0; i < planes; ++i)
+      for (int64_t slot = 0; slot < s.k; ++slot) acc[(s.per_sample ? (i / s.c) * s.k : 0) + slot] += partial[i * s.k + slot];
     scalar_t* pgw = gw.mutable_data_ptr<scalar_t>();
     for (size_t i = 0; i < acc.size(); ++i) pgw[i] = static_cast<scalar_t>(acc[i]);
   });

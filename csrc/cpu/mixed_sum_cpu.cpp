@@ -63,17 +63,28 @@ void backward_kernel(const scalar_t* g, const std::vector<const scalar_t*>& o, c
       double* part = partial.data() + t * k;
       for (int64_t b = start; b < stop; b += kBlock) {
         const int64_t len = std::min(kBlock, stop - b);
-        const scalar_t* gb = g + b;
+        const scalar_t* __restrict gb = g + b;
         for (int64_t m = 0; m < k; ++m) {
-          const scalar_t* om = o[m] + b;
-          scalar_t* gom = go[m] + b;
+          const scalar_t* __restrict om = o[m] + b;
+          scalar_t* __restrict gom = go[m] + b;
           const acc_t wm = wl[m];
+          // independent lanes: vectorised without reassociating the sum
+          constexpr int L = 16;
+          acc_t lanes[L] = {};
+          int64_t j = 0;
+          for (; j + L <= len; j += L)
+            for (int l = 0; l < L; ++l) {
+              const acc_t gj = static_cast<acc_t>(gb[j + l]);
+              gom[j + l] = static_cast<scalar_t>(wm * gj);
+              lanes[l] += gj * static_cast<acc_t>(om[j + l]);
+            }
           acc_t dot = 0;
-          for (int64_t j = 0; j < len; ++j) {
+          for (; j < len; ++j) {
             const acc_t gj = static_cast<acc_t>(gb[j]);
             gom[j] = static_cast<scalar_t>(wm * gj);
             dot += gj * static_cast<acc_t>(om[j]);
           }
+          for (int l = 0; l < L; ++l) dot += lanes[l];
           part[m] += static_cast<double>(dot);
         }
       }

@@ -1,0 +1,200 @@
+// Per-plane building blocks of the CPU kernels: contiguous accumulation
+// buffers, separable 3x3 pooling, and vectorisable scale-and-dot loops.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace dartscc {
+namespace cpu {
+
+// dst[h * W + w] = src[h * sh + w * sw]: gather any strided plane into a dense buffer.
+template <typename acc_t, typename scalar_t>
+inline void load_plane(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+                       int64_t sw) {
+  if (sw == 1 && sh == W) {
+    for (int64_t i = 0; i < H * W; ++i) dst[i] = static_cast<acc_t>(src[i]);
+    return;
+  }
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t w = 0; w < W; ++w) dst[h * W + w] = static_cast<acc_t>(src[h * sh + w * sw]);
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_plane(scalar_t* __restrict dst, const acc_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+                        int64_t sw) {
+  if (sw == 1 && sh == W) {
+    for (int64_t i = 0; i < H * W; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+    return;
+  }
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = static_cast<scalar_t>(src[h * W + w]);
+}
+
+// Sum of a * b over n elements, in independent lanes so the compiler vectorises
+// it without reassociating (no -ffast-math needed).
+template <typename acc_t>
+inline acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
+  constexpr int L = 16;
+  acc_t lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) lanes[l] += a[i + l] * b[i + l];
+  acc_t s = 0;
+  for (; i < n; ++i) s += a[i] * b[i];
+  for (int l = 0; l < L; ++l) s += lanes[l];
+  return s;
+}
+
+template <typename acc_t>
+inline acc_t sum(const acc_t* __restrict a, int64_t n) {
+  constexpr int L = 16;
+  acc_t lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) lanes[l] += a[i + l];
+  acc_t s = 0;
+  for (; i < n; ++i) s += a[i];
+  for (int l = 0; l < L; ++l) s += lanes[l];
+  return s;
+}
+
+// NaN-propagating max step: b replaces a when larger or NaN (torch's max_pool rule).
+template <typename acc_t>
+inline bool takes(acc_t a, acc_t b) {
+  return b > a || (b != b && a == a);
+}
+
+// Planes carry a one-element border (the 3x3 pools' padding): a dense H x W
+// plane lives in an (H + 2) x (W + 2) buffer at offset W + 3.
+inline int64_t padded(int64_t n) { return n + 2; }
+
+template <typename acc_t, typename scalar_t>
+inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+                        int64_t sw) {
+  const int64_t Wp = W + 2;
+  for (int64_t h = 0; h < H; ++h) {
+    acc_t* d = dst + (h + 1) * Wp + 1;
+    const scalar_t* r = src + h * sh;
+    if (sw == 1) {
+      for (int64_t w = 0; w < W; ++w) d[w] = static_cast<acc_t>(r[w]);
+    } else {
+      for (int64_t w = 0; w < W; ++w) d[w] = static_cast<acc_t>(r[w * sw]);
+    }
+  }
+}
+
+template <typename acc_t>
+inline void set_border(acc_t* x, int64_t H, int64_t W, acc_t v) {
+  const int64_t Wp = W + 2;
+  for (int64_t w = 0; w < Wp; ++w) x[w] = x[(H + 1) * Wp + w] = v;
+  for (int64_t h = 1; h <= H; ++h) x[h * Wp] = x[h * Wp + W + 1] = v;
+}
+
+// 1 / (rows * cols) of each 3x3 window clipped to the plane: the
+// count_include_pad=False divisor of the average pool.
+template <typename acc_t>
+void avg_divisors(int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* inv) {
+  for (int64_t ho = 0; ho < Ho; ++ho) {
+    const int64_t rows = std::min<int64_t>(ho * stride + 2, H) - std::max<int64_t>(ho * stride - 1, 0);
+    for (int64_t wo = 0; wo < Wo; ++wo) {
+      const int64_t cols = std::min<int64_t>(wo * stride + 2, W) - std::max<int64_t>(wo * stride - 1, 0);
+      inv[ho * Wo + wo] = acc_t(1) / static_cast<acc_t>(rows * cols);
+    }
+  }
+}
+
+// Separable 3x3 pooling (padding 1) of a padded plane `xp` into the dense
+// Ho x Wo `out`: a row pass then a column pass, branch-free so both vectorise.
+// Max pooling pads with -inf; `arg` (if not null) gets, per output, the padded
+// offset of the first maximum in row-major scan order (the row pass keeps each
+// row's first maximum, the column pass the first row holding the overall one).
+// Average pooling pads with 0 and scales by `inv` (avg_divisors).
+// Scratch: `row` and `row_arg` of (H + 2) * Wo.
+template <typename acc_t>
+void pool_plane(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo,
+                acc_t* __restrict out, int32_t* __restrict arg, const acc_t* __restrict inv, acc_t* __restrict row,
+                int32_t* __restrict row_arg) {
+  const int64_t Wp = W + 2, Hp = H + 2;
+  set_border(xp, H, W, is_max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0));
+  for (int64_t r = 0; r < Hp; ++r) {
+    const acc_t* __restrict x = xp + r * Wp;
+    acc_t* __restrict rr = row + r * Wo;
+    int32_t* __restrict ra = row_arg + r * Wo;
+    if (is_max) {
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        const int64_t c = wo * stride;
+        acc_t m = x[c];
+        int32_t a = static_cast<int32_t>(c);
+        const acc_t b1 = x[c + 1], b2 = x[c + 2];
+        const bool t1 = takes(m, b1);
+        m = t1 ? b1 : m;
+        a = t1 ? static_cast<int32_t>(c + 1) : a;
+        const bool t2 = takes(m, b2);
+        m = t2 ? b2 : m;
+        a = t2 ? static_cast<int32_t>(c + 2) : a;
+        rr[wo] = m;
+        ra[wo] = a;
+      }
+    } else {
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        const int64_t c = wo * stride;
+        rr[wo] = x[c] + x[c + 1] + x[c + 2];
+      }
+    }
+  }
+  for (int64_t ho = 0; ho < Ho; ++ho) {
+    const int64_t r = ho * stride;
+    const acc_t* __restrict r0 = row + r * Wo;
+    const acc_t* __restrict r1 = r0 + Wo;
+    const acc_t* __restrict r2 = r1 + Wo;
+    acc_t* __restrict o = out + ho * Wo;
+    if (is_max) {
+      if (arg) {
+        const int32_t* __restrict a0 = row_arg + r * Wo;
+        int32_t* __restrict ao = arg + ho * Wo;
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          acc_t m = r0[wo];
+          int32_t a = static_cast<int32_t>(r * Wp) + a0[wo];
+          const bool t1 = takes(m, r1[wo]);
+          m = t1 ? r1[wo] : m;
+          a = t1 ? static_cast<int32_t>((r + 1) * Wp) + a0[wo + Wo] : a;
+          const bool t2 = takes(m, r2[wo]);
+          m = t2 ? r2[wo] : m;
+          a = t2 ? static_cast<int32_t>((r + 2) * Wp) + a0[wo + 2 * Wo] : a;
+          o[wo] = m;
+          ao[wo] = a;
+        }
+      } else {
+        for (int64_t wo = 0; wo < Wo; ++wo) {
+          acc_t m = r0[wo];
+          m = takes(m, r1[wo]) ? r1[wo] : m;
+          m = takes(m, r2[wo]) ? r2[wo] : m;
+          o[wo] = m;
+        }
+      }
+    } else {
+      const acc_t* __restrict iv = inv + ho * Wo;
+      for (int64_t wo = 0; wo < Wo; ++wo) o[wo] = (r0[wo] + r1[wo] + r2[wo]) * iv[wo];
+    }
+  }
+}
+
+// gxp (padded) += the 3x3 average-pool backward of dp, whose divisors are `inv`.
+template <typename acc_t>
+void avg_pool_backward(const acc_t* __restrict dp, const acc_t* __restrict inv, int64_t W, int64_t stride,
+                       int64_t Ho, int64_t Wo, acc_t* __restrict gxp, acc_t* __restrict share) {
+  const int64_t Wp = W + 2;
+  for (int64_t ho = 0; ho < Ho; ++ho) {
+    for (int64_t wo = 0; wo < Wo; ++wo) share[wo] = dp[ho * Wo + wo] * inv[ho * Wo + wo];
+    for (int64_t dr = 0; dr < 3; ++dr) {
+      acc_t* __restrict g = gxp + (ho * stride + dr) * Wp;
+      for (int64_t dc = 0; dc < 3; ++dc)
+        for (int64_t wo = 0; wo < Wo; ++wo) g[wo * stride + dc] += share[wo];
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace dartscc
