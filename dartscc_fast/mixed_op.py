@@ -50,7 +50,14 @@ class MixedOp(nn.Module):
     ``forward(x, weights, hard=False)``: ``weights`` is ``[k]`` or, per sample,
     ``[N, k]``. With ``hard=True`` the weights must be one-hot (straight-through
     Gumbel) and only the drawn op runs.
+
+    On CPU, at stride 1, the parametric candidates run on a channels_last copy
+    of ``x`` (``channels_last_params``): oneDNN's depthwise and pointwise
+    convolutions are 2-3x faster in that layout here, which outweighs the copy.
+    The result does not depend on it beyond rounding.
     """
+
+    channels_last_params: bool = True
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str] = DARTS_PRIMITIVES):
         super().__init__()
@@ -99,7 +106,11 @@ class MixedOp(nn.Module):
                              f"got {list(weights.shape)}")
         if hard:
             return self._forward_hard(x, weights)
-        params = [op(x) for op, kind in zip(self._ops, self._kinds) if kind == "param"]
+        xp = x
+        if self.channels_last_params and self.stride == 1 and x.device.type == "cpu" and x.dim() == 4 \
+                and not x.is_contiguous(memory_format=torch.channels_last) and "param" in self._kinds:
+            xp = x.contiguous(memory_format=torch.channels_last)
+        params = [op(xp) for op, kind in zip(self._ops, self._kinds) if kind == "param"]
         if all(kind == "param" for kind in self._kinds):
             return ops.mixed_sum(params, weights)
         bn_stats = self._running_stats() if self._bns and not self._bn_uses_batch_stats() else None

@@ -46,11 +46,11 @@ struct Kernel {
 
   // Scratch for one plane, per thread; xb and gxb are padded (plane_ops.h).
   struct Scratch {
-    std::vector<acc_t> xb, pooled, row, buf, gb, gxb, share;
+    std::vector<acc_t> xb, pooled, row, buf, gb, gxb;
     std::vector<int32_t> arg, row_arg;
     Scratch(const FreeShape& s)
         : xb((s.h + 2) * (s.w + 2)), pooled(s.ho * s.wo), row((s.h + 2) * s.wo), buf(s.ho * s.wo), gb(s.ho * s.wo),
-          gxb((s.h + 2) * (s.w + 2)), share(s.wo), arg(s.ho * s.wo), row_arg((s.h + 2) * s.wo) {}
+          gxb((s.h + 2) * (s.w + 2)), arg(s.ho * s.wo), row_arg((s.h + 2) * s.wo) {}
   };
 
   void init() {
@@ -311,7 +311,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
               const int32_t* arg = t.arg.data();
               for (int64_t j = 0; j < m; ++j) gxb[arg[j]] += dp[j];
             } else {
-              cpu::avg_pool_backward(dp.data(), kr.inv.data(), s.w, s.stride, s.ho, s.wo, gxb, t.share.data());
+              cpu::avg_pool_backward(dp.data(), kr.inv.data(), s.h, s.w, s.stride, s.ho, s.wo, gxb, t.row.data());
             }
           }
         }

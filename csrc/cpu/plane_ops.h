@@ -112,10 +112,11 @@ void avg_divisors(int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, 
 // row's first maximum, the column pass the first row holding the overall one).
 // Average pooling pads with 0 and scales by `inv` (avg_divisors).
 // Scratch: `row` and `row_arg` of (H + 2) * Wo.
-template <typename acc_t>
-void pool_plane(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo,
-                acc_t* __restrict out, int32_t* __restrict arg, const acc_t* __restrict inv, acc_t* __restrict row,
-                int32_t* __restrict row_arg) {
+// The stride is a template parameter so the strided loads vectorise.
+template <int stride, typename acc_t>
+void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                  acc_t* __restrict out, int32_t* __restrict arg, const acc_t* __restrict inv, acc_t* __restrict row,
+                  int32_t* __restrict row_arg) {
   const int64_t Wp = W + 2, Hp = H + 2;
   set_border(xp, H, W, is_max ? -std::numeric_limits<acc_t>::infinity() : acc_t(0));
   for (int64_t r = 0; r < Hp; ++r) {
@@ -181,19 +182,45 @@ void pool_plane(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t
   }
 }
 
-// gxp (padded) += the 3x3 average-pool backward of dp, whose divisors are `inv`.
 template <typename acc_t>
-void avg_pool_backward(const acc_t* __restrict dp, const acc_t* __restrict inv, int64_t W, int64_t stride,
-                       int64_t Ho, int64_t Wo, acc_t* __restrict gxp, acc_t* __restrict share) {
+void pool_plane(bool is_max, acc_t* xp, int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* out,
+                int32_t* arg, const acc_t* inv, acc_t* row, int32_t* row_arg) {
+  if (stride == 1)
+    pool_plane_s<1>(is_max, xp, H, W, Ho, Wo, out, arg, inv, row, row_arg);
+  else
+    pool_plane_s<2>(is_max, xp, H, W, Ho, Wo, out, arg, inv, row, row_arg);
+}
+
+// gxp (padded) += the 3x3 average-pool backward of dp, whose divisors are
+// `inv`: separable, rows first (into `rows`, (H + 2) x Wo, zeroed here), then columns.
+template <int stride, typename acc_t>
+void avg_pool_backward_s(const acc_t* __restrict dp, const acc_t* __restrict inv, int64_t H, int64_t W, int64_t Ho,
+                         int64_t Wo, acc_t* __restrict gxp, acc_t* __restrict rows) {
   const int64_t Wp = W + 2;
+  std::fill(rows, rows + (H + 2) * Wo, acc_t(0));
   for (int64_t ho = 0; ho < Ho; ++ho) {
-    for (int64_t wo = 0; wo < Wo; ++wo) share[wo] = dp[ho * Wo + wo] * inv[ho * Wo + wo];
+    const acc_t* __restrict d = dp + ho * Wo;
+    const acc_t* __restrict iv = inv + ho * Wo;
     for (int64_t dr = 0; dr < 3; ++dr) {
-      acc_t* __restrict g = gxp + (ho * stride + dr) * Wp;
-      for (int64_t dc = 0; dc < 3; ++dc)
-        for (int64_t wo = 0; wo < Wo; ++wo) g[wo * stride + dc] += share[wo];
+      acc_t* __restrict r = rows + (ho * stride + dr) * Wo;
+      for (int64_t wo = 0; wo < Wo; ++wo) r[wo] += d[wo] * iv[wo];
     }
   }
+  for (int64_t h = 0; h < H + 2; ++h) {
+    const acc_t* __restrict r = rows + h * Wo;
+    acc_t* __restrict g = gxp + h * Wp;
+    for (int64_t dc = 0; dc < 3; ++dc)
+      for (int64_t wo = 0; wo < Wo; ++wo) g[wo * stride + dc] += r[wo];
+  }
+}
+
+template <typename acc_t>
+void avg_pool_backward(const acc_t* dp, const acc_t* inv, int64_t H, int64_t W, int64_t stride, int64_t Ho,
+                       int64_t Wo, acc_t* gxp, acc_t* rows) {
+  if (stride == 1)
+    avg_pool_backward_s<1>(dp, inv, H, W, Ho, Wo, gxp, rows);
+  else
+    avg_pool_backward_s<2>(dp, inv, H, W, Ho, Wo, gxp, rows);
 }
 
 }  // namespace cpu
