@@ -8,5 +8,6 @@ from dartscc_fast import ops
 from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixed_sum
 from dartscc_fast.mixed_op import MixedOp, replace_mixed_ops
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
+from dartscc_fast.latency import LatencyTable, OpConfig, latency_reg, normalise, profile_space
 
 __version__ = BUILD_INFO["version"]

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 # Modules that add subcommands, in the order `--help` lists them.
 _COMMAND_MODULES: List[str] = [
+    "dartscc_fast.latency.cli",
 ]
 
 

@@ -230,3 +230,23 @@ class Network(nn.Module):
             s0, s1 = s1, cell(s0, s1, w, hard=hard)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
+
+
+# ------------------------------------------------------------------- latency (issue 3)
+def latency_lookup(table, keys: Sequence[str], k: int) -> Tensor:
+    """A Python dict lookup of E * k configuration keys into ``L [E, k]`` (float64); '' costs 0."""
+    values = [0.0 if key == "" else float(table[key]) for key in keys]
+    return torch.tensor(values, dtype=torch.float64).reshape(-1, k)
+
+
+def latency_reg(w: Tensor, L: Tensor, S: Tensor, type_index: Sequence[int]) -> Tensor:
+    """``sum_e sum_m S[type(m)] * L[e, m] * w[e, m]``; ``[N]`` when w ([N, E, k]) or S ([N, T]) is per sample.
+
+    type_index[m] = -1 marks a candidate with no type and no cost ('none').
+    """
+    idx = torch.as_tensor(list(type_index), dtype=torch.long, device=S.device)
+    S_pad = torch.cat([S, S.new_zeros(S.shape[:-1] + (1,))], dim=-1)  # index -1 -> the appended 0
+    St = S_pad[..., idx]  # [k] or [N, k]
+    if St.dim() == 2:
+        St = St.unsqueeze(1)  # [N, 1, k]
+    return (w * L * St).sum(dim=(-2, -1))

@@ -1,0 +1,26 @@
+"""Latency on the target device: microbenchmarks, tables, compiled lookups, the regulariser.
+
+- :mod:`~dartscc_fast.latency.table`: configuration keys (:class:`OpConfig`), the
+  versioned JSON table (:class:`LatencyTable`; its schema is documented there),
+  lookups of ``L [edges, k]`` through the compiled hash map, :func:`normalise`.
+- :mod:`~dartscc_fast.latency.measure`: time every op configuration of a search
+  space on this machine (:func:`profile_space`), and whole networks.
+- :mod:`~dartscc_fast.latency.roofline`: simulated devices (named presets).
+- :func:`latency_reg`: the fused regulariser ``sum_e sum_m S_type(m) L[e, m] w[e, m]``.
+
+Typical use in a search::
+
+    table = LatencyTable.load("table.json")             # dartscc-fast profile --out table.json
+    L = normalise(table.supernet_latency(space), "uniform")       # [2E, k], normal then reduce rows
+    L = L.to(device=w.device, dtype=w.dtype)
+    lat = latency_reg(torch.cat([w_normal, w_reduce], -2), L, S, space.type_index().tolist())
+"""
+from dartscc_fast.latency.table import BaseConfig, LatencyTable, LatencyTableError, OpConfig, edge_configs, \
+    genotype_configs, normalise, reference_latency, space_configs
+from dartscc_fast.latency.measure import Timing, profile_space, time_callable, time_genotype
+from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset, simulate_table
+from dartscc_fast.latency_ops import latency_reg
+
+__all__ = ["BaseConfig", "LatencyTable", "LatencyTableError", "OpConfig", "edge_configs", "genotype_configs",
+           "normalise", "reference_latency", "space_configs", "Timing", "profile_space", "time_callable",
+           "time_genotype", "DEVICE_PRESETS", "DevicePreset", "simulate_table", "latency_reg"]

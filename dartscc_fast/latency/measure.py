@@ -1,0 +1,279 @@
+"""Device microbenchmarks: time every op configuration of a search space, and whole networks.
+
+Each configuration runs as the module a derived network uses (DARTS eval
+ops: ``OPS[primitive](C, stride, affine=True)``, eval mode) on a fixed random
+input ``[batch, C, H, W]``, under ``torch.inference_mode``:
+
+- warm-up: ``warmup`` runs, and at least 50 ms of them (caches, allocator,
+  oneDNN primitive creation, CPU clocks);
+- then timed runs, one forward each: ``time.perf_counter`` on the CPU (the
+  torch thread count is set and recorded), CUDA events with synchronisation
+  on a GPU;
+- until the estimate is stable: the 95% confidence half-width of the median,
+  ``1.57 * IQR / sqrt(runs)`` (McGill, Tukey & Larsen 1978), is below
+  ``rel_ci`` of it, or ``max_runs`` runs, or ``max_seconds`` seconds;
+- reported: the median, the interquartile range (the spread), the number of
+  runs and the fastest run.
+
+``passes > 1`` repeats the sweep over all configurations and pools the runs, so
+a burst of load from another process lands on every configuration alike.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from dartscc_fast.latency.table import BASE_INPUTS, BaseConfig, LatencyTable, OpConfig, _now, device_token, \
+    dtype_name, space_configs, torch_dtype
+from dartscc_fast.primitives import OPS
+from dartscc_fast.progress import Progress
+
+
+@dataclass
+class Timing:
+    """The runs of one benchmark, in ms."""
+    times: List[float] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return len(self.times)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
+
+    @property
+    def iqr(self) -> float:
+        q1, q3 = np.percentile(self.times, [25, 75])
+        return float(q3 - q1)
+
+    @property
+    def min(self) -> float:
+        return float(np.min(self.times))
+
+    def rel_ci(self) -> float:
+        """The 95% confidence half-width of the median, relative to it."""
+        m = self.median
+        return 1.57 * self.iqr / np.sqrt(self.runs) / m if m > 0 else 0.0
+
+    def entry(self) -> Dict:
+        return {"median": self.median, "iqr": self.iqr, "runs": self.runs, "min": self.min}
+
+
+@contextlib.contextmanager
+def num_threads(n: Optional[int]) -> Iterator[int]:
+    """Run with ``torch.set_num_threads(n)`` (None: leave it), restoring it after; yields the count."""
+    old = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run_device(device: Union[str, torch.device]) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device here; profile on the target "
+                         "machine, or simulate it with --device sim:<preset>")
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"can only measure on cpu or cuda, got {device!r}")
+    return d
+
+
+def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "cpu", warmup: int = 3,
+                  min_runs: int = 10, max_runs: int = 300, max_seconds: float = 1.0, rel_ci: float = 0.01,
+                  timing: Optional[Timing] = None) -> Timing:
+    """Time ``fn()`` as the module docstring says; extends ``timing`` if given."""
+    d = _run_device(device)
+    cuda = d.type == "cuda"
+    timing = timing if timing is not None else Timing()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        n = 0
+        while n < warmup or (time.perf_counter() - t0 < 0.05 and n < 50):
+            fn()
+            n += 1
+        if cuda:
+            torch.cuda.synchronize(d)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        first = timing.runs
+        t_start = time.perf_counter()
+        while True:
+            if cuda:
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                timing.times.append(float(start.elapsed_time(end)))
+            else:
+                a = time.perf_counter()
+                fn()
+                timing.times.append((time.perf_counter() - a) * 1e3)
+            n = timing.runs - first
+            if n >= min_runs and (n >= max_runs or time.perf_counter() - t_start >= max_seconds
+                                  or timing.rel_ci() <= rel_ci):
+                return timing
+
+
+def device_name(device: Union[str, torch.device]) -> str:
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_op(cfg: OpConfig) -> nn.Module:
+    """The module a derived network runs for this configuration (eval mode, on its device and dtype)."""
+    if cfg.cin != cfg.cout:
+        raise ValueError(f"{cfg.key()}: the DARTS primitives keep the channel count (cin == cout)")
+    return OPS[cfg.primitive](cfg.cin, cfg.stride, True).eval().to(cfg.device, torch_dtype(cfg.dtype))
+
+
+class FreeOp(nn.Module):
+    """An edge that costs nothing itself: its input, or a strided view of it at stride 2."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x if self.stride == 1 else x[:, :, ::self.stride, ::self.stride]
+
+
+def base_genotype(space, inputs: str = "all"):
+    """The edge structure of a base network: every edge ('all') or the first two per node ('top2')."""
+    from dartscc_fast.space import Genotype
+    nodes = [[("skip_connect", j) for j in range(2 + i)][:(None if inputs == "all" else 2)]
+             for i in range(space.steps)]
+    concat = list(range(2 + space.steps - space.multiplier, space.steps + 2))
+    return Genotype(nodes, [list(n) for n in nodes], concat, list(concat))
+
+
+def build_base_network(space, inputs: str = "all", dtype="float32", device="cpu") -> nn.Module:
+    """The network's fixed part: stem, preprocessing, node sums, concatenation, pooling and
+    classifier, with every edge a :class:`FreeOp`."""
+    net = build_network(space, base_genotype(space, inputs), dtype, device)
+    for cell in net.cells:
+        edges = [j for node in cell._nodes for _, j in node]
+        for i, j in enumerate(edges):
+            cell._ops[i] = FreeOp(2 if cell.reduction and j < 2 else 1)
+    return net
+
+
+def network_input(space, batch: int, dtype="float32", device="cpu") -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, space.in_channels, space.input_size, space.input_size, generator=g)
+    return x.to(device=device, dtype=torch_dtype(dtype_name(dtype)))
+
+
+def build_network(space, genotype, dtype="float32", device="cpu") -> nn.Module:
+    from dartscc_fast.space import DiscreteNetwork
+    torch.manual_seed(0)
+    return DiscreteNetwork(space, genotype).eval().to(device=device, dtype=torch_dtype(dtype_name(dtype)))
+
+
+def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
+                  **timing_kw) -> Timing:
+    """The measured forward time of a discrete architecture's whole network."""
+    d = _run_device(device)
+    net = build_network(space, genotype, dtype, d)
+    x = network_input(space, batch, dtype, d)
+    with num_threads(threads if d.type == "cpu" else None):
+        return time_callable(lambda: net(x), d, **timing_kw)
+
+
+def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes) -> str:
+    timer = "CUDA events around the call, then event synchronisation" if device.type == "cuda" else \
+        "time.perf_counter around the call"
+    return (f"{timer}; one forward of the eval-mode module on a fixed input [batch, C, H, W] under "
+            f"torch.inference_mode; {warmup} warm-up runs (and at least 50 ms); then runs until the 95% "
+            f"confidence half-width of the median (1.57 IQR / sqrt(runs)) is below {rel_ci:.1%} of it, or "
+            f"{max_runs} runs, or {max_seconds} s; {passes} pass(es) over all configurations, runs pooled; "
+            f"median reported, spread = interquartile range")
+
+
+def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int = 64, dtype="float32",
+                  threads: Optional[int] = None, include_base: bool = True, passes: int = 1,
+                  progress: bool = True, warmup: int = 3, min_runs: int = 10, max_runs: int = 300,
+                  max_seconds: float = 1.0, rel_ci: float = 0.01) -> LatencyTable:
+    """Measure every op configuration of the space(s) (and each space's network base) on ``device``.
+
+    ``device`` 'sim:<preset>' builds the table from the roofline model instead.
+    """
+    spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
+    dtype = dtype_name(dtype)
+    if str(device).startswith("sim:"):
+        from dartscc_fast.latency.roofline import simulate_table
+        return simulate_table(spaces, str(device), batch, dtype, include_base)
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    d = _run_device(device)
+    from dartscc_fast._extension import BUILD_INFO
+    tok = device_token(d)
+    jobs = []  # (config, make the callable)
+    seen = set()
+    for space in spaces:
+        for cfg in space_configs(space, batch, dtype, tok):
+            if cfg.key() not in seen:
+                seen.add(cfg.key())
+                jobs.append((cfg, space))
+        if include_base:
+            for inputs in BASE_INPUTS:
+                base = BaseConfig.of(space, batch, dtype, tok, inputs)
+                if base.key() not in seen:
+                    seen.add(base.key())
+                    jobs.append((base, space))
+    timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
+                     rel_ci=rel_ci)
+    timings: Dict[str, Timing] = {}
+    with num_threads(threads if d.type == "cpu" else None) as n_threads:
+        bar = Progress(total=len(jobs) * passes, desc=f"profiling {tok}", enabled=None if progress else False)
+        for _ in range(passes):
+            for cfg, space in jobs:
+                if isinstance(cfg, BaseConfig):
+                    net = build_base_network(space, cfg.inputs, dtype, d)
+                    x = network_input(space, batch, dtype, d)
+                    fn = lambda net=net, x=x: net(x)  # noqa: E731
+                else:
+                    op = build_op(cfg).to(d)
+                    x = torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w, dtype=torch_dtype(dtype), device=d)
+                    fn = lambda op=op, x=x: op(x)  # noqa: E731
+                key = cfg.key()
+                timings[key] = time_callable(fn, d, timing=timings.get(key), **timing_kw)
+                bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
+                             f" {timings[key].median:.3g}ms")
+                bar.update()
+        bar.close()
+        meta = {
+            "device": tok, "device_name": device_name(d), "torch": torch.__version__,
+            "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(),
+            "threads": n_threads if d.type == "cpu" else None,
+            "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,
+            "cuda": torch.version.cuda if d.type == "cuda" else None, "date": _now(),
+            "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes),
+            "batch": batch, "dtype": dtype, "spaces": [s.name for s in spaces],
+            "host": {"system": platform.system(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        }
+    t = LatencyTable(meta=meta)
+    for key, tm in timings.items():
+        t.add(key, **tm.entry())
+    return t

@@ -1,0 +1,599 @@
+"""Latency tables: configuration keys, the versioned JSON file, lookups for a supernet.
+
+Keys
+----
+One op configuration, :class:`OpConfig`, is keyed by a canonical string in the
+style of ProxylessNAS::
+
+    <primitive>:cin<C_in>:cout<C_out>:h<H>:w<W>:s<stride>:n<batch>:<dtype>:<device>
+    sep_conv_3x3:cin16:cout16:h28:w28:s1:n64:float32:cpu
+
+H and W are the op's *input* size. ``device`` is a token: ``cpu``, ``cuda``, or
+``sim-<preset>`` for a simulated device. The part of a network that the search
+does not choose (stem, preprocessing, node sums, concatenation, pooling,
+classifier) is timed as the network whose every edge runs a free op (the
+input itself, or a strided view of it at stride 2), and keyed by
+:class:`BaseConfig`::
+
+    base:<space signature>:<inputs>:n<batch>:<dtype>:<device>
+    base:cin1-c16-l3-st4-m4-sm3-hw28-cls10:all:n64:float32:cpu
+
+``inputs`` is ``all`` (every node sums all its incoming edges, as a genotype
+derived without top-2) or ``top2`` (two inputs per node, as DARTS derives), since
+the node sums cost time too. A whole network is predicted as
+``base + sum of its chosen ops``, the base interpolated between the two by
+the genotype's number of node sums.
+The 'none' primitive costs nothing by definition and is never stored.
+
+File format (schema ``dartscc_fast.latency_table``, version 1)
+---------------------------------------------------------------
+A JSON object::
+
+    {
+      "schema": "dartscc_fast.latency_table",   # identifies the file
+      "version": 1,                             # this format; readers refuse newer ones
+      "unit": "ms",                             # every time in the file (version 1: always ms)
+      "meta": {                                 # how and where it was measured
+        "device": "cpu",                        # the device token of the keys
+        "device_name": "AMD EPYC ...",          # CPU model / GPU name / preset description
+        "torch": "2.13.0+cpu", "dartscc_fast": "0.1.0", "python": "3.11.7",
+        "threads": 2,                           # torch.get_num_threads() (CPU), else null
+        "date": "2025-01-01T12:00:00+00:00",    # ISO 8601, UTC
+        "method": "...",                        # timer, warm-up, stopping rule, statistic
+        "batch": 64, "dtype": "float32",        # the defaults of lookups
+        "spaces": ["fmnist-paper"],             # the search spaces it was made for
+        ...                                     # free-form extras (host, preset parameters)
+      },
+      "entries": {                              # key -> one measurement
+        "sep_conv_3x3:cin16:...:cpu": {
+          "median": 1.234,                      # the latency (required, finite, >= 0)
+          "iqr": 0.021,                         # spread: interquartile range of the runs
+          "runs": 57,                           # timed runs (0: computed, not measured)
+          "min": 1.201                          # fastest run (optional)
+        }, ...
+      }
+    }
+
+Tables measured separately (other spaces, batch sizes) merge with
+:meth:`LatencyTable.merge`, which refuses to mix devices or machines unless
+told to. Every load error names the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from dartscc_fast.primitives import OPS
+
+SCHEMA = "dartscc_fast.latency_table"
+VERSION = 1
+UNIT = "ms"
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+_TOKEN = r"[A-Za-z0-9_.\-]+"
+_OP_KEY = re.compile(r"^(?P<primitive>[a-z0-9_]+):cin(?P<cin>\d+):cout(?P<cout>\d+):h(?P<h>\d+):w(?P<w>\d+)"
+                     r":s(?P<stride>\d+):n(?P<batch>\d+):(?P<dtype>[a-z0-9]+):(?P<device>" + _TOKEN + r")$")
+_BASE_KEY = re.compile(r"^base:(?P<space>[a-z0-9\-]+):(?P<inputs>all|top2):n(?P<batch>\d+):(?P<dtype>[a-z0-9]+)"
+                       r":(?P<device>" + _TOKEN + r")$")
+
+
+class LatencyTableError(ValueError):
+    """A latency table that is corrupt, of another version, or does not fit the request."""
+
+
+# ------------------------------------------------------------------------------ keys
+def dtype_name(dtype: Union[str, torch.dtype]) -> str:
+    """'float32' for torch.float32 or 'float32'; ValueError for an unsupported dtype."""
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    return name
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[dtype_name(name)]
+
+
+def device_token(device: Union[str, torch.device]) -> str:
+    """The device part of a key: 'cpu', 'cuda' (any index) or 'sim-<preset>' for 'sim:<preset>'."""
+    d = str(device)
+    if d.startswith("sim:") or d.startswith("sim-"):
+        name = d[4:]
+        if not name or not re.fullmatch(_TOKEN, name):
+            raise ValueError(f"bad simulated device {d!r}; expected sim:<preset>")
+        return "sim-" + name
+    kind = torch.device(d).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {d!r}; expected cpu, cuda or sim:<preset>")
+    return kind
+
+
+@dataclass(frozen=True)
+class OpConfig:
+    """One candidate op at one shape on one device: a row of the latency table."""
+    primitive: str
+    cin: int
+    cout: int
+    h: int
+    w: int
+    stride: int
+    batch: int
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.primitive not in OPS:
+            raise ValueError(f"unknown primitive {self.primitive!r} in an op configuration")
+        for name in ("cin", "cout", "h", "w", "stride", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"OpConfig.{name} must be >= 1, got {getattr(self, name)}")
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        object.__setattr__(self, "device", device_token(self.device))
+
+    def key(self) -> str:
+        return (f"{self.primitive}:cin{self.cin}:cout{self.cout}:h{self.h}:w{self.w}:s{self.stride}"
+                f":n{self.batch}:{self.dtype}:{self.device}")
+
+    @property
+    def out_hw(self) -> Tuple[int, int]:
+        return (self.h - 1) // self.stride + 1, (self.w - 1) // self.stride + 1
+
+    @classmethod
+    def parse(cls, key: str) -> "OpConfig":
+        m = _OP_KEY.match(key)
+        if not m:
+            raise ValueError(f"{key!r} is not an op configuration key "
+                             "(<primitive>:cin<C>:cout<C>:h<H>:w<W>:s<stride>:n<batch>:<dtype>:<device>)")
+        d = m.groupdict()
+        return cls(d["primitive"], int(d["cin"]), int(d["cout"]), int(d["h"]), int(d["w"]), int(d["stride"]),
+                   int(d["batch"]), d["dtype"], d["device"])
+
+
+def space_signature(space) -> str:
+    """What the fixed part of a network depends on: everything in the space but the primitives."""
+    return (f"cin{space.in_channels}-c{space.C}-l{space.layers}-st{space.steps}-m{space.multiplier}"
+            f"-sm{space.stem_multiplier}-hw{space.input_size}-cls{space.num_classes}")
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """The fixed, non-searchable part of a space's networks (see the module docstring)."""
+    space: str  # space_signature(space)
+    batch: int
+    dtype: str = "float32"
+    device: str = "cpu"
+    inputs: str = "all"  # 'all': every node sums all its edges; 'top2': two per node
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        object.__setattr__(self, "device", device_token(self.device))
+        if self.inputs not in BASE_INPUTS:
+            raise ValueError(f"BaseConfig.inputs must be one of {BASE_INPUTS}, got {self.inputs!r}")
+
+    def key(self) -> str:
+        return f"base:{self.space}:{self.inputs}:n{self.batch}:{self.dtype}:{self.device}"
+
+    @classmethod
+    def of(cls, space, batch: int, dtype="float32", device="cpu", inputs: str = "all") -> "BaseConfig":
+        return cls(space_signature(space), batch, dtype, device, inputs)
+
+    @classmethod
+    def parse(cls, key: str) -> "BaseConfig":
+        m = _BASE_KEY.match(key)
+        if not m:
+            raise ValueError(f"{key!r} is not a network-base key "
+                             "(base:<space>:<all|top2>:n<batch>:<dtype>:<device>)")
+        return cls(m["space"], int(m["batch"]), m["dtype"], m["device"], m["inputs"])
+
+
+BASE_INPUTS = ("all", "top2")
+
+
+def node_sums(space, genotype=None, inputs: str = "all") -> int:
+    """The additions a network's nodes perform: sum over cells and nodes of (inputs - 1)."""
+    if genotype is None:
+        per_node = [(2 + i if inputs == "all" else min(2, 2 + i)) for i in range(space.steps)]
+        return space.layers * sum(max(0, n - 1) for n in per_node)
+    return sum(max(0, len(node) - 1) for cell in range(space.layers)
+               for node in (genotype.reduce if space.is_reduction(cell) else genotype.normal))
+
+
+def parse_key(key: str) -> Union[OpConfig, BaseConfig]:
+    return BaseConfig.parse(key) if key.startswith("base:") else OpConfig.parse(key)
+
+
+def edge_configs(space, batch: int, dtype="float32", device="cpu") -> List[List[Optional[OpConfig]]]:
+    """For every edge of the supernet (``space.edges()`` order), the config of each candidate (None: 'none')."""
+    rows = []
+    for e in space.edges():
+        rows.append([None if p == "none" else OpConfig(p, e.C, e.C, e.H, e.W, e.stride, batch, dtype, device)
+                     for p in space.primitives])
+    return rows
+
+
+def space_configs(space, batch: int, dtype="float32", device="cpu") -> List[OpConfig]:
+    """The distinct op configurations of a search space, in the order the network meets them."""
+    seen: Dict[str, OpConfig] = {}
+    for row in edge_configs(space, batch, dtype, device):
+        for c in row:
+            if c is not None:
+                seen.setdefault(c.key(), c)
+    return list(seen.values())
+
+
+def genotype_configs(space, genotype, batch: int, dtype="float32", device="cpu") -> List[OpConfig]:
+    """The op of every chosen edge of a discrete network (all its cells), one config each."""
+    by_edge = {(e.cell, e.src, e.dst): e for e in space.edges()}
+    out = []
+    for cell in range(space.layers):
+        nodes = genotype.reduce if space.is_reduction(cell) else genotype.normal
+        for i, node in enumerate(nodes):
+            for prim, src in node:
+                if prim == "none":
+                    continue
+                e = by_edge[(cell, src, i + 2)]
+                out.append(OpConfig(prim, e.C, e.C, e.H, e.W, e.stride, batch, dtype, device))
+    return out
+
+
+# ----------------------------------------------------------------------------- the table
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _entry(d: Mapping, where: str) -> Dict:
+    if not isinstance(d, Mapping):
+        raise LatencyTableError(f"{where}: an entry must be an object with a 'median', got {type(d).__name__}")
+    if "median" not in d:
+        raise LatencyTableError(f"{where}: the entry has no 'median'")
+    out = dict(d)
+    for name in ("median", "iqr", "min"):
+        if name in out:
+            v = out[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
+            out[name] = float(v)
+    runs = out.get("runs", 0)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        raise LatencyTableError(f"{where}: 'runs' must be an integer >= 0, got {runs!r}")
+    out["runs"] = runs
+    return out
+
+
+class LatencyTable:
+    """A latency table: op configurations -> measured (or simulated) times, in ms, with metadata.
+
+    ``table[key_or_config]`` is the median time. :meth:`supernet_latency` gives
+    the ``L`` of the regulariser through the compiled lookup
+    (``torch.classes.dartscc_fast.LatencyTable``); :meth:`predict` the latency
+    of a discrete architecture.
+    """
+
+    def __init__(self, entries: Optional[Mapping[str, Mapping]] = None, meta: Optional[Mapping] = None,
+                 source: Optional[str] = None):
+        self.meta: Dict = dict(meta or {})
+        self.source = source  # the file it came from, for error messages
+        self.entries: Dict[str, Dict] = {}
+        self._compiled = None
+        self._prepared: Dict = {}
+        for key, e in (entries or {}).items():
+            self._check_key(key)
+            self.entries[key] = _entry(e, self._where(key))
+
+    # -- basics ----------------------------------------------------------------
+    def _where(self, key: Optional[str] = None) -> str:
+        name = f"latency table {self.source}" if self.source else "latency table"
+        return f"{name}, entry {key!r}" if key is not None else name
+
+    def _check_key(self, key: str) -> None:
+        try:
+            parse_key(key)
+        except ValueError as e:
+            raise LatencyTableError(f"{self._where()}: bad key: {e}") from None
+
+    @staticmethod
+    def _key(k: Union[str, OpConfig, BaseConfig]) -> str:
+        return k if isinstance(k, str) else k.key()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, k) -> bool:
+        return self._key(k) in self.entries
+
+    def __getitem__(self, k) -> float:
+        key = self._key(k)
+        if key not in self.entries:
+            raise KeyError(self._missing_message([key]))
+        return self.entries[key]["median"]
+
+    def keys(self) -> List[str]:
+        return list(self.entries)
+
+    def add(self, k: Union[str, OpConfig, BaseConfig], median: float, iqr: float = 0.0, runs: int = 0,
+            **extra) -> None:
+        """Set one entry (replacing any)."""
+        key = self._key(k)
+        self._check_key(key)
+        self.entries[key] = _entry(dict(extra, median=median, iqr=iqr, runs=runs), self._where(key))
+        self._compiled = None
+        self._prepared.clear()
+
+    @property
+    def device(self) -> Optional[str]:
+        return self.meta.get("device")
+
+    @property
+    def batch(self) -> Optional[int]:
+        return self.meta.get("batch")
+
+    @property
+    def dtype(self) -> str:
+        return self.meta.get("dtype", "float32")
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable({len(self)} entries, device={self.device!r}, batch={self.batch}, "
+                f"dtype={self.dtype!r}{', from ' + self.source if self.source else ''})")
+
+    # -- file --------------------------------------------------------------------
+    def to_dict(self) -> Dict:
+        return {"schema": SCHEMA, "version": VERSION, "unit": UNIT, "meta": self.meta,
+                "entries": {k: self.entries[k] for k in sorted(self.entries)}}
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the table as JSON (atomically: a crash leaves the old file intact)."""
+        path = os.fspath(path)
+        tmp = path + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+        self.source = path
+
+    @classmethod
+    def from_dict(cls, d, source: Optional[str] = None) -> "LatencyTable":
+        where = f"latency table {source}" if source else "latency table"
+        if not isinstance(d, dict):
+            raise LatencyTableError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        if d.get("schema") != SCHEMA:
+            raise LatencyTableError(f"{where}: not a dartscc_fast latency table (schema is {d.get('schema')!r}, "
+                                    f"expected {SCHEMA!r})")
+        version = d.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise LatencyTableError(f"{where}: 'version' must be an integer, got {version!r}")
+        if version > VERSION:
+            raise LatencyTableError(f"{where}: schema version {version} is newer than this dartscc_fast reads "
+                                    f"({VERSION}); upgrade dartscc_fast")
+        if version < 1:
+            raise LatencyTableError(f"{where}: unknown schema version {version}")
+        if d.get("unit") != UNIT:
+            raise LatencyTableError(f"{where}: unit must be {UNIT!r} (schema version {VERSION}), got "
+                                    f"{d.get('unit')!r}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise LatencyTableError(f"{where}: 'meta' must be an object, got {type(meta).__name__}")
+        entries = d.get("entries")
+        if not isinstance(entries, dict):
+            raise LatencyTableError(f"{where}: 'entries' must be an object mapping keys to measurements")
+        return cls(entries, meta, source)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], device: Optional[str] = None) -> "LatencyTable":
+        """Read a table; with ``device``, also check that it was made for that device."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"latency table {path}: no such file (make one with "
+                                    f"`dartscc-fast profile --out {path}`)")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise LatencyTableError(f"latency table {path}: corrupt JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise LatencyTableError(f"latency table {path}: not a text file ({e})") from None
+        t = cls.from_dict(d, source=path)
+        if device is not None and t.device != device_token(device):
+            raise LatencyTableError(f"latency table {path}: made for device {t.device!r}, not "
+                                    f"{device_token(device)!r}")
+        return t
+
+    # -- merging -----------------------------------------------------------------
+    _SAME_MACHINE = ("device", "device_name", "threads")
+
+    def merge(self, *others: "LatencyTable", on_conflict: str = "error", strict: bool = True) -> "LatencyTable":
+        """A new table with the entries of this one and of ``others``.
+
+        Args:
+            on_conflict: a key in several tables with different times: 'error',
+                'first' (keep the earliest table's) or 'last'.
+            strict: refuse tables whose device, device name or thread count differ.
+        """
+        if on_conflict not in ("error", "first", "last"):
+            raise ValueError(f"on_conflict must be 'error', 'first' or 'last', got {on_conflict!r}")
+        out = LatencyTable(self.entries, copy.deepcopy(self.meta))
+        sources = [self.source or "(unsaved)"]
+        for o in others:
+            if strict:
+                for f in self._SAME_MACHINE:
+                    if self.meta.get(f) != o.meta.get(f):
+                        raise LatencyTableError(
+                            f"cannot merge {o._where()} into {self._where()}: their {f} differ "
+                            f"({o.meta.get(f)!r} vs {self.meta.get(f)!r}); pass strict=False to merge anyway")
+            for key, e in o.entries.items():
+                if key in out.entries and out.entries[key]["median"] != e["median"]:
+                    if on_conflict == "error":
+                        raise LatencyTableError(f"cannot merge {o._where()}: {key!r} is in both tables with "
+                                                f"different times ({e['median']} vs {out.entries[key]['median']} "
+                                                f"ms); choose on_conflict='first' or 'last'")
+                    if on_conflict == "first":
+                        continue
+                out.entries[key] = dict(e)
+            sources.append(o.source or "(unsaved)")
+            spaces = list(out.meta.get("spaces", []))
+            out.meta["spaces"] = spaces + [s for s in o.meta.get("spaces", []) if s not in spaces]
+        out.meta["merged_from"] = sources
+        out.meta["merged"] = _now()
+        return out
+
+    # -- lookups -------------------------------------------------------------------
+    def compiled(self):
+        """The table as a ``torch.classes.dartscc_fast.LatencyTable`` (C++ hash map), cached."""
+        if self._compiled is None:
+            from dartscc_fast import _extension  # noqa: F401  (registers the class)
+            t = torch.classes.dartscc_fast.LatencyTable()
+            keys = list(self.entries)
+            t.insert_many(keys, [self.entries[k]["median"] for k in keys])
+            self._compiled = t
+        return self._compiled
+
+    def _missing_message(self, missing: Sequence[str]) -> str:
+        shown = ", ".join(repr(k) for k in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                                           else "")
+        have = sorted({(c.device, c.batch, c.dtype) for c in map(parse_key, self.entries)})
+        have_s = "; ".join(f"device {d}, batch {b}, {t}" for d, b, t in have[:4]) or "nothing"
+        return (f"{self._where()} has no latency for {shown}. The table holds {len(self)} entries for {have_s}. "
+                f"Measure the missing ones (`dartscc-fast profile`) or pass fallback='roofline' to estimate them")
+
+    def _fallback_estimates(self, missing: Sequence[str], fallback) -> Dict[str, float]:
+        from dartscc_fast.latency import roofline
+        if callable(fallback):
+            est = {k: float(fallback(parse_key(k))) for k in missing}
+            how = "the given fallback function"
+        elif fallback == "roofline":
+            est, how = roofline.calibrated_estimates(self, [parse_key(k) for k in missing])
+        else:
+            raise ValueError(f"fallback must be None, 'roofline' or a function of an OpConfig, got {fallback!r}")
+        shown = ", ".join(f"{k} ~ {v:.4g} ms" for k, v in list(est.items())[:5])
+        warnings.warn(f"{self._where()} lacks {len(missing)} configuration(s); estimated with {how}: {shown}"
+                      + (" ..." if len(est) > 5 else ""), stacklevel=3)
+        return est
+
+    def _prepare(self, keys: Sequence[str], fallback) -> Tuple[Tensor, Optional[Tensor]]:
+        """Hash the keys once: (slots, fallback estimates or None); errors and warnings happen here."""
+        t = self.compiled()
+        slots = t.resolve(list(keys), True)
+        missing_at = (slots == -2).nonzero().flatten().tolist()
+        if not missing_at:
+            return slots, None
+        missing = list(dict.fromkeys(keys[i] for i in missing_at))
+        if fallback is None:
+            raise LatencyTableError(self._missing_message(missing))
+        est = self._fallback_estimates(missing, fallback)
+        return slots, torch.tensor([est.get(key, math.nan) for key in keys], dtype=torch.float64)
+
+    def lookup(self, keys: Sequence[str], k: int, fallback: Union[None, str, Callable] = None) -> Tensor:
+        """``L [len(keys) / k, k]`` (float64, CPU) through the compiled table; '' (the 'none' op) costs 0.
+
+        A key the table lacks is an error naming it, unless ``fallback`` is
+        'roofline' (a roofline estimate scaled to this table's measurements) or
+        a function ``OpConfig -> ms``; estimated entries trigger a warning.
+        """
+        keys = list(keys)
+        slots, fb = self._prepare(keys, fallback)
+        return self.compiled().gather(slots, k, fb)
+
+    def _lookup_args(self, batch, dtype, device):
+        batch = batch if batch is not None else self.batch
+        if batch is None:
+            raise LatencyTableError(f"{self._where()}: its meta names no batch size; pass batch=")
+        return int(batch), dtype_name(dtype if dtype is not None else self.dtype), \
+            device_token(device if device is not None else (self.device or "cpu"))
+
+    def supernet_latency(self, space, per: str = "cell_type", batch: Optional[int] = None, dtype=None,
+                         device=None, fallback: Union[None, str, Callable] = None) -> Tensor:
+        """The ``L`` of the regulariser for a whole supernet, float64 on the CPU.
+
+        The configurations are those of the table's target (its meta's device,
+        batch and dtype) unless given: a search on one device can target another.
+
+        Args:
+            per: 'edge': ``[layers * E, k]``, one row per edge of the network
+                (``space.edges()`` order); 'cell_type': ``[2 * E, k]``, the
+                normal cells' edges summed, then the reduction cells', matching
+                architecture weights ``torch.cat([w_normal, w_reduce], -2)``.
+        """
+        if per not in ("edge", "cell_type"):
+            raise ValueError(f"per must be 'edge' or 'cell_type', got {per!r}")
+        # The keys are hashed once per (space, target, fallback); later calls only gather.
+        ck = (space, self._lookup_args(batch, dtype, device), fallback if isinstance(fallback, (str, type(None)))
+              else id(fallback))
+        if ck not in self._prepared:
+            rows = edge_configs(space, *ck[1])
+            keys = ["" if c is None else c.key() for row in rows for c in row]
+            E = space.num_edges
+            index = torch.tensor([e.edge + (E if e.reduction else 0) for e in space.edges()])
+            self._prepared[ck] = self._prepare(keys, fallback) + (index,)
+        slots, fb, index = self._prepared[ck]
+        L = self.compiled().gather(slots, space.k, fb)
+        if per == "edge":
+            return L
+        return L.new_zeros(2 * space.num_edges, space.k).index_add_(0, index, L)
+
+    def base(self, space, genotype=None, batch: Optional[int] = None, dtype=None, device=None) -> float:
+        """The time of the fixed part of a network of the space (0 if the table has no base entry).
+
+        With a genotype, the base is interpolated linearly in its number of node
+        sums between the 'top2' and 'all' entries (whichever the table has).
+        """
+        args = self._lookup_args(batch, dtype, device)
+        have = {}
+        for inputs in BASE_INPUTS:
+            key = BaseConfig.of(space, *args, inputs=inputs).key()
+            if key in self.entries:
+                have[inputs] = self.entries[key]["median"]
+        if not have:
+            return 0.0
+        if genotype is None or len(have) == 1:
+            return have.get("all", next(iter(have.values())))
+        n, n_all, n_top2 = node_sums(space, genotype), node_sums(space), node_sums(space, inputs="top2")
+        if n_all == n_top2:
+            return have["all"]
+        return have["top2"] + (have["all"] - have["top2"]) * (n - n_top2) / (n_all - n_top2)
+
+    def predict(self, space, genotype, batch: Optional[int] = None, dtype=None, device=None,
+                include_base: bool = True, fallback: Union[None, str, Callable] = None) -> float:
+        """Predicted latency (ms) of a discrete architecture: base + the sum of its chosen ops."""
+        args = self._lookup_args(batch, dtype, device)
+        keys = [c.key() for c in genotype_configs(space, genotype, *args)]
+        total = float(self.lookup(keys, 1, fallback).sum()) if keys else 0.0
+        return total + (self.base(space, genotype, *args) if include_base else 0.0)
+
+
+# ---------------------------------------------------------------------- normalisation
+def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:
+    """The latency of a reference architecture under ``L [E, k]`` (a 0-dim tensor).
+
+    'uniform': every candidate weighted 1/k (the supernet at initialisation);
+    'cheapest': the cheapest typed candidate on every edge ('none', type -1 in
+    ``type_index``, is left out, else the all-cheapest network would cost 0).
+    """
+    if reference == "uniform":
+        return L.mean(dim=-1).sum()
+    if reference == "cheapest":
+        cols = list(range(L.shape[-1])) if type_index is None else \
+            [m for m, t in enumerate(type_index) if int(t) >= 0]
+        if not cols:
+            raise ValueError("reference='cheapest' needs at least one candidate with a type")
+        return L[..., cols].min(dim=-1).values.sum()
+    raise ValueError(f"reference must be 'uniform' or 'cheapest', got {reference!r}")
+
+
+def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:
+    """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
+    so a regularisation weight kappa means the same everywhere."""
+    d = reference_latency(L, reference, type_index)
+    if not bool(d > 0):
+        raise ValueError(f"the {reference} reference architecture has latency {float(d)}; cannot normalise by it")
+    return L / d

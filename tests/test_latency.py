@@ -1,0 +1,321 @@
+"""Latency tables: keys, the file (round trip, corrupt and mismatched files), merging, the compiled
+lookup against a Python dict, normalisation, the roofline presets, the microbenchmark and the CLI."""
+import copy
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from dartscc_fast import reference
+from dartscc_fast.cli import main
+from dartscc_fast.latency import BaseConfig, LatencyTable, LatencyTableError, OpConfig, edge_configs, \
+    normalise, profile_space, reference_latency, simulate_table, space_configs, time_genotype
+from dartscc_fast.latency import roofline
+from dartscc_fast.space import get_space, random_genotype
+
+FMNIST = get_space("fmnist-paper")
+DARTS = get_space("darts-cifar")
+TINY = get_space("fmnist-paper", C=4, input_size=8)
+
+
+def sample_table(space=FMNIST, batch=64, device="cpu", seed=0):
+    rng = random.Random(seed)
+    t = LatencyTable(meta={"device": device, "device_name": "test", "threads": 2, "batch": batch,
+                           "dtype": "float32", "spaces": [space.name]})
+    for c in space_configs(space, batch, "float32", device):
+        t.add(c, rng.uniform(0.01, 5.0), rng.uniform(0, 0.1), rng.randint(1, 99))
+    t.add(BaseConfig.of(space, batch, "float32", device), 7.5, 0.1, 10)
+    return t
+
+
+# ------------------------------------------------------------------------------ keys
+def test_key_round_trip():
+    c = OpConfig("sep_conv_3x3", 16, 16, 28, 28, 1, 64, torch.float32, "cpu")
+    assert c.key() == "sep_conv_3x3:cin16:cout16:h28:w28:s1:n64:float32:cpu"
+    assert OpConfig.parse(c.key()) == c
+    s = OpConfig("max_pool_3x3", 32, 32, 28, 28, 2, 8, "float16", "sim:mobile-cpu")
+    assert s.key().endswith(":float16:sim-mobile-cpu") and OpConfig.parse(s.key()) == s
+    b = BaseConfig.of(FMNIST, 64)
+    assert b.key() == "base:cin1-c16-l3-st4-m4-sm3-hw28-cls10:all:n64:float32:cpu"
+    assert BaseConfig.parse(b.key()) == b
+    b2 = BaseConfig.of(FMNIST, 8, inputs="top2")
+    assert BaseConfig.parse(b2.key()) == b2 and ":top2:" in b2.key()
+
+
+@pytest.mark.parametrize("key", ["sep_conv_3x3:cin16", "bogus_op:cin1:cout1:h1:w1:s1:n1:float32:cpu",
+                                 "sep_conv_3x3:cin16:cout16:h28:w28:s1:n64:int8:cpu"])
+def test_bad_keys(key):
+    with pytest.raises(ValueError):
+        OpConfig.parse(key)
+
+
+def test_space_configs():
+    cfgs = space_configs(FMNIST, 64)
+    # 5 shapes (C16 28x28 s1; C32 28 s2, 14 s1; C64 14 s2, 7 s1) x 3 primitives
+    assert len(cfgs) == 15 and len({c.key() for c in cfgs}) == 15
+    assert len(space_configs(DARTS, 64)) == 5 * 7  # 'none' is never stored
+
+
+# ------------------------------------------------------------------------------ file
+def test_file_round_trip(tmp_path):
+    t = sample_table()
+    p = tmp_path / "t.json"
+    t.save(p)
+    u = LatencyTable.load(p)
+    assert u.entries == t.entries and u.meta == t.meta and u.source == str(p)
+    d = json.loads(p.read_text())
+    assert d["schema"] == "dartscc_fast.latency_table" and d["version"] == 1 and d["unit"] == "ms"
+
+
+def _write(tmp_path, obj, text=None):
+    p = tmp_path / "bad.json"
+    p.write_text(text if text is not None else json.dumps(obj))
+    return p
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.update(schema="something"), "not a dartscc_fast latency table"),
+    (lambda d: d.update(version=2), "version 2 is newer"),
+    (lambda d: d.update(version="1"), "'version' must be an integer"),
+    (lambda d: d.update(unit="us"), "unit must be 'ms'"),
+    (lambda d: d.update(entries=[]), "'entries' must be an object"),
+    (lambda d: d.update(meta=3), "'meta' must be an object"),
+    (lambda d: d["entries"].update({"nonsense": {"median": 1.0}}), "bad key"),
+    (lambda d: d["entries"].update({next(iter(d["entries"])): {"iqr": 1.0}}), "has no 'median'"),
+    (lambda d: d["entries"].update({next(iter(d["entries"])): {"median": -1.0}}), "finite number >= 0"),
+    (lambda d: d["entries"].update({next(iter(d["entries"])): {"median": float("nan")}}), "finite number"),
+    (lambda d: d["entries"].update({next(iter(d["entries"])): {"median": 1.0, "runs": 1.5}}), "'runs'"),
+])
+def test_corrupt_tables_are_rejected(tmp_path, mutate, match):
+    d = sample_table().to_dict()
+    mutate(d)
+    p = _write(tmp_path, d)
+    with pytest.raises(LatencyTableError, match=match) as e:
+        LatencyTable.load(p)
+    assert str(p) in str(e.value)
+
+
+def test_unreadable_files(tmp_path):
+    p = _write(tmp_path, None, text='{"schema": "dartscc_fast.latency_table", "version": 1,')
+    with pytest.raises(LatencyTableError, match="corrupt JSON") as e:
+        LatencyTable.load(p)
+    assert str(p) in str(e.value)
+    with pytest.raises(LatencyTableError, match="expected a JSON object"):
+        LatencyTable.load(_write(tmp_path, [1, 2]))
+    with pytest.raises(FileNotFoundError, match="missing.json: no such file"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_mismatched_tables(tmp_path):
+    p = tmp_path / "t.json"
+    sample_table().save(p)
+    with pytest.raises(LatencyTableError, match="made for device 'cpu', not 'cuda'"):
+        LatencyTable.load(p, device="cuda")
+    t = LatencyTable.load(p)
+    with pytest.raises(LatencyTableError, match=r"t\.json has no latency for 'sep_conv_3x3:cin16:.*:n32:") as e:
+        t.supernet_latency(FMNIST, batch=32)
+    assert "batch 64" in str(e.value)  # says what the table does hold
+    with pytest.raises(LatencyTableError, match="no latency for"):
+        t.supernet_latency(DARTS)
+
+
+# ------------------------------------------------------------------------------ merge
+def test_merge():
+    a, b = sample_table(FMNIST), sample_table(DARTS, seed=1)
+    m = a.merge(b)
+    assert len(m) == len(a) + len(b)
+    assert m.meta["spaces"] == ["fmnist-paper", "darts-cifar"]
+    m.supernet_latency(FMNIST), m.supernet_latency(DARTS)  # covers both
+    c = sample_table(FMNIST, seed=2)
+    with pytest.raises(LatencyTableError, match="in both tables with different times"):
+        a.merge(c)
+    key = a.keys()[0]
+    assert a.merge(c, on_conflict="first")[key] == a[key]
+    assert a.merge(c, on_conflict="last")[key] == c[key]
+    other = sample_table(FMNIST, device="cuda")
+    other.meta["device_name"] = "GPU"
+    with pytest.raises(LatencyTableError, match="their device differ"):
+        a.merge(other)
+    assert len(a.merge(other, strict=False)) == 2 * len(a)
+
+
+# ------------------------------------------------------------------------ lookups
+def test_compiled_lookup_equals_dict():
+    t = sample_table(DARTS)
+    rows = edge_configs(DARTS, 64)
+    keys = ["" if c is None else c.key() for row in rows for c in row]
+    random.Random(0).shuffle(keys)
+    d = {k: e["median"] for k, e in t.entries.items()}
+    L = t.lookup(keys, DARTS.k)
+    assert L.dtype == torch.float64 and L.shape == (len(rows), DARTS.k)
+    assert torch.equal(L, reference.latency_lookup(d, keys, DARTS.k))
+    c = t.compiled()
+    assert c.size() == len(t) and sorted(c.keys()) == sorted(t.keys())
+    assert c.lookup(keys[1]) == d.get(keys[1], 0.0) and c.contains("") and c.lookup("") == 0.0
+
+
+def test_compiled_table_errors_and_pickle():
+    t = torch.classes.dartscc_fast.LatencyTable()
+    t.insert("a:b", 1.5)
+    with pytest.raises(RuntimeError, match="no latency for configuration 'missing:key'"):
+        t.lookup_batch(["a:b", "missing:key"], 2, None)
+    with pytest.raises(RuntimeError, match="not a multiple of k=2"):
+        t.lookup_batch(["a:b"], 2, None)
+    with pytest.raises(RuntimeError, match="must be finite and >= 0"):
+        t.insert("x", float("nan"))
+    fb = torch.tensor([math.nan, 4.0], dtype=torch.float64)
+    assert t.lookup_batch(["a:b", "missing:key"], 2, fb).tolist() == [[1.5, 4.0]]
+    assert t.missing(["a:b", "m", "", "m", "n"]) == ["m", "n"]
+    u = copy.deepcopy(t)
+    assert u.lookup("a:b") == 1.5 and u.size() == 1
+    # two steps: hash the keys once, then gather by slot
+    t.insert("c:d", 2.5)
+    slots = t.resolve(["c:d", "", "a:b", "zz"], True)
+    assert slots.tolist() == [1, -1, 0, -2]
+    with pytest.raises(RuntimeError, match="no latency for configuration 'zz'"):
+        t.resolve(["zz"], False)
+    with pytest.raises(RuntimeError, match="no fallback estimate"):
+        t.gather(slots, 2, None)
+    fb = torch.tensor([math.nan, math.nan, math.nan, 9.0], dtype=torch.float64)
+    assert t.gather(slots, 2, fb).tolist() == [[2.5, 0.0], [1.5, 9.0]]
+    t.insert("a:b", 3.0)  # a slot keeps its key: resolved slots stay valid
+    assert t.gather(slots, 4, fb).tolist() == [[2.5, 0.0, 3.0, 9.0]]
+
+
+def test_fallback_estimates_and_warns():
+    t = sample_table(FMNIST)
+    with pytest.raises(LatencyTableError, match="fallback='roofline'"):
+        t.supernet_latency(FMNIST, batch=32)
+    with pytest.warns(UserWarning, match="lacks 15 configuration"):
+        L = t.supernet_latency(FMNIST, batch=32, fallback="roofline")
+    assert torch.isfinite(L).all() and (L[:, :2] > 0).all() and (L >= 0).all()  # identity: no kernel
+    with pytest.warns(UserWarning, match="the given fallback function"):
+        L = t.supernet_latency(FMNIST, batch=32, fallback=lambda c: 1.0)
+    # each normal row sums the 1 normal cell's edge, each reduction row the 2 reduction cells'
+    assert torch.equal(L, torch.cat([torch.ones(14, 3), torch.full((14, 3), 2.0)]).double())
+
+
+def test_supernet_latency_cache_follows_the_table():
+    t = sample_table(FMNIST)
+    L = t.supernet_latency(FMNIST, per="edge")
+    key = OpConfig("sep_conv_3x3", 16, 16, 28, 28, 1, 64).key()
+    t.add(key, 100.0)
+    L2 = t.supernet_latency(FMNIST, per="edge")
+    assert (L2[:14, 0] == 100.0).all() and torch.equal(L2[14:], L[14:])
+
+
+def test_supernet_latency_and_predict():
+    t = sample_table(FMNIST)
+    per_edge = t.supernet_latency(FMNIST, per="edge")
+    per_type = t.supernet_latency(FMNIST)
+    assert per_edge.shape == (3 * 14, 3) and per_type.shape == (28, 3)
+    torch.testing.assert_close(per_edge.sum(0), per_type.sum(0))
+    torch.testing.assert_close(per_type[:14], per_edge[:14])  # cell 0 is the only normal cell
+    g = random_genotype(FMNIST, torch.Generator().manual_seed(0))
+    # predicted = base + the chosen op of every edge: gather from the per-edge L
+    idx = [FMNIST.primitives.index(p) for cell in range(3)
+           for node in (g.reduce if FMNIST.is_reduction(cell) else g.normal) for p, _ in node]
+    expect = 7.5 + float(per_edge[torch.arange(42), torch.tensor(idx)].sum())
+    assert t.predict(FMNIST, g) == pytest.approx(expect)
+    assert t.predict(FMNIST, g, include_base=False) == pytest.approx(expect - 7.5)
+
+
+def test_normalise():
+    L = torch.rand(28, 8, dtype=torch.float64)
+    ti = DARTS.type_index().tolist()
+    assert reference_latency(normalise(L), "uniform").item() == pytest.approx(1.0)
+    n = normalise(L, "cheapest", ti)
+    assert reference_latency(n, "cheapest", ti).item() == pytest.approx(1.0)
+    # the cheapest reference leaves out 'none', which costs 0
+    L[:, 0] = 0
+    assert reference_latency(L, "cheapest", ti) > 0
+    with pytest.raises(ValueError, match="uniform' or 'cheapest"):
+        normalise(L, "median")
+
+
+def test_end_to_end_regulariser():
+    """The documented pipeline: table -> L (normal then reduce rows) -> latency_reg with gradients."""
+    from dartscc_fast.latency import latency_reg
+    t = sample_table(DARTS)
+    L = normalise(t.supernet_latency(DARTS), "uniform").float()
+    logits = torch.randn(2, 14, DARTS.k, requires_grad=True)
+    w = torch.softmax(logits, -1).reshape(28, DARTS.k)
+    S = torch.tensor([0.2, 0.3, 0.5])
+    lat = latency_reg(w, L, S, DARTS.type_index())
+    lat.backward()
+    assert lat.item() > 0 and logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+# ----------------------------------------------------------------------- roofline
+def test_roofline_presets():
+    for name, p in roofline.PRESETS.items():
+        assert p.sources and p.peak("float32") > 0 and p.bandwidth > 0
+        t = simulate_table([FMNIST, DARTS], "sim:" + name)
+        assert t.device == "sim-" + name and t.meta["preset"]["name"] == name
+        L = t.supernet_latency(DARTS)
+        assert torch.isfinite(L).all() and (L[:, 0] == 0).all()  # 'none'
+        c = lambda p, s=1: OpConfig(p, 16, 16, 32, 32, s, 64, "float32", "sim:" + name)  # noqa: E731
+        assert t[c("sep_conv_5x5")] > t[c("sep_conv_3x3")] > t[c("max_pool_3x3")] > t[c("skip_connect")] == 0
+        assert t[OpConfig("skip_connect", 32, 32, 32, 32, 2, 64, "float32", "sim:" + name)] > 0  # FactorizedReduce
+    with pytest.raises(ValueError, match="unknown simulated device"):
+        roofline.get_preset("sim:abacus")
+
+
+# --------------------------------------------------------------------- measurement
+def test_profile_tiny_space():
+    t = profile_space(TINY, "cpu", batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3, warmup=1)
+    assert len(t) == len(space_configs(TINY, 2)) + 2  # + the two network bases
+    for e in t.entries.values():
+        assert math.isfinite(e["median"]) and e["median"] > 0 and e["runs"] >= 3
+    m = t.meta
+    assert m["device"] == "cpu" and m["threads"] == 1 and m["torch"] == torch.__version__ and m["date"]
+    assert "perf_counter" in m["method"]
+    g = random_genotype(TINY, torch.Generator().manual_seed(0))
+    assert t.predict(TINY, g) > t.base(TINY, g) > 0
+    tm = time_genotype(TINY, g, batch=2, threads=1, max_seconds=0.02, min_runs=3, warmup=1)
+    assert tm.median > 0 and tm.runs >= 3
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    assert main(["profile", "--device", "sim:edge-gpu", "--space", "fmnist-paper", "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["table", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "sep_conv_3x3" in shown and "(network base, all)" in shown and "sim-edge-gpu" in shown
+    assert main(["table", "check", str(out), "--space", "fmnist-paper"]) == 0
+    assert main(["table", "check", str(out), "--space", "darts-cifar"]) == 1
+    cpu = tmp_path / "cpu.json"
+    assert main(["profile", "--device", "cpu", "--batch", "1", "--threads", "1", "--max-seconds", "0.01",
+                 "--out", str(cpu), "--quiet"]) == 0
+    assert LatencyTable.load(cpu).meta["threads"] == 1
+    assert main(["table", "merge", str(out), str(cpu), "--out", str(tmp_path / "m.json")]) == 2  # devices differ
+    assert main(["table", "merge", str(out), str(cpu), "--out", str(tmp_path / "m.json"), "--force"]) == 0
+    assert main(["table", "show", str(tmp_path / "missing.json")]) == 2
+    pytest.importorskip("matplotlib")
+    assert main(["table", "plot", str(cpu), "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_base_interpolates_node_sums():
+    from dartscc_fast.latency.table import node_sums
+    t = sample_table(FMNIST)
+    t.add(BaseConfig.of(FMNIST, 64, inputs="top2"), 5.5)
+    assert node_sums(FMNIST) == 3 * 10 and node_sums(FMNIST, inputs="top2") == 3 * 4
+    g_all = random_genotype(FMNIST, torch.Generator().manual_seed(0))
+    g_top2 = random_genotype(FMNIST, torch.Generator().manual_seed(0), top2=True)
+    assert node_sums(FMNIST, g_all) == 30 and node_sums(FMNIST, g_top2) == 12
+    assert t.base(FMNIST, g_all) == 7.5 and t.base(FMNIST, g_top2) == 5.5 and t.base(FMNIST) == 7.5
+    g_top2.normal[3].append(("skip_connect", 0))  # one more node sum in the one normal cell
+    assert t.base(FMNIST, g_top2) == pytest.approx(5.5 + 2.0 / 18)
+
+
+def test_base_network_is_free_edges():
+    from dartscc_fast.latency.measure import FreeOp, build_base_network
+    for inputs, n in (("all", 14), ("top2", 8)):
+        net = build_base_network(TINY, inputs)
+        assert all(isinstance(op, FreeOp) for cell in net.cells for op in cell._ops)
+        assert all(len(cell._ops) == n for cell in net.cells)
+        assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
