@@ -13,6 +13,11 @@ from typing import List, Optional
 # Modules that add subcommands, in the order `--help` lists them.
 _COMMAND_MODULES: List[str] = [
     "dartscc_fast.latency.cli",
+    "dartscc_fast.search",
+    "dartscc_fast.derive",
+    "dartscc_fast.evaluate",
+    "dartscc_fast.report",
+    "dartscc_fast.demo",
 ]
 
 

@@ -1,0 +1,146 @@
+"""``dartscc-fast demo``: the whole method on the shipped data, on this CPU, in minutes.
+
+1. profile the latency of every op configuration of the space on this CPU;
+2. one hypernetwork search (every S at once);
+3. the baselines: DARTS (no latency term) and FBNet-style searches, one per kappa;
+4. derive A, B, C and a grid over the simplex, evaluate (inherited weights,
+   retrained from scratch), measure their latency, and compare with the baselines;
+5. print the table and write report.md, report.json and the plots.
+
+The defaults are sized for a 2-core CPU and a 15-minute budget; every size is
+an option (``--limit``, ``--epochs``, ``--retrain-epochs``, ``--fbnet-kappas``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from dartscc_fast.evaluate import RetrainConfig, baseline_config
+from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    out_dir: str = "runs/demo"
+    space: str = "fmnist-paper"
+    limit: Optional[int] = 3000        # images of the shipped 6,226 (split 70/15/15)
+    epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
+    kappa: float = 4.0                 # the hypernetwork search's latency weight (normalised L)
+    fbnet_kappas: tuple = (1.0, 4.0, 12.0)
+    darts: bool = True
+    retrain_epochs: int = 2
+    grid: int = 4
+    front_retrain: int = 5
+    threads: int = 2
+    profile_seconds: float = 0.15      # per op configuration
+    latency_table: Optional[str] = None  # reuse a table instead of profiling
+    seed: int = 0
+    hypernet: Optional[str] = None
+    max_steps_per_epoch: Optional[int] = None
+    measure: bool = True
+
+
+def run_demo(cfg: DemoConfig, log=print) -> Dict:
+    """Run the demo; returns the report dict (also written under ``cfg.out_dir``)."""
+    from dartscc_fast.datasets import make_loaders
+    from dartscc_fast.latency import LatencyTable, profile_space
+    from dartscc_fast.report import make_report, markdown, write_report
+    from dartscc_fast.space import get_space
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    times: Dict[str, float] = {}
+    t_all = time.perf_counter()
+    space = get_space(cfg.space)
+
+    t = time.perf_counter()
+    if cfg.latency_table:
+        table = LatencyTable.load(cfg.latency_table)
+        table_path = cfg.latency_table
+        log(f"[1/5] latency table: {table_path} ({len(table)} entries, device {table.device})")
+    else:
+        log(f"[1/5] profiling {space.name} on this CPU ({cfg.threads} threads, batch {TABLE_BATCH})")
+        table = profile_space(space, "cpu", batch=TABLE_BATCH, threads=cfg.threads,
+                              max_seconds=cfg.profile_seconds, min_runs=5)
+        table_path = str(out / "latency_table.json")
+        table.save(table_path)
+    times["profile"] = time.perf_counter() - t
+
+    base = SearchConfig(space=cfg.space, limit=cfg.limit, epochs=cfg.epochs, kappa=cfg.kappa, seed=cfg.seed,
+                        latency_table=table_path, out_dir=str(out / "search"),
+                        max_steps_per_epoch=cfg.max_steps_per_epoch)
+    if cfg.hypernet:
+        base = dataclasses.replace(base, hypernet=cfg.hypernet)
+    loaders = make_loaders(base.data, base.data_root, batch_size=base.batch_size, seed=base.seed, limit=base.limit)
+    log(f"      data: {loaders.split}")
+
+    t = time.perf_counter()
+    log(f"[2/5] hypernetwork search ({base.hypernet}, kappa {base.kappa:g}, {base.epochs} epochs)")
+    result = load_search(run_search(base, loaders=loaders, table=table))
+    times["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    runs: Dict[str, List] = {"darts": [], "fbnet": []}
+    plans = ([("darts", 0.0)] if cfg.darts else []) + [("fbnet", k) for k in cfg.fbnet_kappas]
+    for i, (kind, kappa) in enumerate(plans):
+        bc = baseline_config(base, kind, kappa)
+        log(f"[3/5] baseline search {i + 1}/{len(plans)}: {kind}" + (f" kappa {kappa:g}" if kind == "fbnet" else ""))
+        runs[kind].append(load_search(run_search(bc, loaders=loaders, table=table)))
+    times["baselines"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log(f"[4/5] deriving and evaluating A, B, C, the simplex grid (1/{cfg.grid}) and the baselines")
+    rc = RetrainConfig(epochs=cfg.retrain_epochs, seed=cfg.seed) if cfg.retrain_epochs > 0 else None
+    report = make_report(result, loaders, runs, cfg.grid, rc, cfg.front_retrain, measure=cfg.measure,
+                         threads=cfg.threads, log=lambda m: log("      " + m))
+    times["evaluate"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t_all
+    report["demo"] = {"config": dataclasses.asdict(cfg), "seconds": times, "latency_table_path": table_path}
+
+    log("[5/5] report")
+    paths = write_report(report, out)
+    log("")
+    log(markdown(report))
+    for k, v in paths.items():
+        log(f"{k}: {v}")
+    log("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    return report
+
+
+def register(sub) -> None:
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="profile, search, derive A/B/C, evaluate, report: the whole method in minutes",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=d.out_dir)
+    p.add_argument("--limit", type=int, default=d.limit, help="images of the shipped set to use (0: all)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
+    p.add_argument("--kappa", type=float, default=d.kappa)
+    p.add_argument("--fbnet-kappas", type=float, nargs="*", default=list(d.fbnet_kappas))
+    p.add_argument("--no-darts", action="store_true", help="skip the DARTS baseline")
+    p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
+    p.add_argument("--grid", type=int, default=d.grid)
+    p.add_argument("--front-retrain", type=int, default=d.front_retrain)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--profile-seconds", type=float, default=d.profile_seconds)
+    p.add_argument("--latency-table", default=None, help="reuse this table instead of profiling")
+    p.add_argument("--hypernet", default=None, choices=["linear", "pwl", "mlp"])
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, epochs=args.epochs, kappa=args.kappa,
+                     fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
+                     retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,
+                     threads=args.threads, profile_seconds=args.profile_seconds, latency_table=args.latency_table,
+                     seed=args.seed, hypernet=args.hypernet, max_steps_per_epoch=args.max_steps_per_epoch)
+    run_demo(cfg)
+    return 0

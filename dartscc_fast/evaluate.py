@@ -1,0 +1,209 @@
+"""Evaluating derived architectures, and the baselines they are compared with.
+
+(a) Inherited weights: the discrete architecture run inside the trained
+    supernet (one-hot weights, only its ops run); quick, no training.
+(b) Retrained from scratch: the standalone network trained for a configurable
+    number of epochs on the train split and tested on the test split (the
+    seeds' "test accuracy").
+
+Baselines, searched and evaluated the same way:
+- DARTS: the plain search with no latency term (kappa = 0), S-independent logits;
+- FBNet-style: one search per fixed kappa (plain latency, every type weighted
+  alike): one search per trade-off;
+- random architectures whose predicted latency matches a target.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dartscc_fast.hypernet import PROFILES, format_S, parse_S
+from dartscc_fast.progress import Progress
+from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, random_genotype
+
+__all__ = ["genotype_weights", "inherited_accuracy", "retrain", "baseline_config", "random_matched",
+           "UNIFORM_S"]
+
+UNIFORM_S = "pool=0.3333,identity=0.3333,conv=0.3334"
+
+
+# ------------------------------------------------------------------ inherited weights
+def genotype_weights(space: SearchSpace, genotype: Genotype) -> Tuple[Tensor, Tensor]:
+    """One-hot ``[E, k]`` weights (normal, reduce) of a genotype; rows of dropped edges are zero."""
+    pairs = space.edge_pairs()
+
+    def one(nodes) -> Tensor:
+        w = torch.zeros(space.num_edges, space.k)
+        for i, node in enumerate(nodes):
+            for prim, src in node:
+                w[pairs.index((src, i + 2)), space.primitives.index(prim)] = 1.0
+        return w
+
+    return one(genotype.normal), one(genotype.reduce)
+
+
+@torch.no_grad()
+def inherited_accuracy(supernet: nn.Module, space: SearchSpace, genotype: Genotype, loader,
+                       max_batches: Optional[int] = None) -> float:
+    """Accuracy of the genotype with the supernet's weights (only its ops run).
+
+    BatchNorm uses the batch's statistics: the supernet's running statistics
+    mix every architecture it sampled, not this one's (as in DARTS's and
+    SPOS's evaluation of inherited weights). The supernet is not modified.
+    """
+    net = copy.deepcopy(supernet).train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False  # batch statistics, running buffers untouched
+    wn, wr = genotype_weights(space, genotype)
+    correct = total = 0
+    for b, (x, y) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        logits = net(x, wn, wr, hard=True)
+        correct += int((logits.argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+# --------------------------------------------------------------------------- retraining
+@dataclasses.dataclass
+class RetrainConfig:
+    epochs: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    seed: int = 0
+    max_steps_per_epoch: Optional[int] = None
+    progress: bool = True
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def retrain(space: SearchSpace, genotype: Genotype, loaders, cfg: RetrainConfig = RetrainConfig(),
+            desc: str = "retrain") -> Dict:
+    """Train the discrete network from scratch (Adam, cosine lr); test accuracy on the test split.
+
+    Returns ``{"test_acc", "val_acc", "epochs", "seconds", "split"}``; the
+    split text belongs next to the accuracy.
+    """
+    torch.manual_seed(cfg.seed)
+    model = DiscreteNetwork(space, genotype)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    from torch.utils.data import DataLoader, RandomSampler
+    train = DataLoader(loaders.train.dataset, batch_size=loaders.train.batch_size,
+                       sampler=RandomSampler(loaders.train.dataset, generator=gen), drop_last=True)
+    steps = len(train) if cfg.max_steps_per_epoch is None else min(len(train), cfg.max_steps_per_epoch)
+    total = max(steps * cfg.epochs, 1)
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = Progress(total=steps, desc=f"{desc} {epoch + 1}/{cfg.epochs}", enabled=None if cfg.progress else False)
+        it = iter(train)
+        for _ in range(steps):
+            x, y = next(it)
+            for g in opt.param_groups:
+                g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            bar.set(loss=loss.item(), acc=(logits.argmax(1) == y).float().mean().item())
+            bar.update()
+        bar.close()
+    return {"test_acc": accuracy(model, loaders.test), "val_acc": accuracy(model, loaders.val),
+            "epochs": cfg.epochs, "seconds": time.perf_counter() - t0, "split": str(loaders.split)}
+
+
+# --------------------------------------------------------------------------- baselines
+def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] = None):
+    """The SearchConfig of a baseline search, otherwise identical to `base`.
+
+    kind 'darts': S-independent logits, no latency term; 'fbnet': S-independent
+    logits, the plain latency (every type weighted alike) with this fixed kappa.
+    """
+    if kind == "darts":
+        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=0.0,
+                                   out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
+    if kind == "fbnet":
+        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=float(kappa),
+                                   out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))
+    raise ValueError(f"baseline kind must be 'darts' or 'fbnet', got {kind!r}")
+
+
+def random_matched(space: SearchSpace, table, targets_ms: Sequence[float], candidates: int = 300,
+                   seed: int = 0, top2: bool = False) -> List[Tuple[Genotype, float]]:
+    """For each target latency, the random architecture (of `candidates` drawn) predicted closest to it."""
+    gen = torch.Generator().manual_seed(seed)
+    pool = []
+    for _ in range(candidates):
+        g = random_genotype(space, gen, top2=top2)
+        pool.append((g, float(table.predict(space, g))))
+    out, used = [], set()
+    for t in targets_ms:
+        best = min((p for p in pool if p[0].to_json() not in used), key=lambda p: abs(p[1] - t))
+        used.add(best[0].to_json())
+        out.append(best)
+    return out
+
+
+# ----------------------------------------------------------------------------------- CLI
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate derived architectures (inherited weights, retrained)",
+                       description="Evaluate the architectures a search gives for some S: accuracy with the "
+                                   "supernet's weights (quick) and retrained from scratch.")
+    p.add_argument("--search", default="runs/search", help="search output directory or checkpoint")
+    p.add_argument("--S", dest="S", action="append", default=None,
+                   help="pool=..,identity=..,conv=.. or a profile A, B, C (repeatable; default A, B, C)")
+    p.add_argument("--top2", action="store_true", help="DARTS rule: 2 strongest incoming edges per node")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from dartscc_fast.datasets import make_loaders
+    from dartscc_fast.derive import derive
+    from dartscc_fast.search import load_search
+    result = load_search(args.search)
+    cfg = result.config
+    loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+    rows = []
+    for S in args.S or list(PROFILES):
+        label = S.upper() if S.strip().upper() in PROFILES else ""
+        d = derive(result, S, top2=args.top2, label=label)
+        row = d.to_dict()
+        row["inherited_acc"] = inherited_accuracy(result.supernet, result.space, d.genotype, loaders.test)
+        msg = f"{label or d.S_text}: inherited-weight test accuracy {row['inherited_acc']:.2%}"
+        if args.retrain_epochs > 0:
+            r = retrain(result.space, d.genotype, loaders, RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed))
+            row["retrain"] = r
+            msg += f", retrained ({args.retrain_epochs} epochs) {r['test_acc']:.2%}"
+        print(f"{msg}; {d.params:,} parameters; split: {loaders.split}")
+        rows.append(row)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"split": loaders.split.as_dict(), "rows": rows}, indent=1) + "\n")
+    return 0

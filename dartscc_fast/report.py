@@ -1,0 +1,391 @@
+"""The report: profiles A, B, C and a grid over the simplex, against the baselines.
+
+For every architecture: accuracy (with the split it was measured on),
+parameters, predicted and measured latency, ops by type. Written as Markdown
+and JSON, with three plots: the op distribution per profile, the
+accuracy-versus-latency front of the hypernetwork's family against the
+baselines, and a map of predicted latency and accuracy over the simplex.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from dartscc_fast.derive import Derived, derive, derive_from_alphas
+from dartscc_fast.evaluate import RetrainConfig, inherited_accuracy, random_matched, retrain
+from dartscc_fast.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
+from dartscc_fast.primitives import OP_TYPES
+
+__all__ = ["make_report", "write_report", "markdown", "check_claims"]
+
+
+def _row(d: Derived, kind: str, **extra) -> Dict:
+    row = d.to_dict()
+    row["kind"] = kind
+    row.update(extra)
+    return row
+
+
+def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: int = 4,
+                retrain_cfg: Optional[RetrainConfig] = None, front_retrain: int = 6, random_baselines: bool = True,
+                measure: bool = True, threads: Optional[int] = None, log=print) -> Dict:
+    """Derive, evaluate and collect everything the report shows.
+
+    Args:
+        result: the hypernetwork search (:func:`dartscc_fast.search.load_search`).
+        loaders: ``make_loaders(...)`` of the same data and split.
+        baselines: ``{"darts": SearchResult, "fbnet": [SearchResult, ...]}`` (optional).
+        grid_steps: the simplex grid has components in multiples of 1/grid_steps.
+        retrain_cfg: retraining settings; None evaluates with inherited weights only.
+        front_retrain: retrain at most this many distinct grid architectures for the front
+            (spread over their predicted latency); the others keep inherited-weight accuracy.
+    """
+    t0 = time.perf_counter()
+    space, table = result.space, result.table
+    split = str(loaders.split)
+    evaluated: Dict[str, Dict] = {}  # genotype JSON -> its evaluation (shared by equal architectures)
+
+    def evaluate(d: Derived, supernet, do_retrain: bool, what: str) -> Dict:
+        key = d.genotype.to_json()
+        ev = evaluated.setdefault(key, {})
+        if measure and d.measured_ms is None:
+            if "measured_ms" not in ev:
+                from dartscc_fast.derive import measure_latency
+                m = measure_latency(space, d.genotype, batch=table.batch or 64, threads=threads)
+                ev["measured_ms"], ev["measured_iqr_ms"] = m["median"], m["iqr"]
+            d.measured_ms, d.measured_iqr_ms = ev["measured_ms"], ev["measured_iqr_ms"]
+        out = {}
+        if supernet is not None:
+            out["inherited_acc"] = inherited_accuracy(supernet, space, d.genotype, loaders.test)
+        if do_retrain and retrain_cfg is not None:
+            if "retrain" not in ev:
+                log(f"retraining {what} ({retrain_cfg.epochs} epochs)")
+                ev["retrain"] = retrain(space, d.genotype, loaders, retrain_cfg, desc=f"retrain {what}")
+            out["retrain"] = ev["retrain"]
+            out["test_acc"] = ev["retrain"]["test_acc"]
+        else:
+            out["test_acc"] = out.get("inherited_acc")
+            out["acc_kind"] = "inherited"
+        return out
+
+    # the three profiles
+    profiles = []
+    for name in PROFILES:
+        d = derive(result, name, label=name)
+        profiles.append(_row(d, "profile", profile=PROFILE_NAMES[name],
+                             **evaluate(d, result.supernet, True, f"profile {name}")))
+        log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")
+
+    # the simplex grid (inherited weights; the front's spread retrained)
+    grid, seen = [], {}
+    for S in simplex_grid(grid_steps):
+        d = derive(result, S)
+        grid.append((d, S))
+        seen.setdefault(d.genotype.to_json(), d)
+    distinct = sorted(seen.values(), key=lambda d: d.predicted_ms or 0.0)
+    if len(distinct) > front_retrain > 0:
+        idx = sorted({round(i * (len(distinct) - 1) / (front_retrain - 1)) for i in range(front_retrain)}) \
+            if front_retrain > 1 else [0]
+        to_retrain = {distinct[i].genotype.to_json() for i in idx}
+    else:
+        to_retrain = set(seen) if front_retrain > 0 else set()
+    to_retrain |= {p["genotype_json"] for p in []}
+    grid_rows = []
+    for d, S in grid:
+        ev = evaluate(d, result.supernet, d.genotype.to_json() in to_retrain, f"S={format_S(S)}")
+        grid_rows.append(_row(d, "grid", **ev))
+    log(f"grid: {len(grid_rows)} points, {len(seen)} distinct architectures")
+
+    # baselines
+    base_rows: Dict[str, List[Dict]] = {"darts": [], "fbnet": [], "random": []}
+    searches = {"hypernet": 1}
+    for kind in ("darts", "fbnet"):
+        runs = (baselines or {}).get(kind) or []
+        runs = runs if isinstance(runs, (list, tuple)) else [runs]
+        searches[kind] = len(runs)
+        for r in runs:
+            an, ar = r.alphas(parse_S(r.config.fixed_S or PROFILES["A"]))
+            d = derive_from_alphas(space, an, ar, r.config.fixed_S or PROFILES["A"], table,
+                                   label=f"{kind} kappa={r.config.kappa:g}")
+            ev = evaluate(d, r.supernet, True, d.label)
+            base_rows[kind].append(_row(d, kind, kappa=r.config.kappa, search_seconds=r.seconds, **ev))
+    if random_baselines and table is not None:
+        targets = [p["predicted_ms"] for p in profiles]
+        for (g, pred), p in zip(random_matched(space, table, targets, seed=result.config.seed), profiles):
+            d = derive_from_alphas(space, *_onehot(space, g), PROFILES["A"], table, label=f"random ~{p['label']}")
+            d.genotype = g
+            ev = evaluate(d, None, True, d.label)
+            base_rows["random"].append(_row(d, "random", matched=p["label"], **ev))
+
+    report = {
+        "split": loaders.split.as_dict(), "split_text": split,
+        "space": space.to_dict(),
+        "search": {"config": result.config.to_dict(), "epochs": result.epoch, "seconds": result.seconds,
+                   "history": result.history},
+        "latency_table": {k: (table.meta.get(k) if table is not None else None)
+                          for k in ("device", "device_name", "batch", "dtype", "threads")},
+        "profiles": profiles, "grid": grid_rows, "baselines": base_rows, "searches": searches,
+        "retrain": None if retrain_cfg is None else {"epochs": retrain_cfg.epochs, "lr": retrain_cfg.lr},
+        "seconds": time.perf_counter() - t0,
+    }
+    report["claims"] = check_claims(report)
+    report["front"] = front_comparison(report)
+    return report
+
+
+def _onehot(space, g):
+    from dartscc_fast.evaluate import genotype_weights
+    return genotype_weights(space, g)
+
+
+# ------------------------------------------------------------------------------- checks
+def check_claims(report: Dict) -> Dict:
+    """The seeds' qualitative claim, checked on the profiles A, B, C."""
+    p = {r["label"]: r for r in report["profiles"]}
+    A, B, C = p["A"], p["B"], p["C"]
+    total = sum(B["op_counts"].values()) or 1
+    out = {
+        "B_almost_no_conv": B["op_counts"]["conv"] <= 0.1 * total,
+        "B_fewest_params": B["params"] <= min(A["params"], C["params"]),
+        "C_almost_no_pool": C["op_counts"]["pool"] <= 0.1 * (sum(C["op_counts"].values()) or 1),
+        "C_most_params": C["params"] >= max(A["params"], B["params"]),
+        "C_best_acc": (C.get("test_acc") or 0) >= max(A.get("test_acc") or 0, B.get("test_acc") or 0),
+        "predicted_order_B<A<C": (B["predicted_ms"] or 0) < (A["predicted_ms"] or 0) < (C["predicted_ms"] or 0),
+    }
+    if all(r.get("measured_ms") is not None for r in (A, B, C)):
+        out["measured_order_B<A<C"] = B["measured_ms"] < A["measured_ms"] < C["measured_ms"]
+    return out
+
+
+def _pareto(points: Sequence[Dict], x: str) -> List[Dict]:
+    """Points no other point beats in both latency (lower) and accuracy (higher)."""
+    pts = sorted((q for q in points if q.get(x) is not None and q.get("test_acc") is not None),
+                 key=lambda q: (q[x], -q["test_acc"]))
+    front, best = [], -1.0
+    for q in pts:
+        if q["test_acc"] > best:
+            front.append(q)
+            best = q["test_acc"]
+    return front
+
+
+def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
+    """For each FBNet point: the best family accuracy at no more latency (retrained points only)."""
+    family = [r for r in report["grid"] + report["profiles"] if "retrain" in r]
+    rows = []
+    for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
+        cands = [f for f in family if f[x] is not None and f[x] <= b[x] * 1.02]
+        best = max(cands, key=lambda f: f["test_acc"]) if cands else None
+        rows.append({"baseline": b["label"], "latency": b[x], "acc": b["test_acc"],
+                     "family_acc": best["test_acc"] if best else None,
+                     "family_latency": best[x] if best else None,
+                     "family_at_least_as_good": bool(best and best["test_acc"] >= b["test_acc"] - 1e-9)})
+    n = len(rows)
+    return {"latency": x, "rows": rows, "matched": sum(r["family_at_least_as_good"] for r in rows), "of": n,
+            "searches": report["searches"]}
+
+
+# ----------------------------------------------------------------------------- markdown
+def _fmt(v, pct=False, digits=1):
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f} %" if pct else f"{v:,.{digits}f}"
+
+
+def markdown(report: Dict) -> str:
+    """The report's tables as Markdown."""
+    lat = report["latency_table"]
+    lines = [f"Split: {report['split_text']}.",
+             f"Latency: table for device `{lat['device']}` ({lat['device_name']}), batch {lat['batch']}; "
+             f"measured on this machine at the same batch (whole network, median).", ""]
+    head = ("| profile | S | test acc | inherited acc | parameters | predicted ms | measured ms "
+            "| pool | identity | conv |")
+    sep = "| --- " * 10 + "|"
+
+    def line(r, name):
+        oc = r["op_counts"]
+        return (f"| {name} | {r['S_text']} | {_fmt(r.get('test_acc'), True)} | {_fmt(r.get('inherited_acc'), True)} "
+                f"| {r['params']:,} | {_fmt(r['predicted_ms'])} | {_fmt(r.get('measured_ms'))} | {oc['pool']} "
+                f"| {oc['identity']} | {oc['conv']} |")
+
+    retrain = report.get("retrain")
+    acc_note = (f"test acc: retrained from scratch for {retrain['epochs']} epochs" if retrain else
+                "test acc: inherited weights")
+    lines += ["### Profiles", "", f"({acc_note}; op counts over the whole network, every cell)", "", head, sep]
+    lines += [line(r, f"{r['label']} {r['profile']}") for r in report["profiles"]]
+    lines += ["", "### Baselines", "", head.replace("profile", "baseline"), sep]
+    for kind in ("darts", "fbnet", "random"):
+        lines += [line(r, r["label"]) for r in report["baselines"][kind]]
+    lines += ["", f"### Grid over the simplex (step 1/{_grid_steps(report)})", "",
+              "(test acc: retrained where marked *, else inherited weights)", "", head.replace("profile", "#"), sep]
+    for i, r in enumerate(report["grid"]):
+        lines.append(line(r, f"{i}{'*' if 'retrain' in r else ''}"))
+    fr = report.get("front")
+    if fr:
+        s = fr["searches"]
+        lines += ["", "### Front", "",
+                  f"Searches: hypernetwork {s.get('hypernet', 1)} (every S), FBNet-style {s.get('fbnet', 0)} "
+                  f"(one per kappa), DARTS {s.get('darts', 0)}. The family is at least as accurate at no more "
+                  f"predicted latency for {fr['matched']} of {fr['of']} baseline searches.", "",
+                  "| baseline | latency ms | acc | best family acc at <= latency | its latency ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in fr["rows"]:
+            lines.append(f"| {r['baseline']} | {_fmt(r['latency'])} | {_fmt(r['acc'], True)} "
+                         f"| {_fmt(r['family_acc'], True)} | {_fmt(r['family_latency'])} |")
+    c = report.get("claims")
+    if c:
+        lines += ["", "### The seeds' claim", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in c.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _grid_steps(report: Dict) -> int:
+    vals = [v for r in report["grid"] for v in r["S"].values() if v > 1e-6]
+    return round(1 / min(vals)) if vals else 1
+
+
+# -------------------------------------------------------------------------------- plots
+def plot_op_distribution(report: Dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rows = report["profiles"]
+    width = 0.8 / len(OP_TYPES)
+    for j, t in enumerate(OP_TYPES):
+        ax.bar([i + (j - 1) * width for i in range(len(rows))], [r["op_counts"][t] for r in rows], width, label=t)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['label']} ({r['profile']})\n{r['S_text']}" for r in rows], fontsize=7)
+    ax.set_ylabel("operations (whole network)")
+    ax.set_title("Operations by type per profile")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_front(report: Dict, path: Path, x: str = "measured_ms") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not all(r.get(x) is not None for r in report["profiles"]):
+        x = "predicted_ms"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    fam = [r for r in report["grid"] + report["profiles"] if "retrain" in r]
+    ax.scatter([r[x] for r in fam], [r["test_acc"] for r in fam], c="C0", label="hypernetwork family (1 search)")
+    front = _pareto(fam, x)
+    ax.plot([r[x] for r in front], [r["test_acc"] for r in front], c="C0")
+    for r in report["profiles"]:
+        ax.annotate(r["label"], (r[x], r["test_acc"]), textcoords="offset points", xytext=(4, 4))
+    b = report["baselines"]
+    if b["fbnet"]:
+        ax.scatter([r[x] for r in b["fbnet"]], [r["test_acc"] for r in b["fbnet"]], c="C1", marker="s",
+                   label=f"FBNet-style ({len(b['fbnet'])} searches)")
+        fr = _pareto(b["fbnet"], x)
+        ax.plot([r[x] for r in fr], [r["test_acc"] for r in fr], c="C1", ls="--")
+        for r in b["fbnet"]:
+            ax.annotate(f"k={r['kappa']:g}", (r[x], r["test_acc"]), fontsize=7, textcoords="offset points",
+                        xytext=(4, -8))
+    if b["darts"]:
+        ax.scatter([r[x] for r in b["darts"]], [r["test_acc"] for r in b["darts"]], c="C3", marker="^",
+                   label="DARTS (no latency term)")
+    if b["random"]:
+        ax.scatter([r[x] for r in b["random"]], [r["test_acc"] for r in b["random"]], c="gray", marker="x",
+                   label="random, matched latency")
+    ax.set_xlabel(("measured" if x == "measured_ms" else "predicted") + " latency (ms)")
+    ax.set_ylabel("test accuracy (retrained)")
+    ax.set_title("Accuracy vs latency", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _ternary(S: Dict[str, float]):
+    # pool at the left corner, identity at the right, conv at the top
+    return S["identity"] + 0.5 * S["conv"], math.sqrt(3) / 2 * S["conv"]
+
+
+def plot_simplex(report: Dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    xy = [_ternary(r["S"]) for r in report["grid"]]
+    for ax, key, title in ((axes[0], "predicted_ms", "predicted latency (ms)"),
+                           (axes[1], "test_acc", "accuracy (inherited / retrained*)")):
+        vals = [r.get(key) if r.get(key) is not None else float("nan") for r in report["grid"]]
+        sc = ax.scatter([p[0] for p in xy], [p[1] for p in xy], c=vals, s=160, cmap="viridis")
+        fig.colorbar(sc, ax=ax, shrink=0.8)
+        ax.plot([0, 1, 0.5, 0], [0, 0, math.sqrt(3) / 2, 0], c="k", lw=0.8)
+        for (px, py), name in (((0, 0), "pool"), ((1, 0), "identity"), ((0.5, math.sqrt(3) / 2), "conv")):
+            ax.annotate(name, (px, py), textcoords="offset points", xytext=(-10, -12 if py == 0 else 6))
+        for r in report["profiles"]:
+            px, py = _ternary(r["S"])
+            ax.annotate(r["label"], (px, py), color="red", ha="center", va="center", fontweight="bold")
+        ax.set_title(title, fontsize=10)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    fig.suptitle("Over the simplex S = (pool, identity, conv)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: Dict, out_dir) -> Dict[str, Path]:
+    """report.md, report.json and the three plots; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "json": out / "report.json"}
+    paths["markdown"].write_text("# dartscc_fast report\n\n" + markdown(report))
+    paths["json"].write_text(json.dumps(report, indent=1, default=str) + "\n")
+    try:
+        paths["ops_plot"] = plot_op_distribution(report, out / "op_distribution.png")
+        paths["front_plot"] = plot_front(report, out / "front.png")
+        paths["simplex_plot"] = plot_simplex(report, out / "simplex.png")
+    except ImportError:
+        print("matplotlib is not installed: plots skipped (pip install matplotlib)")
+    return paths
+
+
+# ----------------------------------------------------------------------------------- CLI
+def register(sub) -> None:
+    p = sub.add_parser("report", help="profiles A, B, C and a simplex grid vs baselines: Markdown, JSON, plots",
+                       description="Derive and evaluate the profiles A, B, C and a grid over the simplex from a "
+                                   "search, compare with baseline searches, write report.md, report.json and "
+                                   "plots.")
+    p.add_argument("--search", default="runs/search", help="the hypernetwork search")
+    p.add_argument("--darts", default=None, help="a DARTS baseline search (kappa 0)")
+    p.add_argument("--fbnet", nargs="*", default=[], help="FBNet-style fixed-kappa searches")
+    p.add_argument("--grid", type=int, default=4, help="simplex grid step 1/N")
+    p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
+    p.add_argument("--front-retrain", type=int, default=6, help="grid architectures to retrain for the front")
+    p.add_argument("--no-measure", action="store_true", help="skip measuring latency on this device")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/report")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from dartscc_fast.datasets import make_loaders
+    from dartscc_fast.search import load_search
+    result = load_search(args.search)
+    cfg = result.config
+    loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+    baselines = {"darts": [load_search(args.darts)] if args.darts else [],
+                 "fbnet": [load_search(p) for p in args.fbnet]}
+    rc = RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed) if args.retrain_epochs > 0 else None
+    report = make_report(result, loaders, baselines, args.grid, rc, args.front_retrain,
+                         measure=not args.no_measure, threads=args.threads)
+    paths = write_report(report, args.out)
+    print(markdown(report))
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0

@@ -1,0 +1,570 @@
+"""The search: one supernet and one hypernetwork trained for every S at once.
+
+Per mini-batch: S ~ Dirichlet(1) (once per batch, or per sample), alpha = H_a(S),
+gamma ~ GumbelSoftmax(alpha, tau) (soft, or hard: only the drawn ops run), and
+
+    loss = CE(supernet(x, gamma), y) + kappa * Lat_S(gamma)
+
+with Lat_S from the latency table (normalised so that the uniform architecture
+costs 1 on any device). Single-level Adam (the seeds) or DARTS's first-order
+bilevel scheme (w on the train split, a on the validation split). Cosine
+learning rate for w, gradient clipping, deterministic seeds, a checkpoint every
+epoch written atomically (``--resume`` continues and gives the same result as
+an uninterrupted run), DistributedDataParallel under ``torchrun``.
+
+Randomness is re-derived from (seed, epoch, rank) at the start of every epoch
+rather than carried in the checkpoint: resuming at an epoch boundary then
+replays exactly what an uninterrupted run would have done.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dartscc_fast import ops
+from dartscc_fast.latency import LatencyTable, latency_reg, normalise, simulate_table
+from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
+    sample_S
+from dartscc_fast.primitives import OP_TYPES
+from dartscc_fast.progress import Progress
+from dartscc_fast.space import SearchSpace, get_space
+
+__all__ = ["SearchConfig", "SearchModel", "SearchResult", "latency_term", "run_search", "load_search",
+           "spawn_ddp", "temperature"]
+
+CHECKPOINT = "checkpoint.pt"
+#: Batch size of the latency tables a search makes for itself (the seeds' training batch).
+TABLE_BATCH = 64
+
+
+# ------------------------------------------------------------------------ configuration
+@dataclass
+class SearchConfig:
+    """Everything a search depends on; saved with its checkpoint."""
+    space: str = "fmnist-paper"
+    space_overrides: Dict = field(default_factory=dict)   # e.g. {"C": 8} for a smaller supernet
+    data: str = "fmnist"
+    data_root: Optional[str] = None
+    limit: Optional[int] = None        # use only the first `limit` images (tiny runs, CI)
+    epochs: int = 4
+    batch_size: int = 64               # per process
+    max_steps_per_epoch: Optional[int] = None
+
+    hypernet: str = DEFAULT_HYPERNET   # 'linear' | 'pwl' | 'mlp' | 'constant' (plain DARTS / FBNet logits)
+    hidden: int = 16                   # MLP hypernet width
+    knots: int = 4                     # piecewise-linear hypernet knots
+    per_sample: bool = False           # S (and Gumbel noise) per sample (DARTS-CC) instead of per batch
+    fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
+
+    kappa: float = 4.0                 # weight of the normalised latency term
+    latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
+    latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
+    normalise: str = "uniform"         # reference architecture of the normalisation
+
+    tau_start: float = 1.0
+    tau_end: float = 0.2
+    tau_schedule: str = "linear"       # 'linear' | 'exp'
+    hard: bool = True                  # hard Gumbel: only the drawn op of each edge runs
+
+    protocol: str = "single"           # 'single' (one batch updates w and a) | 'bilevel' (first-order DARTS)
+    optimizer: str = "adam"            # for w: 'adam' (the seeds) | 'sgd' (DARTS)
+    lr_w: float = 3e-3
+    lr_w_min: float = 1e-4
+    wd_w: float = 3e-4
+    momentum: float = 0.9
+    lr_a: float = 2e-2
+    wd_a: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+
+    out_dir: str = "runs/search"
+    log: str = "csv"                   # 'csv' | 'tensorboard' | 'none'
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise ValueError(f"temperatures must be > 0, got {self.tau_start} -> {self.tau_end}")
+        for name, allowed in (("tau_schedule", ("linear", "exp")), ("protocol", ("single", "bilevel")),
+                              ("optimizer", ("adam", "sgd")), ("log", ("csv", "tensorboard", "none")),
+                              ("normalise", ("uniform", "cheapest"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.kappa < 0:
+            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+        if self.fixed_S is not None:
+            parse_S(self.fixed_S)
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "SearchConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def get_space(self) -> SearchSpace:
+        return get_space(self.space, **self.space_overrides)
+
+
+def temperature(cfg: SearchConfig, step: int, total: int) -> float:
+    """The Gumbel temperature at `step` of `total`: tau_start -> tau_end, linear (or geometric)."""
+    frac = step / max(total - 1, 1)
+    if cfg.tau_schedule == "linear":
+        return cfg.tau_start + (cfg.tau_end - cfg.tau_start) * frac
+    return cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** frac
+
+
+# ------------------------------------------------------------------------------ latency
+def latency_term(w: Tensor, L: Tensor, S: Tensor, type_index: Sequence[int]) -> Tensor:
+    """Lat_S(w) = sum_e sum_m S_type(m) L[e, m] w[e, m]: the one place the regulariser is computed.
+
+    ``w [E, k]`` or ``[N, E, k]``, ``S [T]`` or ``[N, T]``; a scalar or ``[N]``.
+    """
+    return latency_reg(w, L, S, type_index)
+
+
+def latency_table_for(cfg: SearchConfig, space: SearchSpace) -> LatencyTable:
+    """The latency table of a search: the file given, else a simulated device's (``latency_device``,
+    default ``sim:mobile-cpu``), built from the roofline model in no time."""
+    if cfg.latency_table:
+        return LatencyTable.load(cfg.latency_table)
+    return simulate_table(space, cfg.latency_device or "sim:mobile-cpu", batch=TABLE_BATCH)
+
+
+def supernet_L(table, space: SearchSpace, cfg: SearchConfig) -> Tuple[Tensor, Tensor]:
+    """``(L_ms, L_norm)``: ``[2E, k]`` per cell type (normal rows, then reduction rows)."""
+    L = table.supernet_latency(space, per="cell_type")
+    return L.float(), normalise(L, cfg.normalise, space.type_index().tolist()).float()
+
+
+# -------------------------------------------------------------------------------- model
+class SearchModel(nn.Module):
+    """Supernet + hypernetwork; ``forward`` draws gamma and runs the supernet (one DDP unit)."""
+
+    def __init__(self, supernet: nn.Module, hypernet: Hypernet):
+        super().__init__()
+        self.supernet = supernet
+        self.hypernet = hypernet
+
+    def forward(self, x: Tensor, S: Tensor, tau: float, hard: bool, seeds: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(logits, gamma [.., 2E, k], alpha [.., 2E, k])``; S ``[T]`` or ``[N, T]``."""
+        an, ar = self.hypernet(S)
+        gn = ops.gumbel_softmax(an, tau, hard, seed=seeds[0])
+        gr = ops.gumbel_softmax(ar, tau, hard, seed=seeds[1])
+        logits = self.supernet(x, gn, gr, hard=hard)
+        return logits, torch.cat([gn, gr], -2), torch.cat([an, ar], -2)
+
+
+def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True) -> SearchModel:
+    torch.manual_seed(cfg.seed)
+    supernet = space.supernet(fast=fast)
+    hyper = build_hypernet(cfg.hypernet, space.num_edges, space.k, len(OP_TYPES), hidden=cfg.hidden,
+                           knots=cfg.knots)
+    return SearchModel(supernet, hyper)
+
+
+def _optimizers(cfg: SearchConfig, model: SearchModel):
+    w_params = list(model.supernet.parameters())
+    a_params = list(model.hypernet.parameters())
+    if cfg.optimizer == "adam":
+        opt_w = torch.optim.Adam(w_params, lr=cfg.lr_w, weight_decay=cfg.wd_w)
+    else:
+        opt_w = torch.optim.SGD(w_params, lr=cfg.lr_w, momentum=cfg.momentum, weight_decay=cfg.wd_w)
+    opt_a = torch.optim.Adam(a_params, lr=cfg.lr_a, betas=(0.5, 0.999), weight_decay=cfg.wd_a)
+    return opt_w, opt_a
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class SearchResult:
+    """A finished (or interrupted) search, loaded from its checkpoint."""
+    config: SearchConfig
+    space: SearchSpace
+    hypernet: Hypernet
+    supernet: nn.Module
+    L_ms: Tensor            # [2E, k] per cell type, in the table's unit
+    L: Tensor               # [2E, k] normalised
+    table: object           # the LatencyTable
+    split: Dict
+    history: List[Dict]
+    epoch: int
+    seconds: float
+
+    @torch.no_grad()
+    def alphas(self, S) -> Tuple[Tensor, Tensor]:
+        """alpha = H_a(S) for any S (a string, a mapping or a ``[T]`` tensor), no training."""
+        return self.hypernet(parse_S(S) if not isinstance(S, Tensor) or S.dim() == 1 else S)
+
+    def expected_latency(self, S) -> float:
+        """Lat_S of softmax(alpha(S)) in normalised units."""
+        S = parse_S(S)
+        an, ar = self.alphas(S)
+        w = torch.cat([an, ar], 0).softmax(-1)
+        return float(latency_term(w, self.L, S, self.space.type_index().tolist()))
+
+
+def _resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise FileNotFoundError(f"no search checkpoint at {p} (run `dartscc-fast search --out {p.parent}` first)")
+    return p
+
+
+def load_search(path: Union[str, os.PathLike]) -> SearchResult:
+    """Load a search from its output directory or checkpoint file."""
+    ck = torch.load(_resolve_checkpoint(path), map_location="cpu", weights_only=False)
+    cfg = SearchConfig.from_dict(ck["config"])
+    space = SearchSpace.from_dict(ck["space"])
+    supernet = space.supernet(fast=True)
+    supernet.load_state_dict(ck["model"]["supernet"])
+    hyper = hypernet_from_config(ck["hypernet_config"])
+    hyper.load_state_dict(ck["model"]["hypernet"])
+    supernet.eval()
+    hyper.eval()
+    table = LatencyTable.from_dict(ck["latency_table"]) if ck.get("latency_table") else None
+    return SearchResult(cfg, space, hyper, supernet, ck["L_ms"], ck["L"], table, ck["split"], ck["history"],
+                        ck["epoch"], ck.get("seconds", 0.0))
+
+
+# ---------------------------------------------------------------------------- plumbing
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dist_info() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); returns whether this call created it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return True
+
+
+class _Logger:
+    FIELDS = ["epoch", "step", "loss", "ce", "lat", "exp_lat", "acc", "tau", "lr_w", "seconds"]
+
+    def __init__(self, cfg: SearchConfig, out: Path, resume_step: int, enabled: bool):
+        self.kind = cfg.log if enabled else "none"
+        self.csv_path = out / "log.csv"
+        self.writer = None
+        if self.kind == "csv":
+            rows = []
+            if resume_step > 0 and self.csv_path.is_file():
+                with open(self.csv_path) as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
+            self.file = open(self.csv_path, "w", newline="")
+            self.writer = csv.DictWriter(self.file, self.FIELDS)
+            self.writer.writeheader()
+            self.writer.writerows(rows)
+        elif self.kind == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ValueError("log='tensorboard' needs the tensorboard package (pip install tensorboard); "
+                                 "or use log='csv'") from e
+            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+
+    def write(self, row: Dict) -> None:
+        if self.kind == "csv":
+            self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        elif self.kind == "tensorboard":
+            for k, v in row.items():
+                if k not in ("epoch", "step"):
+                    self.writer.add_scalar(f"search/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.kind == "csv":
+            self.file.close()
+        elif self.kind == "tensorboard":
+            self.writer.close()
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix64), so (seed, epoch, rank) streams never overlap."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def _epoch_loader(dataset, cfg: SearchConfig, epoch: int, rank: int, world: int, salt: int):
+    """The batches of one epoch: a seeded permutation, this rank's share, full batches only."""
+    from torch.utils.data import DataLoader, DistributedSampler
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=_seed_for(cfg.seed, salt) & 0x7FFFFFFF, drop_last=True)
+    sampler.set_epoch(epoch)
+    bs = min(cfg.batch_size, max(len(sampler), 1))
+    return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True)
+
+
+# ------------------------------------------------------------------------------ the loop
+def run_search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional[int] = None,
+               loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None) -> Path:
+    """Run (or, with ``resume``, continue) a search; returns the checkpoint path.
+
+    See :func:`_search` for the arguments.
+    """
+    return _search(cfg, resume, stop_after_epochs, loaders, table, on_step)[0]
+
+
+def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional[int] = None,
+            loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None) -> Tuple[Path, SearchModel]:
+    """The search loop; returns the checkpoint path and the trained model.
+
+    Args:
+        resume: continue from ``<out_dir>/checkpoint.pt`` if it exists.
+        stop_after_epochs: stop after this many epochs in total (an interruption, for tests).
+        loaders: ``datasets.make_loaders`` output to reuse (else built from cfg).
+        table: a LatencyTable to reuse (else :func:`latency_table_for`).
+    """
+    from dartscc_fast.datasets import make_loaders
+    created_pg = _init_distributed()
+    rank, world = _dist_info()
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    space = cfg.get_space()
+    if loaders is None:
+        loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+    train_ds, val_ds, split = loaders.train.dataset, loaders.val.dataset, loaders.split
+    if table is None:
+        table = latency_table_for(cfg, space)
+    L_ms, L = supernet_L(table, space, cfg)
+    type_index = space.type_index().tolist()
+    fixed_S = parse_S(cfg.fixed_S) if cfg.fixed_S else None
+
+    model = build_model(cfg, space)
+    opt_w, opt_a = _optimizers(cfg, model)
+    start_epoch, step, history, seconds = 0, 0, [], 0.0
+    ck_path = out / CHECKPOINT
+    if resume and ck_path.is_file():
+        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        saved = SearchConfig.from_dict(ck["config"])
+        mismatch = [f.name for f in dataclasses.fields(cfg) if f.name not in ("epochs", "out_dir", "progress", "log")
+                    and getattr(saved, f.name) != getattr(cfg, f.name)]
+        if mismatch:
+            raise ValueError(f"--resume: {ck_path} was written by a search with other settings "
+                             f"({', '.join(mismatch)}); use another --out or the same settings")
+        model.supernet.load_state_dict(ck["model"]["supernet"])
+        model.hypernet.load_state_dict(ck["model"]["hypernet"])
+        opt_w.load_state_dict(ck["opt_w"])
+        opt_a.load_state_dict(ck["opt_a"])
+        start_epoch, step, history, seconds = ck["epoch"], ck["step"], ck["history"], ck.get("seconds", 0.0)
+
+    ddp = model
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    steps_per_epoch = len(_epoch_loader(train_ds, cfg, 0, rank, world, 1))
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    if steps_per_epoch == 0:
+        raise ValueError(f"the train split ({split}) has fewer images than one batch of {cfg.batch_size} "
+                         f"per process; lower --batch-size or raise --limit")
+    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, stop_after_epochs)
+    logger = _Logger(cfg, out, step, enabled=rank == 0)
+    lr_of = lambda s: cfg.lr_w_min + 0.5 * (cfg.lr_w - cfg.lr_w_min) * (1 + math.cos(math.pi * s / total_steps))  # noqa: E731
+
+    def draw_S(gen: torch.Generator, n: int) -> Tensor:
+        if fixed_S is not None:
+            return fixed_S if not cfg.per_sample else fixed_S.expand(n, -1)
+        return sample_S(len(OP_TYPES), n if cfg.per_sample else None, gen)
+
+    def loss_on(x, y, gen, tau) -> Tuple[Tensor, Dict]:
+        S = draw_S(gen, x.shape[0])
+        seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
+        logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds)
+        ce = F.cross_entropy(logits, y)
+        lat = latency_term(gamma, L, S, type_index).mean()
+        loss = ce + cfg.kappa * lat if cfg.kappa else ce + 0.0 * lat
+        with torch.no_grad():
+            exp_lat = latency_term(alpha.softmax(-1), L, S, type_index).mean()
+            acc = (logits.argmax(1) == y).float().mean()
+        return loss, {"loss": loss.item(), "ce": ce.item(), "lat": lat.item(), "exp_lat": exp_lat.item(),
+                      "acc": acc.item()}
+
+    t_start = time.perf_counter() - seconds
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            model.train()
+            gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, rank, 2))
+            torch.manual_seed(_seed_for(cfg.seed, epoch, rank, 3))
+            train_iter = iter(_epoch_loader(train_ds, cfg, epoch, rank, world, 1))
+            val_iter = iter(_epoch_loader(val_ds, cfg, epoch, rank, world, 4)) if cfg.protocol == "bilevel" else None
+            bar = Progress(total=steps_per_epoch, desc=f"search {epoch + 1}/{cfg.epochs}",
+                           enabled=None if cfg.progress and rank == 0 else False)
+            sums: Dict[str, float] = {}
+            for _ in range(steps_per_epoch):
+                x, y = next(train_iter)
+                tau = temperature(cfg, step, total_steps)
+                lr = lr_of(step)
+                for g in opt_w.param_groups:
+                    g["lr"] = lr
+                if cfg.protocol == "bilevel":
+                    try:
+                        xv, yv = next(val_iter)
+                    except StopIteration:
+                        val_iter = iter(_epoch_loader(val_ds, cfg, epoch + 1000 * step, rank, world, 4))
+                        xv, yv = next(val_iter)
+                    opt_a.zero_grad(set_to_none=True)
+                    loss_a, _ = loss_on(xv, yv, gen, tau)
+                    loss_a.backward()
+                    opt_a.step()
+                    opt_w.zero_grad(set_to_none=True)
+                    loss, stats = loss_on(x, y, gen, tau)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
+                    opt_w.step()
+                else:
+                    opt_w.zero_grad(set_to_none=True)
+                    opt_a.zero_grad(set_to_none=True)
+                    loss, stats = loss_on(x, y, gen, tau)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
+                    opt_w.step()
+                    opt_a.step()
+                row = {"epoch": epoch, "step": step, **stats, "tau": tau, "lr_w": lr,
+                       "seconds": time.perf_counter() - t_start}
+                logger.write(row)
+                if on_step is not None:
+                    on_step(row)
+                for k_, v in stats.items():
+                    sums[k_] = sums.get(k_, 0.0) + v
+                step += 1
+                bar.set(loss=stats["loss"], acc=stats["acc"], lat=stats["exp_lat"], tau=tau)
+                bar.update()
+            bar.close()
+            history.append({"epoch": epoch, **{k_: v / steps_per_epoch for k_, v in sums.items()},
+                            "tau": tau, "seconds": time.perf_counter() - t_start})
+            if rank == 0:
+                _atomic_save({
+                    "config": cfg.to_dict(), "space": space.to_dict(),
+                    "hypernet_config": model.hypernet.config(),
+                    "model": {"supernet": model.supernet.state_dict(), "hypernet": model.hypernet.state_dict()},
+                    "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
+                    "epoch": epoch + 1, "step": step, "history": history,
+                    "seconds": time.perf_counter() - t_start,
+                    "L_ms": L_ms, "L": L, "latency_table": table.to_dict(),
+                    "split": split.as_dict(), "world_size": world, "finished": epoch + 1 == cfg.epochs,
+                }, ck_path)
+            if world > 1:
+                dist.barrier()
+    finally:
+        logger.close()
+        if created_pg:
+            dist.destroy_process_group()
+    return ck_path, model
+
+
+# --------------------------------------------------------------------------- DDP helper
+def _ddp_worker(rank: int, world: int, port: int, cfg_dict: Dict, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = SearchConfig.from_dict(cfg_dict)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        _, model = _search(cfg)
+        # every rank saves what it holds, so the replicas can be compared
+        torch.save(model.state_dict(), Path(result_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ddp(cfg: SearchConfig, world: int = 2, port: int = 29533) -> None:
+    """Run a search in `world` CPU processes (gloo) with torch.multiprocessing; as torchrun would."""
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(world, port, cfg.to_dict(), cfg.out_dir), nprocs=world, join=True)
+
+
+# ----------------------------------------------------------------------------------- CLI
+def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
+    """The SearchConfig fields as command-line options (shared by `search` and `demo`)."""
+    d = defaults
+    p.add_argument("--space", default=d.space, help="search space preset (fmnist-paper, darts-cifar)")
+    p.add_argument("--channels", type=int, default=None, help="override the space's initial channels C")
+    p.add_argument("--data", default=d.data, help="fmnist or cifar10")
+    p.add_argument("--data-root", default=d.data_root, help="data directory (default: the shipped subset)")
+    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch)
+    p.add_argument("--hypernet", default=d.hypernet, choices=["linear", "pwl", "mlp", "constant"])
+    p.add_argument("--per-sample", action="store_true", help="S and Gumbel noise per sample (DARTS-CC)")
+    p.add_argument("--fixed-S", default=d.fixed_S, help="train for one fixed S instead of S ~ Dirichlet(1)")
+    p.add_argument("--kappa", type=float, default=d.kappa, help="weight of the normalised latency term")
+    p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
+    p.add_argument("--latency-device", default=d.latency_device,
+                   help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")
+    p.add_argument("--tau", type=float, nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))
+    p.add_argument("--tau-schedule", choices=["linear", "exp"], default=d.tau_schedule)
+    p.add_argument("--soft", action="store_true", help="soft Gumbel-Softmax (every op runs) instead of hard")
+    p.add_argument("--protocol", choices=["single", "bilevel"], default=d.protocol)
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
+    p.add_argument("--lr-w", type=float, default=d.lr_w)
+    p.add_argument("--lr-a", type=float, default=d.lr_a)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--log", choices=["csv", "tensorboard", "none"], default=d.log)
+
+
+def config_from_args(args, out_dir: str) -> SearchConfig:
+    return SearchConfig(
+        space=args.space, space_overrides={"C": args.channels} if args.channels else {}, data=args.data,
+        data_root=args.data_root, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
+        fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table,
+        latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
+        tau_schedule=args.tau_schedule, hard=not args.soft, protocol=args.protocol, optimizer=args.optimizer,
+        lr_w=args.lr_w, lr_a=args.lr_a, grad_clip=args.grad_clip, seed=args.seed, out_dir=out_dir, log=args.log)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("search", help="train the supernet and the hypernetwork (one run, every S)",
+                       description="Train the supernet and the hypernetwork alpha = H(S) with Gumbel-Softmax "
+                                   "and the latency regulariser. Under torchrun it runs data-parallel "
+                                   "(gloo on CPU, nccl on GPU).")
+    add_config_arguments(p)
+    p.add_argument("--out", default="runs/search", help="output directory (checkpoint, log)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = config_from_args(args, args.out)
+    path = run_search(cfg, resume=args.resume)
+    if _dist_info()[0] == 0:
+        r = load_search(path)
+        last = r.history[-1] if r.history else {}
+        print(f"search done: {r.epoch} epochs, {r.seconds:.0f} s; last epoch loss {last.get('loss', 0):.3f}, "
+              f"train acc {last.get('acc', 0):.2%}, expected latency {last.get('exp_lat', 0):.3f} "
+              f"(normalised); checkpoint {path}")
+    return 0

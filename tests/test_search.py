@@ -1,0 +1,166 @@
+"""The search end to end on a tiny budget: search, derive, evaluate, report; resume; DDP."""
+import dataclasses
+import json
+import socket
+
+import pytest
+import torch
+
+from dartscc_fast import cli
+from dartscc_fast.derive import derive, export_model
+from dartscc_fast.evaluate import genotype_weights, inherited_accuracy
+from dartscc_fast.search import SearchConfig, load_search, run_search, spawn_ddp, temperature
+from dartscc_fast.space import DiscreteNetwork, count_parameters
+
+# A small supernet (C=4) on 300 of the shipped images; a simulated latency table (no profiling).
+TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, batch_size=16, max_steps_per_epoch=3,
+                    progress=False)
+
+
+def _states_equal(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def _model_state(path):
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return {**{"s." + k: v for k, v in ck["model"]["supernet"].items()},
+            **{"h." + k: v for k, v in ck["model"]["hypernet"].items()}}
+
+
+def test_temperature_schedule():
+    cfg = SearchConfig()
+    assert temperature(cfg, 0, 11) == pytest.approx(1.0)
+    assert temperature(cfg, 10, 11) == pytest.approx(0.2)
+    assert temperature(cfg, 5, 11) == pytest.approx(0.6)
+    cfg = dataclasses.replace(cfg, tau_schedule="exp")
+    assert temperature(cfg, 10, 11) == pytest.approx(0.2)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="protocol"):
+        SearchConfig(protocol="trilevel")
+    with pytest.raises(ValueError, match="simplex"):
+        SearchConfig(fixed_S="pool=0.9,identity=0.9,conv=0")
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"hard": False}, {"per_sample": True}, {"protocol": "bilevel", "optimizer": "sgd"},
+    {"hypernet": "pwl"}, {"hypernet": "mlp"}])
+def test_search_variants_run(tmp_path, variant):
+    cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, out_dir=str(tmp_path), **variant)
+    path = run_search(cfg)
+    r = load_search(path)
+    assert r.epoch == 1 and len(r.history) == 1
+    assert all(torch.isfinite(torch.tensor(v)) for v in r.history[0].values())
+    assert (tmp_path / "log.csv").read_text().count("\n") == 1 + 2
+
+
+def test_search_is_deterministic_and_resume_matches(tmp_path):
+    full = dataclasses.replace(TINY, out_dir=str(tmp_path / "full"))
+    again = dataclasses.replace(TINY, out_dir=str(tmp_path / "again"))
+    cut = dataclasses.replace(TINY, out_dir=str(tmp_path / "cut"))
+    a = _model_state(run_search(full))
+    _states_equal(a, _model_state(run_search(again)))
+
+    # interrupted after the first epoch, then resumed
+    run_search(cut, stop_after_epochs=1)
+    assert load_search(cut.out_dir).epoch == 1
+
+    # and a crash in the middle of the second epoch, then resumed again
+    def crash(row):
+        if row["step"] == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cut, resume=True, on_step=crash)
+    assert load_search(cut.out_dir).epoch == 1
+    b = _model_state(run_search(cut, resume=True))
+    _states_equal(a, b)
+    assert load_search(cut.out_dir).epoch == 2
+    rows = (tmp_path / "cut" / "log.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[1]) for r in rows[1:]] == list(range(6))  # no duplicated steps after resume
+
+    with pytest.raises(ValueError, match="other settings"):
+        run_search(dataclasses.replace(cut, kappa=9.0), resume=True)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_agree(tmp_path):
+    cfg = dataclasses.replace(TINY, out_dir=str(tmp_path), epochs=1, max_steps_per_epoch=3)
+    spawn_ddp(cfg, world=2, port=_free_port())
+    s0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    s1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    _states_equal(s0, s1)
+    init = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert init["world_size"] == 2 and init["epoch"] == 1
+    # the replicas trained: they differ from a fresh initialisation
+    from dartscc_fast.search import build_model
+    fresh = build_model(cfg, cfg.get_space()).state_dict()
+    assert any(not torch.equal(fresh[k], s0[k]) for k in fresh if fresh[k].is_floating_point())
+
+
+def test_end_to_end_cli(tmp_path, capsys):
+    search = tmp_path / "search"
+    args = ["search", "--out", str(search), "--channels", "4", "--limit", "300", "--epochs", "2",
+            "--batch-size", "16", "--max-steps-per-epoch", "3", "--kappa", "4"]
+    assert cli.main(args) == 0
+    assert (search / "checkpoint.pt").is_file() and (search / "log.csv").is_file()
+    fbnet = tmp_path / "fbnet"
+    assert cli.main(args[:2] + [str(fbnet)] + args[3:] + ["--hypernet", "constant", "--fixed-S", "A"]) == 0
+
+    out = tmp_path / "derived"
+    assert cli.main(["derive", "--search", str(search), "--S", "pool=0.7,identity=0.15,conv=0.15", "--S", "B",
+                     "--measure", "--out", str(out), "--export", "torchscript"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted latency" in text and "measured latency" in text and "parameters" in text
+    d = json.loads((out / "B.json").read_text())
+    assert d["predicted_ms"] > 0 and d["measured_ms"] > 0 and set(d["op_counts"]) == {"pool", "identity", "conv"}
+    scripted = torch.jit.load(str(out / "B.pt"))
+    assert scripted(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+    assert cli.main(["evaluate", "--search", str(search), "--retrain-epochs", "1",
+                     "--out", str(tmp_path / "eval.json")]) == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert len(ev["rows"]) == 3 and "train" in ev["split"]["text"]
+
+    rep = tmp_path / "report"
+    assert cli.main(["report", "--search", str(search), "--fbnet", str(fbnet), "--grid", "2",
+                     "--retrain-epochs", "1", "--front-retrain", "2", "--no-measure", "--out", str(rep)]) == 0
+    md = (rep / "report.md").read_text()
+    assert "Split: train" in md and "| A uniform |" in md and "FBNet-style 1 (one per kappa)" in md
+    report = json.loads((rep / "report.json").read_text())
+    assert len(report["profiles"]) == 3 and len(report["grid"]) == 6
+    assert report["searches"]["fbnet"] == 1
+    for name in ("op_distribution.png", "front.png", "simplex.png"):
+        assert (rep / name).stat().st_size > 1000
+
+
+def test_derivation_is_deterministic_and_inherited_eval(tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, out_dir=str(tmp_path))
+    r = load_search(run_search(cfg))
+    d1, d2 = derive(r, "C"), derive(r, "pool=0.70,identity=0.15,conv=0.15")
+    assert d1.genotype.to_json() == d2.genotype.to_json()
+    with pytest.raises(ValueError, match="unknown component"):
+        derive(r, "pool=0.7,ident=0.15,conv=0.15")
+    net = DiscreteNetwork(r.space, d1.genotype)
+    assert count_parameters(net) == d1.params
+    wn, wr = genotype_weights(r.space, d1.genotype)
+    assert wn.sum() == sum(len(n) for n in d1.genotype.normal)
+    from dartscc_fast.datasets import make_loaders
+    loaders = make_loaders(limit=300, batch_size=16)
+    before = {k: v.clone() for k, v in r.supernet.state_dict().items()}
+    acc = inherited_accuracy(r.supernet, r.space, d1.genotype, loaders.test)
+    assert 0.0 <= acc <= 1.0
+    _states_equal(before, r.supernet.state_dict())  # evaluation leaves the supernet alone
+    p = export_model(net, r.space, tmp_path / "m.pt")
+    assert p.is_file()
