@@ -3,6 +3,7 @@ reference, torch.compile(reference) and ours in each; ratios and achieved
 bandwidth printed at the end against a copy bandwidth measured in the same run."""
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 
@@ -12,6 +13,13 @@ import torch
 _RESULTS = defaultdict(dict)   # group -> impl -> median seconds
 _BYTES = {}                    # group -> bytes moved by one call (for GB/s)
 _BANDWIDTH = {}
+
+
+def pytest_configure(config):
+    # On a shared machine, more threads than free cores turn OpenMP barriers into
+    # scheduler waits that swamp every timing: DARTSCC_BENCH_THREADS pins the count.
+    if os.getenv("DARTSCC_BENCH_THREADS"):
+        torch.set_num_threads(int(os.environ["DARTSCC_BENCH_THREADS"]))
 
 
 def sync(device):
@@ -68,6 +76,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("dartscc_fast: speed-up of ours over each implementation (median times, one run)")
+    tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads "
+                  f"(set DARTSCC_BENCH_THREADS to change), CUDA: {torch.cuda.is_available()}")
     for group, impls in sorted(_RESULTS.items()):
         ours = impls.get("ours")
         if ours is None:

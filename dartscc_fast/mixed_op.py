@@ -106,10 +106,7 @@ class MixedOp(nn.Module):
                              f"got {list(weights.shape)}")
         if hard:
             return self._forward_hard(x, weights)
-        xp = x
-        if self.channels_last_params and self.stride == 1 and x.device.type == "cpu" and x.dim() == 4 \
-                and not x.is_contiguous(memory_format=torch.channels_last) and "param" in self._kinds:
-            xp = x.contiguous(memory_format=torch.channels_last)
+        xp = self._param_input(x) if "param" in self._kinds else x
         params = [op(xp) for op, kind in zip(self._ops, self._kinds) if kind == "param"]
         if all(kind == "param" for kind in self._kinds):
             return ops.mixed_sum(params, weights)
@@ -118,6 +115,13 @@ class MixedOp(nn.Module):
         if self._bns and bn_stats is None:
             self._update_running_stats(stats, x)
         return y
+
+    def _param_input(self, x: Tensor) -> Tensor:
+        """The input the parametric candidates get (channels_last on CPU at stride 1)."""
+        if self.channels_last_params and self.stride == 1 and x.device.type == "cpu" and x.dim() == 4 \
+                and not x.is_contiguous(memory_format=torch.channels_last):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     # -- BatchNorm bookkeeping of the fused pools ----------------------------------
     def _bn_uses_batch_stats(self) -> bool:
@@ -145,14 +149,18 @@ class MixedOp(nn.Module):
         k = len(self._ops)
         if weights.dim() == 1:
             m = int(weights.argmax())
-            o = self._ops[m](x)
+            o = self._ops[m](self._param_input(x) if self._kinds[m] == "param" else x)
             outputs = [o if j == m else o.new_empty((0,) + tuple(o.shape[1:])) for j in range(k)]
             index = torch.full((x.shape[0],), m, dtype=torch.long, device=x.device)
             return ops.hard_mixed_sum(outputs, weights, index)
         index = weights.argmax(-1)
         groups = ops.hard_groups(index, k)
-        outputs: List[Optional[Tensor]] = [self._ops[m](x.index_select(0, g)) if g.numel() else None
-                                           for m, g in enumerate(groups)]
+        outputs: List[Optional[Tensor]] = []
+        for m, g in enumerate(groups):
+            xs = x.index_select(0, g) if g.numel() else None
+            if xs is not None and self._kinds[m] == "param":
+                xs = self._param_input(xs)
+            outputs.append(self._ops[m](xs) if xs is not None else None)
         ref = next(o for o in outputs if o is not None) if x.shape[0] else self._ops[0](x)
         outputs = [o if o is not None else ref.new_empty((0,) + tuple(ref.shape[1:])) for o in outputs]
         return ops.hard_mixed_sum(outputs, weights, index)
