@@ -264,6 +264,7 @@ def test_roofline_presets():
 
 
 # --------------------------------------------------------------------- measurement
+@pytest.mark.filterwarnings("ignore:the machine is busy")
 def test_profile_tiny_space():
     t = profile_space(TINY, "cpu", batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3, warmup=1)
     assert len(t) == len(space_configs(TINY, 2)) + 2  # + the two network bases
@@ -288,9 +289,12 @@ def test_cli(tmp_path, capsys):
     assert main(["table", "check", str(out), "--space", "fmnist-paper"]) == 0
     assert main(["table", "check", str(out), "--space", "darts-cifar"]) == 1
     cpu = tmp_path / "cpu.json"
-    assert main(["profile", "--device", "cpu", "--batch", "1", "--threads", "1", "--max-seconds", "0.01",
-                 "--out", str(cpu), "--quiet"]) == 0
-    assert LatencyTable.load(cpu).meta["threads"] == 1
+    assert main(["profile", "--device", "cpu", "--batch", "1", "--threads", "1", "--clock", "thread",
+                 "--max-seconds", "0.01", "--out", str(cpu), "--quiet"]) == 0
+    meta = LatencyTable.load(cpu).meta
+    assert meta["threads"] == 1 and meta["clock"] == "thread" and "thread_time" in meta["method"]
+    with pytest.raises(ValueError, match="needs the CPU and one torch thread"):
+        profile_space(TINY, "cpu", batch=1, threads=2, clock="thread")
     assert main(["table", "merge", str(out), str(cpu), "--out", str(tmp_path / "m.json")]) == 2  # devices differ
     assert main(["table", "merge", str(out), str(cpu), "--out", str(tmp_path / "m.json"), "--force"]) == 0
     assert main(["table", "show", str(tmp_path / "missing.json")]) == 2
@@ -300,7 +304,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_base_interpolates_node_sums():
-    from dartscc_fast.latency.table import node_sums
+    from dartscc_fast.latency.keys import node_sums
     t = sample_table(FMNIST)
     t.add(BaseConfig.of(FMNIST, 64, inputs="top2"), 5.5)
     assert node_sums(FMNIST) == 3 * 10 and node_sums(FMNIST, inputs="top2") == 3 * 4
@@ -319,3 +323,15 @@ def test_base_network_is_free_edges():
         assert all(isinstance(op, FreeOp) for cell in net.cells for op in cell._ops)
         assert all(len(cell._ops) == n for cell in net.cells)
         assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_cli_predict(tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    simulate_table(FMNIST, "mobile-cpu").save(out)
+    g = random_genotype(FMNIST, torch.Generator().manual_seed(0))
+    gfile = tmp_path / "g.json"
+    gfile.write_text(g.to_json())
+    assert main(["table", "predict", str(out), "--genotype", str(gfile)]) == 0
+    assert "predicted" in capsys.readouterr().out
+    assert main(["table", "predict", str(out), "--genotype", g.to_json(), "--measure"]) == 2  # simulated
+    assert main(["table", "predict", str(out), "--genotype", "{bad"]) == 2

@@ -1,8 +1,9 @@
 """Latency on the target device: microbenchmarks, tables, compiled lookups, the regulariser.
 
-- :mod:`~dartscc_fast.latency.table`: configuration keys (:class:`OpConfig`), the
-  versioned JSON table (:class:`LatencyTable`; its schema is documented there),
-  lookups of ``L [edges, k]`` through the compiled hash map, :func:`normalise`.
+- :mod:`~dartscc_fast.latency.keys`: configuration keys (:class:`OpConfig`, :class:`BaseConfig`).
+- :mod:`~dartscc_fast.latency.table`: the versioned JSON table (:class:`LatencyTable`;
+  its schema is documented there), lookups of ``L [edges, k]`` through the
+  compiled hash map, :func:`normalise`.
 - :mod:`~dartscc_fast.latency.measure`: time every op configuration of a search
   space on this machine (:func:`profile_space`), and whole networks.
 - :mod:`~dartscc_fast.latency.roofline`: simulated devices (named presets).
@@ -15,8 +16,8 @@ Typical use in a search::
     L = L.to(device=w.device, dtype=w.dtype)
     lat = latency_reg(torch.cat([w_normal, w_reduce], -2), L, S, space.type_index().tolist())
 """
-from dartscc_fast.latency.table import BaseConfig, LatencyTable, LatencyTableError, OpConfig, edge_configs, \
-    genotype_configs, normalise, reference_latency, space_configs
+from dartscc_fast.latency.keys import BaseConfig, OpConfig, edge_configs, genotype_configs, space_configs
+from dartscc_fast.latency.table import LatencyTable, LatencyTableError, normalise, reference_latency
 from dartscc_fast.latency.measure import Timing, profile_space, time_callable, time_genotype
 from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset, simulate_table
 from dartscc_fast.latency_ops import latency_reg

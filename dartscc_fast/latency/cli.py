@@ -1,12 +1,12 @@
 """``dartscc-fast profile`` (make a latency table) and ``dartscc-fast table`` (show, plot, merge, check)."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import List
 
-from dartscc_fast.latency.table import BaseConfig, LatencyTable, OpConfig, parse_key, space_configs
+from dartscc_fast.latency.keys import BaseConfig, OpConfig, parse_key, space_configs
+from dartscc_fast.latency.table import LatencyTable
 
 
 def register(sub) -> None:
@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=1.0, help="timing budget per configuration (default 1 s)")
     p.add_argument("--rel-ci", type=float, default=0.01,
                    help="stop when the median's 95%% confidence half-width is below this fraction (default 0.01)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="wall: elapsed time (default); thread: the thread's CPU time, robust to other processes "
+                        "on a shared machine (needs --threads 1)")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", required=True, help="the table file to write")
@@ -54,6 +57,14 @@ def register(sub) -> None:
     c.add_argument("--space", nargs="+", default=["fmnist-paper"], choices=sorted(SPACES))
     c.add_argument("--batch", type=int, default=None, help="default: the table's")
     c.set_defaults(func=_check)
+    pd = tsub.add_parser("predict", help="predict (and optionally measure) a discrete architecture's latency")
+    pd.add_argument("path")
+    pd.add_argument("--genotype", required=True, help="a genotype as JSON (Genotype.to_json), or a file holding one")
+    pd.add_argument("--space", default="fmnist-paper", choices=sorted(SPACES))
+    pd.add_argument("--batch", type=int, default=None, help="default: the table's")
+    pd.add_argument("--measure", action="store_true", help="also time the whole network here (table's device)")
+    pd.add_argument("--threads", type=int, default=None)
+    pd.set_defaults(func=_predict)
     pr = tsub.add_parser("presets", help="list the simulated devices and their sources")
     pr.set_defaults(func=_presets)
     t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
@@ -65,7 +76,7 @@ def _profile(args) -> int:
     spaces = [get_space(n) for n in args.space]
     table = profile_space(spaces, args.device, args.batch, args.dtype, threads=args.threads,
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
-                          max_seconds=args.max_seconds, rel_ci=args.rel_ci)
+                          max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock)
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -170,6 +181,30 @@ def _check(args) -> int:
         print(f"{args.path}: {len(missing)} configuration(s) missing:", *missing, sep="\n  ", file=sys.stderr)
         return 1
     print(f"{args.path}: covers {', '.join(args.space)} at batch {batch} ({table.dtype}, {table.device})")
+    return 0
+
+
+def _predict(args) -> int:
+    from dartscc_fast.latency.measure import time_genotype
+    from dartscc_fast.space import Genotype, get_space
+    table = LatencyTable.load(args.path)
+    text = open(args.genotype).read() if os.path.exists(args.genotype) else args.genotype
+    try:
+        genotype = Genotype.from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--genotype is neither a genotype JSON nor a file holding one ({e})") from None
+    space = get_space(args.space)
+    batch = args.batch if args.batch is not None else table.batch
+    pred = table.predict(space, genotype, batch=batch)
+    print(f"predicted {pred:.3f} ms (base {table.base(space, genotype, batch=batch):.3f} ms + ops) on "
+          f"{table.device}, batch {batch}")
+    if args.measure:
+        if table.device not in ("cpu", "cuda"):
+            raise ValueError(f"cannot measure on the simulated device {table.device!r}")
+        tm = time_genotype(space, genotype, batch, table.dtype, table.device, threads=args.threads,
+                           max_seconds=5.0)
+        print(f"measured  {tm.median:.3f} ms (IQR {tm.iqr:.3f}, {tm.runs} runs); prediction error "
+              f"{(pred - tm.median) / tm.median * 100:+.1f}%")
     return 0
 
 

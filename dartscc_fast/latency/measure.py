@@ -8,7 +8,9 @@ input ``[batch, C, H, W]``, under ``torch.inference_mode``:
   oneDNN primitive creation, CPU clocks);
 - then timed runs, one forward each: ``time.perf_counter`` on the CPU (the
   torch thread count is set and recorded), CUDA events with synchronisation
-  on a GPU;
+  on a GPU; or, with ``clock='thread'`` (one thread only), the thread's CPU
+  time, which a machine shared with other processes does not inflate: the
+  time the op would take on an idle core;
 - until the estimate is stable: the 95% confidence half-width of the median,
   ``1.57 * IQR / sqrt(runs)`` (McGill, Tukey & Larsen 1978), is below
   ``rel_ci`` of it, or ``max_runs`` runs, or ``max_seconds`` seconds;
@@ -24,15 +26,17 @@ import contextlib
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from dartscc_fast.latency.table import BASE_INPUTS, BaseConfig, LatencyTable, OpConfig, _now, device_token, \
-    dtype_name, space_configs, torch_dtype
+from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, space_configs, \
+    torch_dtype
+from dartscc_fast.latency.table import LatencyTable, _now
 from dartscc_fast.primitives import OPS
 from dartscc_fast.progress import Progress
 
@@ -92,12 +96,25 @@ def _run_device(device: Union[str, torch.device]) -> torch.device:
     return d
 
 
+CLOCKS = ("wall", "thread")
+
+
+def check_clock(clock: str, device: torch.device, threads: int) -> None:
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "thread" and (device.type != "cpu" or threads != 1):
+        raise ValueError("clock='thread' measures the calling thread's CPU time: it needs the CPU and one torch "
+                         f"thread (got {device.type}, {threads} threads)")
+
+
 def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "cpu", warmup: int = 3,
                   min_runs: int = 10, max_runs: int = 300, max_seconds: float = 1.0, rel_ci: float = 0.01,
-                  timing: Optional[Timing] = None) -> Timing:
+                  timing: Optional[Timing] = None, clock: str = "wall") -> Timing:
     """Time ``fn()`` as the module docstring says; extends ``timing`` if given."""
     d = _run_device(device)
+    check_clock(clock, d, torch.get_num_threads())
     cuda = d.type == "cuda"
+    now = time.thread_time if clock == "thread" else time.perf_counter
     timing = timing if timing is not None else Timing()
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -118,9 +135,9 @@ def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "
                 end.synchronize()
                 timing.times.append(float(start.elapsed_time(end)))
             else:
-                a = time.perf_counter()
+                a = now()
                 fn()
-                timing.times.append((time.perf_counter() - a) * 1e3)
+                timing.times.append((now() - a) * 1e3)
             n = timing.runs - first
             if n >= min_runs and (n >= max_runs or time.perf_counter() - t_start >= max_seconds
                                   or timing.rel_ci() <= rel_ci):
@@ -193,7 +210,7 @@ def build_network(space, genotype, dtype="float32", device="cpu") -> nn.Module:
 
 def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
                   **timing_kw) -> Timing:
-    """The measured forward time of a discrete architecture's whole network."""
+    """The measured forward time of a discrete architecture's whole network (time_callable's options)."""
     d = _run_device(device)
     net = build_network(space, genotype, dtype, d)
     x = network_input(space, batch, dtype, d)
@@ -201,9 +218,24 @@ def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu
         return time_callable(lambda: net(x), d, **timing_kw)
 
 
-def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes) -> str:
+def _warn_if_busy(device: torch.device, threads: int, clock: str) -> Optional[float]:
+    """The 1-minute load average; warns when other processes want the cores a wall-clock CPU run needs."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu" and clock == "wall" and load > cpus - threads + 0.5:
+        warnings.warn(f"the machine is busy (load average {load:.1f} on {cpus} CPUs) and the profile uses {threads} "
+                      f"thread(s): wall-clock timings will be inflated and erratic. Profile on an idle machine, or "
+                      f"use threads=1 with clock='thread' (CLI: --threads 1 --clock thread)", stacklevel=3)
+    return round(load, 2)
+
+
+def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock) -> str:
     timer = "CUDA events around the call, then event synchronisation" if device.type == "cuda" else \
-        "time.perf_counter around the call"
+        ("time.thread_time (the thread's CPU time) around the call" if clock == "thread" else
+         "time.perf_counter around the call")
     return (f"{timer}; one forward of the eval-mode module on a fixed input [batch, C, H, W] under "
             f"torch.inference_mode; {warmup} warm-up runs (and at least 50 ms); then runs until the 95% "
             f"confidence half-width of the median (1.57 IQR / sqrt(runs)) is below {rel_ci:.1%} of it, or "
@@ -214,7 +246,7 @@ def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_c
 def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int = 64, dtype="float32",
                   threads: Optional[int] = None, include_base: bool = True, passes: int = 1,
                   progress: bool = True, warmup: int = 3, min_runs: int = 10, max_runs: int = 300,
-                  max_seconds: float = 1.0, rel_ci: float = 0.01) -> LatencyTable:
+                  max_seconds: float = 1.0, rel_ci: float = 0.01, clock: str = "wall") -> LatencyTable:
     """Measure every op configuration of the space(s) (and each space's network base) on ``device``.
 
     ``device`` 'sim:<preset>' builds the table from the roofline model instead.
@@ -243,9 +275,11 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
                     seen.add(base.key())
                     jobs.append((base, space))
     timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
-                     rel_ci=rel_ci)
+                     rel_ci=rel_ci, clock=clock)
     timings: Dict[str, Timing] = {}
     with num_threads(threads if d.type == "cpu" else None) as n_threads:
+        check_clock(clock, d, n_threads)
+        load = _warn_if_busy(d, n_threads, clock)
         bar = Progress(total=len(jobs) * passes, desc=f"profiling {tok}", enabled=None if progress else False)
         for _ in range(passes):
             for cfg, space in jobs:
@@ -269,7 +303,8 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
             "threads": n_threads if d.type == "cpu" else None,
             "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,
             "cuda": torch.version.cuda if d.type == "cuda" else None, "date": _now(),
-            "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes),
+            "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock), "clock": clock,
+            "load_average": load,
             "batch": batch, "dtype": dtype, "spaces": [s.name for s in spaces],
             "host": {"system": platform.system(), "machine": platform.machine(), "cpus": os.cpu_count()},
         }

@@ -46,7 +46,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple, Union
 
-from dartscc_fast.latency.table import BASE_INPUTS, BaseConfig, LatencyTable, OpConfig, _now, dtype_name, space_configs
+from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, dtype_name, space_configs
+from dartscc_fast.latency.table import LatencyTable, _now
 
 _ELEM = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
 
