@@ -18,6 +18,7 @@ _COMMAND_MODULES: List[str] = [
     "dartscc_fast.evaluate",
     "dartscc_fast.report",
     "dartscc_fast.demo",
+    "dartscc_fast.prune.cli",
 ]
 
 
