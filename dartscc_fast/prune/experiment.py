@@ -27,9 +27,9 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -60,7 +60,7 @@ class PruneConfig:
     seed: int = 0
     batch_size: int = 64
     # pretraining
-    pretrain_epochs: int = 6
+    pretrain_epochs: int = 10
     pretrain_lr: float = 0.05
     weight_decay: float = 5e-4
     cache_dir: Optional[str] = None
@@ -73,18 +73,18 @@ class PruneConfig:
     max_enumerate: int = 128
     explore_samples: int = 64
     # part 1
-    n_lambdas: int = 8
+    n_lambdas: int = 10
     lambdas: Optional[Tuple[float, ...]] = None  # explicit grid, overrides n_lambdas / lambda_top
     lambda_top: Union[str, float] = "seed"      # "seed" (Lambda), "best" (Lambda_best) or a number
     top_factor: float = 1.5
-    steps: int = 40
+    steps: int = 60
     gamma_lr: float = 0.2
     tau: float = 1.0
     hard: bool = True
     per_sample: bool = True
     init_logit: float = 2.0
     # part 2
-    hyper_steps: int = 200
+    hyper_steps: int = 400
     hyper_lr: float = 0.1
     knots: int = 5
     hyper_range: float = 1.5     # train on lambda ~ U[0, hyper_range * Lambda]; the seed's Algorithm 1 is 1.0
@@ -348,11 +348,13 @@ def _run_prune(cfg: PruneConfig, log: Callable) -> Dict:
     if cfg.lambdas is not None:
         lambdas = list(cfg.lambdas)
         top = max(lambdas) if max(lambdas) > 0 else est.lambda_
+        base = top
     else:
         base = est.lambda_ if cfg.lambda_top == "seed" else est.lambda_best if cfg.lambda_top == "best" \
             else float(cfg.lambda_top)
         top = cfg.top_factor * base
         lambdas = torch.linspace(0, top, cfg.n_lambdas).tolist()
+    hyper_top = cfg.hyper_range * base if cfg.lambdas is None else top
 
     def objective(row: Dict, lam: float) -> float:
         bits = torch.tensor([float(c) for c in row["gamma"]])
@@ -383,8 +385,6 @@ def _run_prune(cfg: PruneConfig, log: Callable) -> Dict:
     acc_on = scorer.row(torch.ones(net.num_edges))["val_acc"]
     target = chance + 0.5 * (acc_on - chance)
     val_score = lambda g: scorer.row(g)["val_acc"]  # noqa: E731
-    hyper_top = cfg.hyper_range * (est.lambda_ if cfg.lambdas is None and cfg.lambda_top == "seed"
-                                   else top / cfg.top_factor if cfg.lambdas is None else top)
     hyper, hinfo = train_hypernet(net, loaders.val, t, hyper_top, cfg, torch.Generator().manual_seed(cfg.seed + 2),
                                   val_score, target, log)
     grid = sorted(set(torch.linspace(0, top, cfg.eval_points).tolist()) | set(lambdas))
@@ -411,7 +411,7 @@ def _run_prune(cfg: PruneConfig, log: Callable) -> Dict:
         "model": model.config, "edges": [e.to_dict() for e in net.edges], "rejected": net.rejected,
         "timing": {**timing, "method": "latency.measure.time_callable: warm-up, median until stable, "
                    "torch.inference_mode"},
-        "lambda": est.to_dict(), "lambda_range": [0.0, top], "full": full, "chance_acc": chance,
+        "lambda": est.to_dict(), "lambda_range": [0.0, top], "lambda_top": cfg.lambda_top, "full": full, "chance_acc": chance,
         "part1": part1, "part2": {"rows": part2, **hinfo, "hypernet": hyper.config(),
                                   "state_dict": {k: v.tolist() for k, v in hyper.state_dict().items()}},
         "exact": exact_rows, "compute": {"part1_gamma_steps": cfg.steps * len(lambdas),

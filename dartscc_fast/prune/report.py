@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 __all__ = ["compare", "markdown", "plot_lambda", "plot_front", "write_report"]
 
@@ -64,7 +64,9 @@ def markdown(report: Dict) -> str:
             f"(= {L / t['full_ms']:.4g} nats/ms)",
             f"- Lambda_best (same proof with the best valid gamma {lam['gamma_min']}, loss {lam['L_min']:.4f}): "
             f"{lam['Lambda_best']:.4g}",
-            f"- lambda range of the experiment: [0, {report['lambda_range'][1]:.4g}]", "",
+            f"- lambda range of the experiment: [0, {report['lambda_range'][1]:.4g}] (top: "
+            f"{report.get('lambda_top', 'seed')}: 'seed' is {report['config']['top_factor']} x Lambda, 'best' "
+            f"{report['config']['top_factor']} x Lambda_best)", "",
             "## Part 1: gamma optimised for each fixed lambda", "",
             "| lambda | lambda/Lambda | gamma | val loss | test acc | ms | speed-up | objective | exact optimum |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -99,9 +101,12 @@ def markdown(report: Dict) -> str:
 
 
 def _mark_lambda(ax, report: Dict) -> None:
-    L = report["lambda"]["Lambda"]
-    ax.axvline(L, color="grey", ls="--", lw=1)
-    ax.text(L, ax.get_ylim()[1], " Lambda", va="top", ha="left", fontsize=8, color="grey")
+    top = report["lambda_range"][1]
+    for key, label, ls in (("Lambda", "Lambda", "--"), ("Lambda_best", "Lambda_best", ":")):
+        L = report["lambda"][key]
+        if L <= 1.02 * top:
+            ax.axvline(L, color="grey", ls=ls, lw=1)
+            ax.text(L, ax.get_ylim()[1], " " + label, va="top", ha="left", fontsize=8, color="grey")
 
 
 def plot_lambda(report: Dict, path: Path) -> Path:
