@@ -30,10 +30,10 @@ __all__ = ["DemoConfig", "run_demo"]
 class DemoConfig:
     out_dir: str = "runs/demo"
     space: str = "fmnist-paper"
-    limit: Optional[int] = 3000        # images of the shipped 6,226 (split 70/15/15)
+    limit: Optional[int] = 2400        # images of the shipped 6,226 (split 70/15/15)
     epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
-    kappa: float = 4.0                 # the hypernetwork search's latency weight (normalised L)
-    fbnet_kappas: tuple = (1.0, 4.0, 12.0)
+    kappa: float = 5.0                 # the hypernetwork search's latency weight (normalised L)
+    fbnet_kappas: tuple = (2.0, 5.0, 15.0)
     darts: bool = True
     retrain_epochs: int = 2
     grid: int = 4

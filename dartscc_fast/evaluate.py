@@ -179,6 +179,7 @@ def register(sub) -> None:
                    help="pool=..,identity=..,conv=.. or a profile A, B, C (repeatable; default A, B, C)")
     p.add_argument("--top2", action="store_true", help="DARTS rule: 2 strongest incoming edges per node")
     p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
+    p.add_argument("--retrain-max-steps", type=int, default=None, help="cap the steps of each retraining epoch")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_main)
 
@@ -198,7 +199,8 @@ def _main(args) -> int:
         row["inherited_acc"] = inherited_accuracy(result.supernet, result.space, d.genotype, loaders.test)
         msg = f"{label or d.S_text}: inherited-weight test accuracy {row['inherited_acc']:.2%}"
         if args.retrain_epochs > 0:
-            r = retrain(result.space, d.genotype, loaders, RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed))
+            r = retrain(result.space, d.genotype, loaders, RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed,
+                                                                  max_steps_per_epoch=args.retrain_max_steps))
             row["retrain"] = r
             msg += f", retrained ({args.retrain_epochs} epochs) {r['test_acc']:.2%}"
         print(f"{msg}; {d.params:,} parameters; split: {loaders.split}")

@@ -159,6 +159,26 @@ class Hypernet(nn.Module):
         """The S-dependent part of the logits, ``[..., 2, E, k]``."""
         raise NotImplementedError
 
+    @staticmethod
+    def latency_prior(L: Tensor, type_index: Sequence[int], num_types: int, scale: float) -> Tensor:
+        """``P [T, 2, E, k]``: ``P[t, c, e, m] = -scale * L[c E + e, m]`` where m has type t, else 0.
+
+        ``sum_t S_t P_t`` are the logits the latency term alone favours for S
+        (``-scale * S_type(m) * L[e, m]``), the part of alpha(S) the search
+        would otherwise have to discover from S's correlation with the loss.
+        """
+        two_e, k = L.shape
+        P = torch.zeros(num_types, 2, two_e // 2, k)
+        for m, t in enumerate(type_index):
+            if int(t) >= 0:
+                P[int(t), :, :, m] = -scale * L[:, m].reshape(2, two_e // 2).float()
+        return P
+
+    @torch.no_grad()
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
+        """Start the S-dependent part at :meth:`latency_prior` (a no-op for S-independent forms)."""
+        raise NotImplementedError
+
     def forward(self, S: Tensor) -> Tuple[Tensor, Tensor]:
         S = self.check_S(S)
         alpha = self.A0 + self.delta(S)
@@ -175,6 +195,10 @@ class LinearHypernet(Hypernet):
 
     def delta(self, S: Tensor) -> Tensor:
         return torch.tensordot(S, self.A, dims=([-1], [0]))
+
+    @torch.no_grad()
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
+        self.A.copy_(self.latency_prior(L, type_index, self.num_types, scale))
 
 
 class PiecewiseLinearHypernet(Hypernet):
@@ -205,6 +229,13 @@ class PiecewiseLinearHypernet(Hypernet):
     def delta(self, S: Tensor) -> Tensor:
         return torch.tensordot(self.features(S), self.A, dims=([-1], [0]))
 
+    @torch.no_grad()
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
+        # the hats interpolate s linearly: sum_j hat_j(s) x_j = s
+        P = self.latency_prior(L, type_index, self.num_types, scale)
+        grid = torch.linspace(0, 1, self.knots)
+        self.A.copy_((P[:, None] * grid.view(1, -1, 1, 1, 1)).flatten(0, 1))
+
 
 class MLPHypernet(Hypernet):
     """alpha = A_0 + readout(tanh(W S + b)): a small MLP with `hidden` units."""
@@ -230,6 +261,11 @@ class MLPHypernet(Hypernet):
     def delta(self, S: Tensor) -> Tensor:
         return torch.tensordot(self.features(S), self.A, dims=([-1], [0]))
 
+    @torch.no_grad()
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
+        self.A.zero_()
+        self.A[:self.num_types].copy_(self.latency_prior(L, type_index, self.num_types, scale))
+
 
 class ConstantHypernet(Hypernet):
     """Plain DARTS / FBNet logits that ignore S: the baselines' 'hypernetwork'."""
@@ -237,6 +273,9 @@ class ConstantHypernet(Hypernet):
 
     def delta(self, S: Tensor) -> Tensor:
         return self.A0.new_zeros(S.shape[:-1] + self.A0.shape)
+
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
+        pass
 
 
 HYPERNETS = {c.kind: c for c in (LinearHypernet, PiecewiseLinearHypernet, MLPHypernet, ConstantHypernet)}

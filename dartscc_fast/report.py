@@ -94,7 +94,6 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         to_retrain = {distinct[i].genotype.to_json() for i in idx}
     else:
         to_retrain = set(seen) if front_retrain > 0 else set()
-    to_retrain |= {p["genotype_json"] for p in []}
     grid_rows = []
     for d, S in grid:
         ev = evaluate(d, result.supernet, d.genotype.to_json() in to_retrain, f"S={format_S(S)}")
@@ -366,6 +365,7 @@ def register(sub) -> None:
     p.add_argument("--fbnet", nargs="*", default=[], help="FBNet-style fixed-kappa searches")
     p.add_argument("--grid", type=int, default=4, help="simplex grid step 1/N")
     p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
+    p.add_argument("--retrain-max-steps", type=int, default=None, help="cap the steps of each retraining epoch")
     p.add_argument("--front-retrain", type=int, default=6, help="grid architectures to retrain for the front")
     p.add_argument("--no-measure", action="store_true", help="skip measuring latency on this device")
     p.add_argument("--threads", type=int, default=None)
@@ -381,7 +381,8 @@ def _main(args) -> int:
     loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
     baselines = {"darts": [load_search(args.darts)] if args.darts else [],
                  "fbnet": [load_search(p) for p in args.fbnet]}
-    rc = RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed) if args.retrain_epochs > 0 else None
+    rc = RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed, max_steps_per_epoch=args.retrain_max_steps) \
+        if args.retrain_epochs > 0 else None
     report = make_report(result, loaders, baselines, args.grid, rc, args.front_retrain,
                          measure=not args.no_measure, threads=args.threads)
     paths = write_report(report, args.out)

@@ -67,8 +67,9 @@ class SearchConfig:
     knots: int = 4                     # piecewise-linear hypernet knots
     per_sample: bool = False           # S (and Gumbel noise) per sample (DARTS-CC) instead of per batch
     fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
+    prior_scale: float = 1.0           # start alpha(S) at -prior_scale * kappa / tau_end * S_type L (0: at 0)
 
-    kappa: float = 4.0                 # weight of the normalised latency term
+    kappa: float = 5.0                 # weight of the normalised latency term
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
     normalise: str = "uniform"         # reference architecture of the normalisation
@@ -169,11 +170,21 @@ class SearchModel(nn.Module):
         return logits, torch.cat([gn, gr], -2), torch.cat([an, ar], -2)
 
 
-def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True) -> SearchModel:
+def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True, L: Optional[Tensor] = None) -> SearchModel:
+    """The search model, seeded; with ``L`` (normalised) and ``cfg.prior_scale``, the hypernetwork's
+    S-dependent part starts at the latency term's own preference (see ``Hypernet.latency_prior``)."""
     torch.manual_seed(cfg.seed)
     supernet = space.supernet(fast=fast)
     hyper = build_hypernet(cfg.hypernet, space.num_edges, space.k, len(OP_TYPES), hidden=cfg.hidden,
                            knots=cfg.knots)
+    if L is not None and cfg.prior_scale > 0:
+        scale = cfg.prior_scale * cfg.kappa / cfg.tau_end
+        hyper.init_latency_prior(L, space.type_index().tolist(), scale)
+        if cfg.fixed_S is not None and cfg.hypernet == "constant":
+            # the S-independent baselines get the same start, for their one S
+            P = hyper.latency_prior(L, space.type_index().tolist(), len(OP_TYPES), scale)
+            with torch.no_grad():
+                hyper.A0.add_(torch.tensordot(parse_S(cfg.fixed_S), P, dims=([0], [0])))
     return SearchModel(supernet, hyper)
 
 
@@ -298,6 +309,12 @@ class _Logger:
                 if k not in ("epoch", "step"):
                     self.writer.add_scalar(f"search/{k}", v, row["step"])
 
+    def flush(self) -> None:
+        if self.kind == "csv":
+            self.file.flush()
+        elif self.kind == "tensorboard":
+            self.writer.flush()
+
     def close(self) -> None:
         if self.kind == "csv":
             self.file.close()
@@ -360,7 +377,7 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
     type_index = space.type_index().tolist()
     fixed_S = parse_S(cfg.fixed_S) if cfg.fixed_S else None
 
-    model = build_model(cfg, space)
+    model = build_model(cfg, space, L=L)
     opt_w, opt_a = _optimizers(cfg, model)
     start_epoch, step, history, seconds = 0, 0, [], 0.0
     ck_path = out / CHECKPOINT
@@ -464,6 +481,12 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
             bar.close()
             history.append({"epoch": epoch, **{k_: v / steps_per_epoch for k_, v in sums.items()},
                             "tau": tau, "seconds": time.perf_counter() - t_start})
+            logger.flush()
+            if world > 1:
+                # DDP syncs buffers at the start of each forward, so after the last step the
+                # replicas' BatchNorm statistics differ: take rank 0's, as the next forward would
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
             if rank == 0:
                 _atomic_save({
                     "config": cfg.to_dict(), "space": space.to_dict(),

@@ -49,8 +49,8 @@ def test_bad_config():
 
 
 @pytest.mark.parametrize("variant", [
-    {}, {"hard": False}, {"per_sample": True}, {"protocol": "bilevel", "optimizer": "sgd"},
-    {"hypernet": "pwl"}, {"hypernet": "mlp"}])
+    {"hard": False, "hypernet": "pwl"}, {"per_sample": True, "hypernet": "mlp"},
+    {"protocol": "bilevel", "optimizer": "sgd"}])
 def test_search_variants_run(tmp_path, variant):
     cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, out_dir=str(tmp_path), **variant)
     path = run_search(cfg)
@@ -128,14 +128,15 @@ def test_end_to_end_cli(tmp_path, capsys):
     scripted = torch.jit.load(str(out / "B.pt"))
     assert scripted(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
-    assert cli.main(["evaluate", "--search", str(search), "--retrain-epochs", "1",
+    assert cli.main(["evaluate", "--search", str(search), "--retrain-epochs", "1", "--retrain-max-steps", "3",
                      "--out", str(tmp_path / "eval.json")]) == 0
     ev = json.loads((tmp_path / "eval.json").read_text())
     assert len(ev["rows"]) == 3 and "train" in ev["split"]["text"]
 
     rep = tmp_path / "report"
     assert cli.main(["report", "--search", str(search), "--fbnet", str(fbnet), "--grid", "2",
-                     "--retrain-epochs", "1", "--front-retrain", "2", "--no-measure", "--out", str(rep)]) == 0
+                     "--retrain-epochs", "1", "--retrain-max-steps", "3", "--front-retrain", "2", "--no-measure",
+                     "--out", str(rep)]) == 0
     md = (rep / "report.md").read_text()
     assert "Split: train" in md and "| A uniform |" in md and "FBNet-style 1 (one per kappa)" in md
     report = json.loads((rep / "report.json").read_text())
