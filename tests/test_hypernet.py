@@ -130,3 +130,18 @@ def test_profiles_named():
     assert set(PROFILES) == {"A", "B", "C"}
     for p in PROFILES.values():
         assert set(p) == {"pool", "identity", "conv"}
+
+
+@pytest.mark.parametrize("kind", ["linear", "pwl", "mlp"])
+def test_latency_prior_start(kind):
+    """Initialised from L, alpha(S) - A0 is the latency term's preference -scale * S_type(m) * L[e, m]."""
+    torch.manual_seed(0)
+    h = build_hypernet(kind, SPACE.num_edges, SPACE.k)
+    L = torch.rand(2 * SPACE.num_edges, SPACE.k)
+    types = SPACE.type_index().tolist()
+    h.init_latency_prior(L, types, 3.0)
+    for S in [parse_S("B"), parse_S("pool=0.1,identity=0.6,conv=0.3")]:
+        an, ar = h(S)
+        want = -3.0 * L * S[torch.tensor(types)]
+        got = torch.cat([an - h.A0[0], ar - h.A0[1]])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
