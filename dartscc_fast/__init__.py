@@ -9,5 +9,6 @@ from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixe
 from dartscc_fast.mixed_op import MixedOp, replace_mixed_ops
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
 from dartscc_fast.latency import LatencyTable, OpConfig, latency_reg, normalise, profile_space
+from dartscc_fast.prune import PrunableNet, find_edges, run_prune, theorem1_lambda
 
 __version__ = BUILD_INFO["version"]

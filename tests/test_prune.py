@@ -8,12 +8,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from dartscc_fast.cli import main
+from dartscc_fast.latency.measure import num_threads
 from dartscc_fast.prune.edges import GatedBlock, PrunableNet, find_edges, gamma_key
 from dartscc_fast.prune.experiment import PruneConfig, optimise_gamma, sample_gamma
 from dartscc_fast.prune.hypernet import LambdaHypernet
 from dartscc_fast.prune.lambda_bound import (estimate_lambda, evaluate_gammas, explore_gammas, label_entropy,
                                              theorem1_lambda)
 from dartscc_fast.prune.resnet import ResNet, resnet18_cifar, small_resnet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the prune command runs: two OpenMP threads on a busy two-core CI box crawl."""
+    with num_threads(1):
+        yield
 
 
 def _randomise_bn(model, seed=0):

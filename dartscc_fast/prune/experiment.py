@@ -75,7 +75,9 @@ class PruneConfig:
     # part 1
     n_lambdas: int = 10
     lambdas: Optional[Tuple[float, ...]] = None  # explicit grid, overrides n_lambdas / lambda_top
-    lambda_top: Union[str, float] = "seed"      # "seed" (Lambda), "best" (Lambda_best) or a number
+    # "best" (Lambda_best), "seed" (Lambda) or a number. Not the seed's form by default: its L_sup is the valid
+    # gamma nearest to L_inf, which made Lambda 0.003 here, 1000x below where accuracy falls (see lambda_bound)
+    lambda_top: Union[str, float] = "best"
     top_factor: float = 1.5
     steps: int = 60
     gamma_lr: float = 0.2

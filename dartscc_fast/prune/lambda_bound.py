@@ -24,6 +24,11 @@ How this module reads the theorem (the seed's draft is loose about it):
   ``(L_inf - L(gamma')) / T^T 1``; the largest such bound, with the best valid
   loss ``L_min``, is reported as ``lambda_best`` (the seed's sup form is the
   conservative one that needs no knowledge of which gamma is reached).
+- In practice the sup form is fragile: ``L_sup`` is the valid gamma whose loss
+  is nearest ``L_inf``, so Lambda can be arbitrarily close to 0 (0.003 on the
+  demo's Fashion-MNIST ResNet, where accuracy holds up to lambda ~ 1.3 and
+  collapses near ``lambda_best`` = 2.5). The experiment's range therefore
+  defaults to ``1.5 * lambda_best``; ``--lambda-top seed`` gives the seed's.
 - Units: T is normalised by the whole network's time, so ``T^T 1`` is the share
   of the forward time in the prunable edges and lambda (and Lambda) is in nats
   per whole-network forward time. Multiply lambda by ``1 / full_ms`` for nats
