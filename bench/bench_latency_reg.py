@@ -6,7 +6,12 @@ eager reference, torch.compile(reference), ours.
   vs the compiled hash map), sum it per cell type into [28, 8], then
   Lat_S = sum S_type * L * w and its gradients for w and S.
 - "reg": the regulariser alone with L looked up once (the usual case), for
-  per-edge weights [28, 8] and per-sample weights [64, 28, 8] with one S.
+  per-edge weights [28, 8] and per-sample weights [64, 28, 8] with one S,
+  and [1024, 28, 8] with a per-sample S [1024, 3] (where the arithmetic, not
+  the call overhead, starts to count).
+
+At these sizes a call is mostly overhead: the custom op's Python autograd
+(torch.library.register_autograd) costs about as much as its two kernels.
 
 Run: pytest bench/bench_latency_reg.py -q
 """
@@ -49,16 +54,17 @@ def ours_lookup():
     return TABLE.supernet_latency(SPACE).float()
 
 
-def inputs(per_sample):
+def inputs(n):
+    """w [n, 28, 8] (n = 0: [28, 8]) and S [3]; for n > 64 also a per-sample S [n, 3]."""
     g = torch.Generator().manual_seed(0)
-    w = torch.softmax(torch.randn((64, E2, SPACE.k) if per_sample else (E2, SPACE.k), generator=g), -1)
-    S = -torch.rand(3, generator=g).log()  # Dirichlet(1, 1, 1): normalised exponentials
-    S = S / S.sum()
+    w = torch.softmax(torch.randn((n, E2, SPACE.k) if n else (E2, SPACE.k), generator=g), -1)
+    S = -torch.rand((n, 3) if n > 64 else (3,), generator=g).log()  # Dirichlet(1, 1, 1): normalised exponentials
+    S = S / S.sum(-1, keepdim=True)
     return w.requires_grad_(), S.requires_grad_()
 
 
-def make_step(impl, per_sample, lookup_each_step):
-    w, S = inputs(per_sample)
+def make_step(impl, n, lookup_each_step):
+    w, S = inputs(n)
     reg = {"eager": reference.latency_reg, "compiled": _compiled_reg, "ours": latency_reg}[impl]
     lookup = ours_lookup if impl == "ours" else reference_lookup
     L_fixed = lookup()
@@ -71,23 +77,25 @@ def make_step(impl, per_sample, lookup_each_step):
     return step
 
 
-@pytest.mark.parametrize("per_sample", [False, True], ids=["edge", "sample"])
+def shape(n):
+    return f"w [{n}, 28, 8]" + (f" S [{n}, 3]" if n > 64 else "") if n else "w [28, 8]"
+
+
+@pytest.mark.parametrize("n", [0, 64])
 @pytest.mark.parametrize("impl", ["eager", "compiled", "ours"])
-def test_lookup_and_reg(record, impl, per_sample):
-    step = make_step(impl, per_sample, True)
-    want = make_step("eager", per_sample, True)()
+def test_lookup_and_reg(record, impl, n):
+    step = make_step(impl, n, True)
+    want = make_step("eager", n, True)()
     for a, b in zip(step(), want):  # correctness, outside the timed call
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    shape = "[64, 28, 8]" if per_sample else "[28, 8]"
-    record(f"latency lookup+reg fwd+bwd darts-cifar w {shape}", impl, step)
+    record(f"latency lookup+reg fwd+bwd darts-cifar {shape(n)}", impl, step)
 
 
-@pytest.mark.parametrize("per_sample", [False, True], ids=["edge", "sample"])
+@pytest.mark.parametrize("n", [0, 64, 1024])
 @pytest.mark.parametrize("impl", ["eager", "compiled", "ours"])
-def test_reg(record, impl, per_sample):
-    step = make_step(impl, per_sample, False)
-    want = make_step("eager", per_sample, False)()
+def test_reg(record, impl, n):
+    step = make_step(impl, n, False)
+    want = make_step("eager", n, False)()
     for a, b in zip(step(), want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    shape = "[64, 28, 8]" if per_sample else "[28, 8]"
-    record(f"latency reg fwd+bwd darts-cifar w {shape}", impl, step)
+    record(f"latency reg fwd+bwd darts-cifar {shape(n)}", impl, step)

@@ -233,6 +233,10 @@ def test_normalise():
     assert reference_latency(L, "cheapest", ti) > 0
     with pytest.raises(ValueError, match="uniform' or 'cheapest"):
         normalise(L, "median")
+    t = sample_table(DARTS)
+    raw = t.supernet_latency(DARTS)
+    for ref in ("uniform", "cheapest"):
+        torch.testing.assert_close(t.supernet_latency(DARTS, normalise_by=ref), normalise(raw, ref, ti))
 
 
 def test_end_to_end_regulariser():

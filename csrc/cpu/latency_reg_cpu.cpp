@@ -70,8 +70,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latency_reg_backward_cpu(const at
                                                                         at::IntArrayRef type_index) {
   const LatRegShape s = check_latency_reg_backward(grad_, w_, L_, S_, type_index);
   auto g = grad_.contiguous(), w = w_.contiguous(), L = L_.contiguous(), S = S_.contiguous();
-  at::Tensor gw = at::zeros_like(w), gL = at::zeros_like(L), gS = at::zeros_like(S);
-  if (s.rows == 0) return {gw, gL, gS};
+  if (s.rows == 0) return {at::zeros_like(w), at::zeros_like(L), at::zeros_like(S)};
+  // Every element of the three gradients is written below.
+  at::Tensor gw = at::empty_like(w), gL = at::empty_like(L), gS = at::empty_like(S);
   const int64_t nw = s.w_batched ? s.rows : 1, ek = s.e * s.k;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "latency_reg_backward_cpu", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
@@ -87,29 +88,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> latency_reg_backward_cpu(const at
         csum[m] += c[r * s.k + m];
       }
     // grad_w = c * L (the row sum of c when w is shared by every sample).
+    std::vector<double> Ld(static_cast<size_t>(ek));
+    for (int64_t i = 0; i < ek; ++i) Ld[i] = static_cast<double>(Lp[i]);
     scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, nw, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const double* cr = s.w_batched ? c.data() + r * s.k : csum.data();
-        for (int64_t i = 0; i < ek; ++i)
-          gwp[r * ek + i] = static_cast<scalar_t>(cr[i % s.k] * static_cast<double>(Lp[i]));
+        scalar_t* out = gwp + r * ek;
+        for (int64_t e = 0; e < s.e; ++e)
+          for (int64_t m = 0; m < s.k; ++m)
+            out[e * s.k + m] = static_cast<scalar_t>(cr[m] * Ld[e * s.k + m]);
       }
     });
-    // grad_L = sum_r c[r] * w[r].
+    // grad_L = sum_r c[r] * w[r], streamed row by row through w.
+    std::vector<double> accL(static_cast<size_t>(ek), 0.0);
+    for (int64_t r = 0; r < nw; ++r) {
+      const double* cr = s.w_batched ? c.data() + r * s.k : csum.data();
+      const scalar_t* wr = wp + r * ek;
+      for (int64_t e = 0; e < s.e; ++e)
+        for (int64_t m = 0; m < s.k; ++m) accL[e * s.k + m] += cr[m] * static_cast<double>(wr[e * s.k + m]);
+    }
     scalar_t* gLp = gL.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.e, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e)
-        for (int64_t m = 0; m < s.k; ++m) {
-          const int64_t i = e * s.k + m;
-          double acc = 0.0;
-          if (s.w_batched) {
-            for (int64_t r = 0; r < s.rows; ++r) acc += c[r * s.k + m] * static_cast<double>(wp[r * ek + i]);
-          } else {
-            acc = csum[m] * static_cast<double>(wp[i]);
-          }
-          gLp[i] = static_cast<scalar_t>(acc);
-        }
-    });
+    for (int64_t i = 0; i < ek; ++i) gLp[i] = static_cast<scalar_t>(accL[i]);
     // grad_S[t] = sum over the rows that use this S row of g * P summed over type t.
     const int64_t ns = s.s_batched ? s.rows : 1;
     std::vector<double> acc(static_cast<size_t>(ns * s.t), 0.0);

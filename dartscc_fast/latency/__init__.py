@@ -12,7 +12,7 @@
 Typical use in a search::
 
     table = LatencyTable.load("table.json")             # dartscc-fast profile --out table.json
-    L = normalise(table.supernet_latency(space), "uniform")       # [2E, k], normal then reduce rows
+    L = table.supernet_latency(space, normalise_by="uniform")     # [2E, k], normal then reduce rows
     L = L.to(device=w.device, dtype=w.dtype)
     lat = latency_reg(torch.cat([w_normal, w_reduce], -2), L, S, space.type_index().tolist())
 """

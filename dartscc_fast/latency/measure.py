@@ -116,7 +116,7 @@ def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "
     cuda = d.type == "cuda"
     now = time.thread_time if clock == "thread" else time.perf_counter
     timing = timing if timing is not None else Timing()
-    with torch.inference_mode():
+    with torch.inference_mode(), (torch.cuda.device(d) if cuda else contextlib.nullcontext()):
         t0 = time.perf_counter()
         n = 0
         while n < warmup or (time.perf_counter() - t0 < 0.05 and n < 50):

@@ -325,7 +325,8 @@ class LatencyTable:
             device_token(device if device is not None else (self.device or "cpu"))
 
     def supernet_latency(self, space, per: str = "cell_type", batch: Optional[int] = None, dtype=None,
-                         device=None, fallback: Union[None, str, Callable] = None) -> Tensor:
+                         device=None, fallback: Union[None, str, Callable] = None,
+                         normalise_by: Optional[str] = None) -> Tensor:
         """The ``L`` of the regulariser for a whole supernet, float64 on the CPU.
 
         The configurations are those of the table's target (its meta's device,
@@ -336,6 +337,10 @@ class LatencyTable:
                 (``space.edges()`` order); 'cell_type': ``[2 * E, k]``, the
                 normal cells' edges summed, then the reduction cells', matching
                 architecture weights ``torch.cat([w_normal, w_reduce], -2)``.
+            fallback: None (a missing configuration is an error), 'roofline' or
+                a function ``OpConfig -> ms`` (estimates, with a warning).
+            normalise_by: 'uniform' or 'cheapest': divide by that reference
+                architecture's latency (:func:`normalise`).
         """
         if per not in ("edge", "cell_type"):
             raise ValueError(f"per must be 'edge' or 'cell_type', got {per!r}")
@@ -350,9 +355,9 @@ class LatencyTable:
             self._prepared[ck] = self._prepare(keys, fallback) + (index,)
         slots, fb, index = self._prepared[ck]
         L = self.compiled().gather(slots, space.k, fb)
-        if per == "edge":
-            return L
-        return L.new_zeros(2 * space.num_edges, space.k).index_add_(0, index, L)
+        if per == "cell_type":
+            L = L.new_zeros(2 * space.num_edges, space.k).index_add_(0, index, L)
+        return L if normalise_by is None else normalise(L, normalise_by, space.type_index().tolist())
 
     def base(self, space, genotype=None, batch: Optional[int] = None, dtype=None, device=None) -> float:
         """The time of the fixed part of a network of the space (0 if the table has no base entry).
