@@ -339,3 +339,15 @@ def test_cli_predict(tmp_path, capsys):
     assert "predicted" in capsys.readouterr().out
     assert main(["table", "predict", str(out), "--genotype", g.to_json(), "--measure"]) == 2  # simulated
     assert main(["table", "predict", str(out), "--genotype", "{bad"]) == 2
+
+
+def test_roofline_formula():
+    """One kernel: time = max(FLOPs / peak, bytes / bandwidth) + overhead."""
+    p = roofline.get_preset("sim:edge-gpu")
+    c = OpConfig("max_pool_3x3", 32, 32, 28, 28, 2, 64, "float32", "sim:edge-gpu")
+    (name, flops, nbytes), = roofline.kernels(c)
+    assert flops == 9 * 64 * 32 * 14 * 14 and nbytes == (64 * 32 * 28 * 28 + 64 * 32 * 14 * 14) * 4
+    expect = 1e3 * (max(flops / p.peak("float32"), nbytes / p.bandwidth) + p.overhead)
+    assert roofline.estimate(c, p) == pytest.approx(expect)
+    half = OpConfig("max_pool_3x3", 32, 32, 28, 28, 2, 64, "float16", "sim:edge-gpu")
+    assert roofline.estimate(half, p) < roofline.estimate(c, p)  # half the bytes
