@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                          "makes OpenMP timings erratic)")
     ap.add_argument("--clock", choices=["auto", "wall", "thread"], default="auto",
                     help="thread CPU time or elapsed time (default: thread with 1 thread, else wall)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
     ap.add_argument("--runs", type=int, default=3, help="timed forwards per network per round (default 3)")
     ap.add_argument("--op-seconds", type=float, default=0.3, help="timing budget per op config per round")
     ap.add_argument("--table", help="use this table instead of measuring one here")
@@ -171,7 +171,9 @@ def main(argv=None) -> int:
         print(f"{name:<12} {tau:>11.3f} {err:>8.2f} {bias:>+10.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "threads": threads, "clock": clock, "results": results, "measured": meas.tolist(),
+            json.dump({"args": vars(args), "threads": threads, "clock": clock, "results": results,
+                       "network_times": [tm.times for tm in net_t],
+                       "op_times": {k: tm.times for k, tm in op_t.items()}, "measured": meas.tolist(),
                        "predicted_sum": s.tolist(), "base": base.tolist(),
                        "genotypes": [g.to_json() for g in genotypes]}, f, indent=1)
     return 0

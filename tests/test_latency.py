@@ -291,6 +291,10 @@ def test_cli(tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "sep_conv_3x3" in shown and "(network base, all)" in shown and "sim-edge-gpu" in shown
     assert main(["table", "check", str(out), "--space", "fmnist-paper"]) == 0
+    capsys.readouterr()
+    assert main(["profile", "--list", "--space", "darts-cifar"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert len(listed) == 35 + 2 and all(k.endswith(":n64:float32:cpu") for k in listed)
     assert main(["table", "check", str(out), "--space", "darts-cifar"]) == 1
     cpu = tmp_path / "cpu.json"
     assert main(["profile", "--device", "cpu", "--batch", "1", "--threads", "1", "--clock", "thread",

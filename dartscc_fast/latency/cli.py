@@ -32,7 +32,8 @@ def register(sub) -> None:
                         "on a shared machine (needs --threads 1)")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
-    p.add_argument("--out", required=True, help="the table file to write")
+    p.add_argument("--out", help="the table file to write")
+    p.add_argument("--list", action="store_true", help="only list the configurations that would be timed")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_profile)
 
@@ -71,9 +72,20 @@ def register(sub) -> None:
 
 
 def _profile(args) -> int:
+    from dartscc_fast.latency.keys import device_token
     from dartscc_fast.latency.measure import profile_space
     from dartscc_fast.space import get_space
     spaces = [get_space(n) for n in args.space]
+    if args.list:
+        dev = device_token(args.device)
+        keys = list(dict.fromkeys(c.key() for s in spaces for c in space_configs(s, args.batch, args.dtype, dev)))
+        if not args.no_base:
+            keys += [BaseConfig.of(s, args.batch, args.dtype, dev, inputs).key() for s in spaces
+                     for inputs in ("all", "top2")]
+        print(*keys, sep="\n")
+        return 0
+    if not args.out:
+        raise ValueError("--out is required (the table file to write)")
     table = profile_space(spaces, args.device, args.batch, args.dtype, threads=args.threads,
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
                           max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock)
