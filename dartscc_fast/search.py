@@ -58,7 +58,8 @@ class SearchConfig:
     data: str = "fmnist"
     data_root: Optional[str] = None
     limit: Optional[int] = None        # use only the first `limit` images (tiny runs, CI)
-    epochs: int = 4
+    epochs: int = 4                    # in all, warm-up included
+    warmup_epochs: int = 1             # first train w alone on uniformly drawn architectures (FBNet, ProxylessNAS)
     batch_size: int = 64               # per process
     max_steps_per_epoch: Optional[int] = None
 
@@ -69,7 +70,7 @@ class SearchConfig:
     fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
     prior_scale: float = 1.0           # start alpha(S) at -prior_scale * kappa / tau_end * S_type L (0: at 0)
 
-    kappa: float = 5.0                 # weight of the normalised latency term
+    kappa: float = 0.6                 # weight of the normalised latency term (calibrated: see demo.py)
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
     normalise: str = "uniform"         # reference architecture of the normalisation
@@ -102,6 +103,8 @@ class SearchConfig:
                               ("normalise", ("uniform", "cheapest"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.kappa < 0:
@@ -161,9 +164,15 @@ class SearchModel(nn.Module):
         self.supernet = supernet
         self.hypernet = hypernet
 
-    def forward(self, x: Tensor, S: Tensor, tau: float, hard: bool, seeds: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Returns ``(logits, gamma [.., 2E, k], alpha [.., 2E, k])``; S ``[T]`` or ``[N, T]``."""
+    def forward(self, x: Tensor, S: Tensor, tau: float, hard: bool, seeds: Tensor,
+                uniform: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(logits, gamma [.., 2E, k], alpha [.., 2E, k])``; S ``[T]`` or ``[N, T]``.
+
+        ``uniform``: draw gamma from uniform logits instead of H(S) (the weight warm-up).
+        """
         an, ar = self.hypernet(S)
+        if uniform:
+            an, ar = an.detach() * 0, ar.detach() * 0
         gn = ops.gumbel_softmax(an, tau, hard, seed=seeds[0])
         gr = ops.gumbel_softmax(ar, tau, hard, seed=seeds[1])
         logits = self.supernet(x, gn, gr, hard=hard)
@@ -403,6 +412,7 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
+    warm_steps = steps_per_epoch * min(cfg.warmup_epochs, cfg.epochs - 1)
     if steps_per_epoch == 0:
         raise ValueError(f"the train split ({split}) has fewer images than one batch of {cfg.batch_size} "
                          f"per process; lower --batch-size or raise --limit")
@@ -415,13 +425,13 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
             return fixed_S if not cfg.per_sample else fixed_S.expand(n, -1)
         return sample_S(len(OP_TYPES), n if cfg.per_sample else None, gen)
 
-    def loss_on(x, y, gen, tau) -> Tuple[Tensor, Dict]:
+    def loss_on(x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
         S = draw_S(gen, x.shape[0])
         seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
-        logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds)
+        logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds, warm)
         ce = F.cross_entropy(logits, y)
         lat = latency_term(gamma, L, S, type_index).mean()
-        loss = ce + cfg.kappa * lat if cfg.kappa else ce + 0.0 * lat
+        loss = ce + cfg.kappa * lat if cfg.kappa and not warm else ce + 0.0 * lat
         with torch.no_grad():
             exp_lat = latency_term(alpha.softmax(-1), L, S, type_index).mean()
             acc = (logits.argmax(1) == y).float().mean()
@@ -439,35 +449,37 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
             bar = Progress(total=steps_per_epoch, desc=f"search {epoch + 1}/{cfg.epochs}",
                            enabled=None if cfg.progress and rank == 0 else False)
             sums: Dict[str, float] = {}
+            warm = epoch < cfg.warmup_epochs
             for _ in range(steps_per_epoch):
                 x, y = next(train_iter)
-                tau = temperature(cfg, step, total_steps)
+                tau = temperature(cfg, max(step - warm_steps, 0), total_steps - warm_steps)
                 lr = lr_of(step)
                 for g in opt_w.param_groups:
                     g["lr"] = lr
-                if cfg.protocol == "bilevel":
+                if cfg.protocol == "bilevel" and not warm:
                     try:
                         xv, yv = next(val_iter)
                     except StopIteration:
                         val_iter = iter(_epoch_loader(val_ds, cfg, epoch + 1000 * step, rank, world, 4))
                         xv, yv = next(val_iter)
                     opt_a.zero_grad(set_to_none=True)
-                    loss_a, _ = loss_on(xv, yv, gen, tau)
+                    loss_a, _ = loss_on(xv, yv, gen, tau, warm)
                     loss_a.backward()
                     opt_a.step()
                     opt_w.zero_grad(set_to_none=True)
-                    loss, stats = loss_on(x, y, gen, tau)
+                    loss, stats = loss_on(x, y, gen, tau, warm)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
                     opt_w.step()
                 else:
                     opt_w.zero_grad(set_to_none=True)
                     opt_a.zero_grad(set_to_none=True)
-                    loss, stats = loss_on(x, y, gen, tau)
+                    loss, stats = loss_on(x, y, gen, tau, warm)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
                     opt_w.step()
-                    opt_a.step()
+                    if not warm:
+                        opt_a.step()
                 row = {"epoch": epoch, "step": step, **stats, "tau": tau, "lr_w": lr,
                        "seconds": time.perf_counter() - t_start}
                 logger.write(row)
@@ -537,7 +549,9 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--data", default=d.data, help="fmnist or cifar10")
     p.add_argument("--data-root", default=d.data_root, help="data directory (default: the shipped subset)")
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="in all, warm-up included")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="train the weights alone first, on uniformly drawn architectures")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     p.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch)
     p.add_argument("--hypernet", default=d.hypernet, choices=["linear", "pwl", "mlp", "constant"])
@@ -562,7 +576,7 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
 def config_from_args(args, out_dir: str) -> SearchConfig:
     return SearchConfig(
         space=args.space, space_overrides={"C": args.channels} if args.channels else {}, data=args.data,
-        data_root=args.data_root, limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+        data_root=args.data_root, limit=args.limit, epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
         fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
@@ -573,8 +587,8 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
 def register(sub) -> None:
     p = sub.add_parser("search", help="train the supernet and the hypernetwork (one run, every S)",
                        description="Train the supernet and the hypernetwork alpha = H(S) with Gumbel-Softmax "
-                                   "and the latency regulariser. Under torchrun it runs data-parallel "
-                                   "(gloo on CPU, nccl on GPU).")
+                                   "and the latency regulariser. Data-parallel under torchrun (gloo on CPU, "
+                                   "nccl on GPU): torchrun --nproc_per_node 2 -m dartscc_fast.cli search ...")
     add_config_arguments(p)
     p.add_argument("--out", default="runs/search", help="output directory (checkpoint, log)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
@@ -584,7 +598,7 @@ def register(sub) -> None:
 def _main(args) -> int:
     cfg = config_from_args(args, args.out)
     path = run_search(cfg, resume=args.resume)
-    if _dist_info()[0] == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun set RANK
         r = load_search(path)
         last = r.history[-1] if r.history else {}
         print(f"search done: {r.epoch} epochs, {r.seconds:.0f} s; last epoch loss {last.get('loss', 0):.3f}, "

@@ -13,8 +13,8 @@ from dartscc_fast.search import SearchConfig, load_search, run_search, spawn_ddp
 from dartscc_fast.space import DiscreteNetwork, count_parameters
 
 # A small supernet (C=4) on 300 of the shipped images; a simulated latency table (no profiling).
-TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, batch_size=16, max_steps_per_epoch=3,
-                    progress=False)
+TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, warmup_epochs=0, batch_size=16,
+                    max_steps_per_epoch=3, progress=False)
 
 
 def _states_equal(a, b, atol=0.0):
@@ -46,6 +46,8 @@ def test_bad_config():
         SearchConfig(protocol="trilevel")
     with pytest.raises(ValueError, match="simplex"):
         SearchConfig(fixed_S="pool=0.9,identity=0.9,conv=0")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        SearchConfig(epochs=2, warmup_epochs=2)
 
 
 @pytest.mark.parametrize("variant", [
@@ -61,15 +63,21 @@ def test_search_variants_run(tmp_path, variant):
 
 
 def test_search_is_deterministic_and_resume_matches(tmp_path):
-    full = dataclasses.replace(TINY, out_dir=str(tmp_path / "full"))
-    again = dataclasses.replace(TINY, out_dir=str(tmp_path / "again"))
-    cut = dataclasses.replace(TINY, out_dir=str(tmp_path / "cut"))
+    # with a one-epoch weight warm-up, so the resume crosses from warm-up to search
+    full = dataclasses.replace(TINY, warmup_epochs=1, out_dir=str(tmp_path / "full"))
+    again = dataclasses.replace(full, out_dir=str(tmp_path / "again"))
+    cut = dataclasses.replace(full, out_dir=str(tmp_path / "cut"))
     a = _model_state(run_search(full))
     _states_equal(a, _model_state(run_search(again)))
 
     # interrupted after the first epoch, then resumed
     run_search(cut, stop_after_epochs=1)
-    assert load_search(cut.out_dir).epoch == 1
+    r1 = load_search(cut.out_dir)
+    assert r1.epoch == 1
+    # the warm-up trains the weights only: the hypernetwork is still at its start
+    from dartscc_fast.search import build_model
+    start = build_model(cut, cut.get_space(), L=r1.L).hypernet.state_dict()
+    _states_equal(start, r1.hypernet.state_dict())
 
     # and a crash in the middle of the second epoch, then resumed again
     def crash(row):
