@@ -14,6 +14,9 @@
 namespace dartscc {
 namespace {
 
+// grad_s_kernel keeps one accumulator per op type in an array of kMaxOps.
+static_assert(kMaxTypes <= kMaxOps, "latency_reg's CUDA kernels hold at most kMaxOps op types");
+
 cuda::LatRegParams params(const LatRegShape& s) {
   cuda::LatRegParams p;
   p.rows = s.rows;

@@ -19,6 +19,15 @@ input ``[batch, C, H, W]``, under ``torch.inference_mode``:
 
 ``passes > 1`` repeats the sweep over all configurations and pools the runs, so
 a burst of load from another process lands on every configuration alike.
+
+Before the first CPU measurement of a process, one ~30 MB block is allocated
+and freed. glibc's malloc serves big blocks with mmap and raises that
+threshold (and the heap-trim threshold, to twice it) to the largest block
+freed so far; an op timed in a fresh process sees a low threshold, so every
+run returns its intermediates to the OS and page-faults them back in (the
+16-channel 28x28 sep_conv_3x3 at batch 64: 19.7 ms instead of 3.7 ms), which a
+network that has run once, with its bigger tensors, does not. The block puts
+both in that steady state.
 """
 from __future__ import annotations
 
@@ -107,6 +116,18 @@ def check_clock(clock: str, device: torch.device, threads: int) -> None:
                          f"thread (got {device.type}, {threads} threads)")
 
 
+_ALLOCATOR_WARM = False
+
+
+def warm_allocator() -> None:
+    """Allocate and free one ~30 MB block, once per process (see the module docstring)."""
+    global _ALLOCATOR_WARM
+    if not _ALLOCATOR_WARM:
+        block = torch.empty(30 * 2 ** 20, dtype=torch.uint8)
+        del block
+        _ALLOCATOR_WARM = True
+
+
 def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "cpu", warmup: int = 3,
                   min_runs: int = 10, max_runs: int = 300, max_seconds: float = 1.0, rel_ci: float = 0.01,
                   timing: Optional[Timing] = None, clock: str = "wall") -> Timing:
@@ -114,6 +135,8 @@ def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "
     d = _run_device(device)
     check_clock(clock, d, torch.get_num_threads())
     cuda = d.type == "cuda"
+    if not cuda:
+        warm_allocator()
     now = time.thread_time if clock == "thread" else time.perf_counter
     timing = timing if timing is not None else Timing()
     with torch.inference_mode(), (torch.cuda.device(d) if cuda else contextlib.nullcontext()):
@@ -239,8 +262,8 @@ def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_c
     return (f"{timer}; one forward of the eval-mode module on a fixed input [batch, C, H, W] under "
             f"torch.inference_mode; {warmup} warm-up runs (and at least 50 ms); then runs until the 95% "
             f"confidence half-width of the median (1.57 IQR / sqrt(runs)) is below {rel_ci:.1%} of it, or "
-            f"{max_runs} runs, or {max_seconds} s; {passes} pass(es) over all configurations, runs pooled; "
-            f"median reported, spread = interquartile range")
+            f"{max_runs} runs, or {max_seconds} s (3x for network bases); {passes} pass(es) over all "
+            f"configurations, runs pooled; median reported, spread = interquartile range")
 
 
 def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int = 64, dtype="float32",
@@ -283,16 +306,19 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
         bar = Progress(total=len(jobs) * passes, desc=f"profiling {tok}", enabled=None if progress else False)
         for _ in range(passes):
             for cfg, space in jobs:
+                kw = dict(timing_kw)
                 if isinstance(cfg, BaseConfig):
                     net = build_base_network(space, cfg.inputs, dtype, d)
                     x = network_input(space, batch, dtype, d)
                     fn = lambda net=net, x=x: net(x)  # noqa: E731
+                    # a whole network runs ~10x longer than an op: give it the runs an op gets
+                    kw["max_seconds"] *= 3
                 else:
                     op = build_op(cfg).to(d)
                     x = torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w, dtype=torch_dtype(dtype), device=d)
                     fn = lambda op=op, x=x: op(x)  # noqa: E731
                 key = cfg.key()
-                timings[key] = time_callable(fn, d, timing=timings.get(key), **timing_kw)
+                timings[key] = time_callable(fn, d, timing=timings.get(key), **kw)
                 bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
                              f" {timings[key].median:.3g}ms")
                 bar.update()
