@@ -58,8 +58,13 @@ def record(benchmark):
             fn()
             sync(device)
 
-        for _ in range(3):  # warm-up, and torch.compile's compilation
-            call()
+        try:
+            for _ in range(3):  # warm-up, and torch.compile's compilation
+                call()
+        except Exception as e:  # noqa: BLE001  (a reference torch.compile cannot build is reported, not timed)
+            if impl != "compiled":
+                raise
+            pytest.skip(f"torch.compile of the reference failed here: {type(e).__name__}: {str(e)[:200]}")
         if rounds:
             benchmark.pedantic(call, rounds=rounds, iterations=1)
         else:
