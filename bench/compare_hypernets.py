@@ -56,15 +56,16 @@ def score(result, loaders, grid_steps=4):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--kappa", type=float, default=SearchConfig.kappa)
     p.add_argument("--latency-table", default=None)
     p.add_argument("--per-sample", action="store_true")
     p.add_argument("--kinds", nargs="*", default=["linear", "pwl", "mlp"])
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/compare-hypernets")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     base = SearchConfig(limit=args.limit, epochs=args.epochs, kappa=args.kappa, latency_table=args.latency_table,
                         per_sample=args.per_sample, progress=False)
     loaders = make_loaders(limit=args.limit, batch_size=base.batch_size)

@@ -13,7 +13,7 @@ an option (``--limit``, ``--epochs``, ``--retrain-epochs``, ``--fbnet-kappas``).
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -41,8 +41,8 @@ class DemoConfig:
     darts: bool = True
     retrain_epochs: int = 2
     grid: int = 4
-    front_retrain: int = 5
-    threads: int = 2
+    front_retrain: int = 4
+    threads: Optional[int] = None      # None: 2 on an idle machine, 1 when the load average says the cores are busy
     profile_seconds: float = 0.15      # per op configuration
     latency_table: Optional[str] = None  # reuse a table instead of profiling
     seed: int = 0
@@ -57,6 +57,12 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     from dartscc_fast.latency import LatencyTable, profile_space
     from dartscc_fast.report import make_report, markdown, write_report
     from dartscc_fast.space import get_space
+    if cfg.threads is None:
+        # oversubscribed OpenMP barriers cost far more than the second core gains (measured: 1 s vs
+        # 7-16 s per search step at load average 5 on 2 cores)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        cfg = dataclasses.replace(cfg, threads=1 if load > 1.5 else 2)
+        log(f"      threads: {cfg.threads} (load average {load:.1f} on {os.cpu_count()} CPUs)")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +139,7 @@ def register(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--front-retrain", type=int, default=d.front_retrain)
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--threads", type=int, default=d.threads, help="default: 2, or 1 on a busy machine")
     p.add_argument("--profile-seconds", type=float, default=d.profile_seconds)
     p.add_argument("--latency-table", default=None, help="reuse this table instead of profiling")
     p.add_argument("--hypernet", default=None, choices=["linear", "pwl", "mlp"])

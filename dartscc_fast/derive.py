@@ -58,7 +58,7 @@ def predicted_latency(table: Optional[LatencyTable], space: SearchSpace, genotyp
 
 
 def measure_latency(space: SearchSpace, genotype: Genotype, batch: int = 64, threads: Optional[int] = None,
-                    max_seconds: float = 0.5) -> Dict[str, float]:
+                    max_seconds: float = 0.3) -> Dict[str, float]:
     """Measured forward latency (ms) of the whole discrete network on this CPU, as the profiler times ops."""
     t = time_genotype(space, genotype, batch=batch, threads=threads, max_seconds=max_seconds)
     return {"median": t.median, "iqr": t.iqr, "runs": t.runs}
