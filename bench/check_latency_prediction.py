@@ -26,6 +26,19 @@ time instead (use it on an idle machine, and with more threads).
 
     python bench/check_latency_prediction.py                 # 30 archs, batch 64, 1 thread
     python bench/check_latency_prediction.py --threads 2 --clock wall --n 40 --rounds 4
+
+Measured while writing it (2-core AMD EPYC VM shared with builds and tests,
+load average 3-6; torch 2.13.0+cpu; fmnist-paper, 30 architectures, batch 64,
+1 thread):
+
+    table measured here, thread clock:            tau 0.917  MAPE 5.2%  (1.9% with c)
+    table from `dartscc-fast profile --threads 1 --clock thread`:
+                                                  tau 0.894  MAPE 4.8%  (1.4% with c)
+    table measured here, wall clock:              tau 0.770  MAPE 13.8% (4.5% with c)
+
+The per-op sum alone misses the network's fixed part (~20-30%); with the
+measured base the remaining miss is a per-network constant c of about +14 ms
+(~5%: the ops run a little slower inside a network than alone).
 """
 from __future__ import annotations
 
