@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kChannelThreads)
   __shared__ double red[kWarp];
   slots_to_shared(p, &sh);
   const int64_t hw = p.ho * p.wo, M = p.n * hw;
-  const A Mf = static_cast<A>(M);  // the CPU kernel's M, in the accumulation type
+  const double Md = static_cast<double>(M);
   for (int64_t b = blockIdx.x; b < p.pools * p.c; b += gridDim.x) {
     const int q = static_cast<int>(b / p.c);
     const int64_t c = b % p.c;
@@ -223,8 +223,8 @@ __global__ void __launch_bounds__(kChannelThreads)
     a = block_sum(a, red);
     bsum = block_sum(bsum, red);
     if (threadIdx.x == 0) {
-      terms[q * p.c + c] = static_cast<A>(a / Mf);
-      terms[(p.pools + q) * p.c + c] = static_cast<A>(bsum / Mf);
+      terms[q * p.c + c] = static_cast<A>(a / Md);
+      terms[(p.pools + q) * p.c + c] = static_cast<A>(bsum / Md);
     }
   }
 }
