@@ -252,13 +252,14 @@ def plot_op_distribution(report: Dict, path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     rows = report["profiles"]
     width = 0.8 / len(OP_TYPES)
     for j, t in enumerate(OP_TYPES):
         ax.bar([i + (j - 1) * width for i in range(len(rows))], [r["op_counts"][t] for r in rows], width, label=t)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['label']} ({r['profile']})\n{r['S_text']}" for r in rows], fontsize=7)
+    ax.set_xticklabels([f"{r['label']} ({r['profile']})\n{r['S_text'].replace(',', ' ')}" for r in rows],
+                       fontsize=6)
     ax.set_ylabel("operations (whole network)")
     ax.set_title("Operations by type per profile")
     ax.legend()
