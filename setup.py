@@ -50,7 +50,7 @@ def extensions():
     define_macros = [("DARTSCC_VERSION", '"%s"' % VERSION),
                      ("DARTSCC_TORCH_VERSION", '"%s"' % torch.__version__)]
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17"] + (["-fopenmp"] if sys.platform != "darwin" else [])
+    cxx = opt + ["-std=c++20"] + (["-fopenmp"] if sys.platform != "darwin" else [])
     extra_link = ["-fopenmp"] if sys.platform != "darwin" else []
     kwargs = dict(extra_link_args=extra_link)
     if with_cuda:

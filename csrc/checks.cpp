@@ -16,6 +16,13 @@ void check_same_device(const char* op, const char* name, const at::Tensor& t, co
               " but the other inputs are on ", ref.device());
 }
 
+void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef shape, const at::Tensor& like) {
+  TORCH_CHECK(grad.sizes() == shape, op, ": grad must have shape ", shape, ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == like.scalar_type(), op, ": grad must have dtype ", like.scalar_type(), ", got ",
+              grad.scalar_type());
+  check_same_device(op, "grad", grad, like);
+}
+
 MixedShape check_mixed_sum(const char* op, at::TensorList outputs, const at::Tensor& weights) {
   MixedShape s;
   s.k = static_cast<int64_t>(outputs.size());

@@ -21,9 +21,12 @@ struct MixedShape {
 // outputs: k tensors of one shape, dtype and device; weights [k] or [N, k].
 MixedShape check_mixed_sum(const char* op, at::TensorList outputs, const at::Tensor& weights);
 
-// The k outputs laid out alike in memory (each sample one contiguous block),
-// made contiguous when they are not; returns whether a copy was needed.
+// The k outputs laid out alike in memory (each sample one contiguous block):
+// the tensors themselves when they already are, else contiguous copies.
 std::vector<at::Tensor> same_layout(at::TensorList outputs, bool per_sample);
+
+// grad of a backward op: the given shape, the dtype and device of `like`.
+void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef shape, const at::Tensor& like);
 
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref);

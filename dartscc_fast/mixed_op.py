@@ -51,14 +51,16 @@ class MixedOp(nn.Module):
     ``[N, k]``. With ``hard=True`` the weights must be one-hot (straight-through
     Gumbel) and only the drawn op runs.
 
-    On CPU the parametric candidates run on a channels_last copy of ``x``
-    (``channels_last_params``): oneDNN's depthwise and pointwise convolutions
-    are 1.5-3x faster in that layout here, which outweighs the copy. Dilated
-    convolutions at stride 2 are the measured exception and keep NCHW. The
-    result does not depend on the layout beyond rounding.
+    ``channels_last_params = True`` (off by default) runs the parametric
+    candidates on a channels_last copy of ``x`` on CPU: oneDNN's depthwise and
+    pointwise convolutions are 1.5-3x faster in that layout here, but torch
+    2.13's oneDNN crashed (SIGSEGV in the channels_last 1x1-convolution weight
+    gradient) in our small-batch search tests, so it stays opt-in. Dilated
+    convolutions at stride 2 keep NCHW (measured slower), and so does the hard
+    path.
     """
 
-    channels_last_params: bool = True
+    channels_last_params: bool = False
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str] = DARTS_PRIMITIVES):
         super().__init__()
@@ -152,7 +154,7 @@ class MixedOp(nn.Module):
         k = len(self._ops)
         if weights.dim() == 1:
             m = int(weights.argmax())
-            o = self._ops[m](self._param_input(x) if self._cl[m] else x)
+            o = self._ops[m](x)
             outputs = [o if j == m else o.new_empty((0,) + tuple(o.shape[1:])) for j in range(k)]
             index = torch.full((x.shape[0],), m, dtype=torch.long, device=x.device)
             return ops.hard_mixed_sum(outputs, weights, index)
@@ -160,10 +162,9 @@ class MixedOp(nn.Module):
         groups = ops.hard_groups(index, k)
         outputs: List[Optional[Tensor]] = []
         for m, g in enumerate(groups):
-            xs = x.index_select(0, g) if g.numel() else None
-            if xs is not None and self._cl[m]:
-                xs = self._param_input(xs)
-            outputs.append(self._ops[m](xs) if xs is not None else None)
+            # NCHW here: oneDNN's channels_last 1x1-conv weight gradient crashed
+            # (SIGSEGV) on such per-sample subsets in our search tests.
+            outputs.append(self._ops[m](x.index_select(0, g)) if g.numel() else None)
         ref = next(o for o in outputs if o is not None) if x.shape[0] else self._ops[0](x)
         outputs = [o if o is not None else ref.new_empty((0,) + tuple(ref.shape[1:])) for o in outputs]
         return ops.hard_mixed_sum(outputs, weights, index)

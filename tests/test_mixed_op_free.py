@@ -103,6 +103,12 @@ def test_max_pool_ties_and_nan_follow_torch():
     ref = torch.nn.functional.max_pool2d(x, 3, 1, 1)
     (gref,) = torch.autograd.grad(ref.sum() / (1 + 1e-5) ** 0.5, x)
     torch.testing.assert_close(gx, gref)
+    # an all -inf window: the gradient goes to its first pixel, as torch sends it
+    xi = torch.full((1, 1, 4, 4), float("-inf"), dtype=torch.float64, requires_grad=True)
+    y, _ = dartscc_fast.mixed_op_free(xi, [], w, ["max_pool"], 1, 1e-5, torch.tensor([[[0.0], [1.0]]], dtype=torch.float64))
+    (gx,) = torch.autograd.grad(y, xi, torch.ones_like(y))
+    (gref,) = torch.autograd.grad(torch.nn.functional.max_pool2d(xi, 3, 1, 1), xi, torch.ones(1, 1, 4, 4, dtype=torch.float64))
+    torch.testing.assert_close(gx, gref / (1 + 1e-5) ** 0.5)
     xn = torch.randn(1, 1, 4, 4, dtype=torch.float64)
     xn[0, 0, 1, 1] = float("nan")
     y, _ = dartscc_fast.mixed_op_free(xn, [], w, ["max_pool"], 1, 1e-5, torch.tensor([[[0.0], [1.0]]], dtype=torch.float64))

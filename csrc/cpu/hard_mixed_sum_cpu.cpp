@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "../checks.h"
 #include "../common/primitives.h"
 #include "../hard_mixed_sum.h"
 
@@ -67,8 +68,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> hard_mixed_sum_backward_cpu(cons
                                                                              const at::Tensor& weights_in,
                                                                              const at::Tensor& index) {
   const HardShape s = check_hard_mixed_sum("hard_mixed_sum_backward", outputs_in, weights_in, index);
-  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef(s.out_shape), "hard_mixed_sum_backward: grad must have shape ",
-              at::IntArrayRef(s.out_shape), ", got ", grad_in.sizes());
+  check_grad("hard_mixed_sum_backward", grad_in, s.out_shape, outputs_in[0]);
   std::vector<at::Tensor> outputs;
   for (const auto& o : outputs_in) outputs.push_back(o.contiguous());
   const at::Tensor w = weights_in.contiguous(), g = grad_in.contiguous(), idx = index.contiguous();

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../checks.h"
 #include "../common/primitives.h"
 #include "../mixed_op_free.h"
 #include "plane_ops.h"
@@ -197,9 +198,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
   const char* op = "mixed_op_free_backward";
   const FreeShape s = check_mixed_op_free(op, x, param_outputs, weights, prims, stride, eps);
   check_stats(op, "stats", stats, s, x);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({s.n, s.c, s.ho, s.wo}), op, ": grad must have shape [", s.n, ", ",
-              s.c, ", ", s.ho, ", ", s.wo, "], got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad must have dtype ", x.scalar_type());
+  check_grad(op, grad, {s.n, s.c, s.ho, s.wo}, x);
   const int64_t P = static_cast<int64_t>(s.pool_slots.size());
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(result_format(x)));
   std::vector<at::Tensor> gp;

@@ -136,7 +136,7 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
         m = t2 ? b2 : m;
         a = t2 ? static_cast<int32_t>(c + 2) : a;
         rr[wo] = m;
-        ra[wo] = a;
+        ra[wo] = a == 0 ? 1 : a;  // the left pad wins only an all -inf window: torch points at its first pixel
       }
     } else {
       for (int64_t wo = 0; wo < Wo; ++wo) {
@@ -164,6 +164,8 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
           const bool t2 = takes(m, r2[wo]);
           m = t2 ? r2[wo] : m;
           a = t2 ? static_cast<int32_t>((r + 2) * Wp) + a0[wo + 2 * Wo] : a;
+          // likewise the top pad row: an all -inf window's argmax is its first real pixel
+          a = (r == 0 && !t1 && !t2) ? static_cast<int32_t>(Wp) + a0[wo + Wo] : a;
           o[wo] = m;
           ao[wo] = a;
         }

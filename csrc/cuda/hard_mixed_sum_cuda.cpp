@@ -79,13 +79,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> hard_mixed_sum_backward_cuda(con
                                                                               const at::Tensor& index) {
   const char* op = "hard_mixed_sum_backward";
   const HardShape s = check_hard_mixed_sum(op, outputs_in, weights_in, index);
-  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef(s.out_shape), "hard_mixed_sum_backward: grad must have shape ",
-              at::IntArrayRef(s.out_shape), ", got ", grad_in.sizes());
-  // Not checked by the CPU kernel (whose typed data access fails instead); a
-  // wrong grad here would be read as the outputs' type or from another device.
-  TORCH_CHECK(grad_in.scalar_type() == outputs_in[0].scalar_type(), op, ": grad must have dtype ",
-              outputs_in[0].scalar_type(), ", got ", grad_in.scalar_type());
-  check_same_device(op, "grad", grad_in, outputs_in[0]);
+  check_grad("hard_mixed_sum_backward", grad_in, s.out_shape, outputs_in[0]);
   c10::cuda::CUDAGuard guard(outputs_in[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   std::vector<at::Tensor> outputs;

@@ -102,12 +102,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
   const char* op = "mixed_op_free_backward";
   const FreeShape s = check_mixed_op_free(op, x, param_outputs, weights, prims, stride, eps);
   check_stats(op, "stats", stats, s, x);
-  TORCH_CHECK(grad.sizes() == at::IntArrayRef({s.n, s.c, s.ho, s.wo}), op, ": grad must have shape [", s.n, ", ",
-              s.c, ", ", s.ho, ", ", s.wo, "], got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), op, ": grad must have dtype ", x.scalar_type());
-  // The CPU kernel cannot see a grad on another device (dispatch would pick
-  // CUDA), so only this backend needs the check.
-  check_same_device(op, "grad", grad, x);
+  check_grad(op, grad, {s.n, s.c, s.ho, s.wo}, x);
   c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t P = static_cast<int64_t>(s.pool_slots.size());

@@ -47,10 +47,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
                                                                          at::TensorList outputs,
                                                                          const at::Tensor& weights) {
   const MixedShape s = check_mixed_sum("mixed_sum_backward", outputs, weights);
-  TORCH_CHECK(grad.sizes() == outputs[0].sizes(), "mixed_sum_backward: grad must have the outputs' shape ",
-              outputs[0].sizes(), ", got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == outputs[0].scalar_type(), "mixed_sum_backward: grad must have dtype ",
-              outputs[0].scalar_type(), ", got ", grad.scalar_type());
+  check_grad("mixed_sum_backward", grad, outputs[0].sizes(), outputs[0]);
   // The CPU kernel cannot see a grad on another device (dispatch would pick
   // CUDA), so only this backend needs the check.
   check_same_device("mixed_sum_backward", "grad", grad, outputs[0]);
