@@ -12,6 +12,7 @@ tensors, with S ``[N, T]`` (per-sample S, as DARTS-CC) two ``[N, E, k]``.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -132,7 +133,7 @@ def simplex_grid(steps: int, num_types: int = len(OP_TYPES)) -> Tensor:
 
 
 # --------------------------------------------------------------------------- the hypernets
-class Hypernet(nn.Module):
+class Hypernet(nn.Module, metaclass=abc.ABCMeta):
     """Base: ``forward(S) -> (alpha_normal, alpha_reduce)``.
 
     Subclasses implement :meth:`delta`, the S-dependent part; the bias ``A0``
@@ -155,9 +156,9 @@ class Hypernet(nn.Module):
                              f"(components {', '.join(OP_TYPES[:self.num_types])}), got {list(S.shape)}")
         return S.to(self.A0)
 
+    @abc.abstractmethod
     def delta(self, S: Tensor) -> Tensor:
         """The S-dependent part of the logits, ``[..., 2, E, k]``."""
-        raise NotImplementedError
 
     @staticmethod
     def latency_prior(L: Tensor, type_index: Sequence[int], num_types: int, scale: float) -> Tensor:
@@ -174,10 +175,9 @@ class Hypernet(nn.Module):
                 P[int(t), :, :, m] = -scale * L[:, m].reshape(2, two_e // 2).float()
         return P
 
-    @torch.no_grad()
+    @abc.abstractmethod
     def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale: float) -> None:
         """Start the S-dependent part at :meth:`latency_prior` (a no-op for S-independent forms)."""
-        raise NotImplementedError
 
     def forward(self, S: Tensor) -> Tuple[Tensor, Tensor]:
         S = self.check_S(S)
