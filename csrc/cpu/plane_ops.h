@@ -68,7 +68,6 @@ inline bool takes(acc_t a, acc_t b) {
 
 // Planes carry a one-element border (the 3x3 pools' padding): a dense H x W
 // plane lives in an (H + 2) x (W + 2) buffer at offset W + 3.
-inline int64_t padded(int64_t n) { return n + 2; }
 
 template <typename acc_t, typename scalar_t>
 inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
