@@ -147,3 +147,23 @@ def test_weight_gradient_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("k", [3, 5])
+def test_large_float32_streaming_path(per_sample, k):
+    # Past 8 MiB of gradients the CPU backward writes with non-temporal stores;
+    # an odd inner size puts the per-sample rows off 16-byte alignment.
+    shape = (33, 3, 181, 151)
+    outs, w = make(shape, k, per_sample, torch.float32, "cpu")
+    outs = [o.requires_grad_() for o in outs]
+    w.requires_grad_()
+    y = dartscc_fast.mixed_sum(outs, w)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, outs + [w], g)
+    o64 = [o.detach().double().requires_grad_() for o in outs]
+    w64 = w.detach().double().requires_grad_()
+    want = torch.autograd.grad(reference.mixed_sum(o64, w64), o64 + [w64], g.double())
+    torch.testing.assert_close(y.double(), reference.mixed_sum(o64, w64).detach(), atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-4)

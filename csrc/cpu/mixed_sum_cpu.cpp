@@ -5,9 +5,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 namespace dartscc {
 namespace {
@@ -16,6 +22,62 @@ namespace {
 // weight gradient, independent of the thread count.
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kBlock = 256;  // the accumulator lives in registers/L1
+
+// buf[j] (+)= sum of up to four weighted outputs: one pass over the block per
+// four candidates, not one per candidate (the block traffic, not the multiply,
+// is what costs).
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+#if defined(__SSE2__)
+// gom = w * g with non-temporal stores, and returns <g, o>; four independent
+// accumulators, so the order of the sum is fixed by the code, not the compiler.
+inline float scale_dot_stream(const float* __restrict g, const float* __restrict o, float w,
+                              float* __restrict gom, int64_t len) {
+  float dot = 0.f;
+  int64_t j = 0;
+  for (; j < len && (reinterpret_cast<uintptr_t>(gom + j) & 15) != 0; ++j) {
+    gom[j] = w * g[j];
+    dot += g[j] * o[j];
+  }
+  const __m128 wv = _mm_set1_ps(w);
+  __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; j + 16 <= len; j += 16) {
+    const __m128 g0 = _mm_loadu_ps(g + j), g1 = _mm_loadu_ps(g + j + 4), g2 = _mm_loadu_ps(g + j + 8),
+                 g3 = _mm_loadu_ps(g + j + 12);
+    _mm_stream_ps(gom + j, _mm_mul_ps(wv, g0));
+    _mm_stream_ps(gom + j + 4, _mm_mul_ps(wv, g1));
+    _mm_stream_ps(gom + j + 8, _mm_mul_ps(wv, g2));
+    _mm_stream_ps(gom + j + 12, _mm_mul_ps(wv, g3));
+    a0 = _mm_add_ps(a0, _mm_mul_ps(g0, _mm_loadu_ps(o + j)));
+    a1 = _mm_add_ps(a1, _mm_mul_ps(g1, _mm_loadu_ps(o + j + 4)));
+    a2 = _mm_add_ps(a2, _mm_mul_ps(g2, _mm_loadu_ps(o + j + 8)));
+    a3 = _mm_add_ps(a3, _mm_mul_ps(g3, _mm_loadu_ps(o + j + 12)));
+  }
+  alignas(16) float t[4];
+  _mm_store_ps(t, _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3)));
+  for (; j < len; ++j) {
+    gom[j] = w * g[j];
+    dot += g[j] * o[j];
+  }
+  return dot + ((t[0] + t[1]) + (t[2] + t[3]));
+}
+#endif
+
+template <bool kAccumulate, typename scalar_t, typename acc_t>
+inline void weighted_group(acc_t* __restrict buf, const scalar_t* const* o, const acc_t* wl, int64_t m,
+                           int64_t g, int64_t b, int64_t len) {
+  const scalar_t* __restrict a0 = o[m] + b;
+  const scalar_t* __restrict a1 = o[m + (g > 1 ? 1 : 0)] + b;
+  const scalar_t* __restrict a2 = o[m + (g > 2 ? 2 : 0)] + b;
+  const scalar_t* __restrict a3 = o[m + (g > 3 ? 3 : 0)] + b;
+  const acc_t w0 = wl[m], w1 = g > 1 ? wl[m + 1] : acc_t(0), w2 = g > 2 ? wl[m + 2] : acc_t(0),
+              w3 = g > 3 ? wl[m + 3] : acc_t(0);
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t v = w0 * static_cast<acc_t>(a0[j]) + w1 * static_cast<acc_t>(a1[j]) +
+                    w2 * static_cast<acc_t>(a2[j]) + w3 * static_cast<acc_t>(a3[j]);
+    buf[j] = kAccumulate ? buf[j] + v : v;
+  }
+}
 
 template <typename scalar_t>
 void forward_kernel(const std::vector<const scalar_t*>& o, const scalar_t* w, const MixedShape& s,
@@ -32,13 +94,8 @@ void forward_kernel(const std::vector<const scalar_t*>& o, const scalar_t* w, co
       const int64_t stop = start + std::min(kChunk, s.inner - c * kChunk);
       for (int64_t b = start; b < stop; b += kBlock) {
         const int64_t len = std::min(kBlock, stop - b);
-        const scalar_t* o0 = o[0] + b;
-        for (int64_t j = 0; j < len; ++j) buf[j] = wl[0] * static_cast<acc_t>(o0[j]);
-        for (int64_t m = 1; m < k; ++m) {
-          const scalar_t* om = o[m] + b;
-          const acc_t wm = wl[m];
-          for (int64_t j = 0; j < len; ++j) buf[j] += wm * static_cast<acc_t>(om[j]);
-        }
+        weighted_group<false>(buf, o.data(), wl, 0, std::min<int64_t>(k, 4), b, len);
+        for (int64_t m = 4; m < k; m += 4) weighted_group<true>(buf, o.data(), wl, m, std::min<int64_t>(k - m, 4), b, len);
         scalar_t* yb = y + b;
         for (int64_t j = 0; j < len; ++j) yb[j] = static_cast<scalar_t>(buf[j]);
       }
@@ -53,6 +110,8 @@ void backward_kernel(const scalar_t* g, const std::vector<const scalar_t*>& o, c
   const int64_t k = s.k, chunks = (s.inner + kChunk - 1) / kChunk;
   const int64_t tasks = s.rows * chunks;
   std::vector<double> partial(static_cast<size_t>(tasks * k), 0.0);
+  // Past the cache, the k gradients go straight to memory (no read-for-ownership).
+  const bool stream = k * s.rows * s.inner * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamBytes;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     acc_t wl[kMaxOps];
     for (int64_t t = begin; t < end; ++t) {
@@ -68,6 +127,14 @@ void backward_kernel(const scalar_t* g, const std::vector<const scalar_t*>& o, c
           const scalar_t* __restrict om = o[m] + b;
           scalar_t* __restrict gom = go[m] + b;
           const acc_t wm = wl[m];
+#if defined(__SSE2__)
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (stream) {
+              part[m] += static_cast<double>(scale_dot_stream(gb, om, wm, gom, len));
+              continue;
+            }
+          }
+#endif
           // independent lanes: vectorised without reassociating the sum
           constexpr int L = 16;
           acc_t lanes[L] = {};
@@ -90,6 +157,9 @@ void backward_kernel(const scalar_t* g, const std::vector<const scalar_t*>& o, c
       }
     }
   });
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();
+#endif
   // Reduce the chunk partials in a fixed order.
   const int64_t out_rows = s.per_sample ? s.rows : 1;
   for (int64_t r = 0; r < out_rows; ++r) {
