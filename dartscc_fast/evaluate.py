@@ -143,12 +143,14 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
 
     kind 'darts': S-independent logits, no latency term; 'fbnet': S-independent
     logits, the plain latency (every type weighted alike) with this fixed kappa.
+    Both draw their Gumbel noise once per batch, as DARTS and FBNet do (one fixed
+    S leaves nothing to draw per sample).
     """
     if kind == "darts":
-        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=0.0,
+        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=0.0, per_sample=False,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
     if kind == "fbnet":
-        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=float(kappa),
+        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=float(kappa), per_sample=False,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))
     raise ValueError(f"baseline kind must be 'darts' or 'fbnet', got {kind!r}")
 
