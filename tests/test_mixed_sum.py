@@ -26,23 +26,26 @@ def make(shape, k, per_sample, dtype, device, layout="contiguous"):
 @pytest.mark.parametrize("k", [1, 3, 8])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_reference(device, dtype, per_sample, k, shape):
-    outs, w = make(shape, k, per_sample, dtype, device)
+    check_against_float64(*make(shape, k, per_sample, dtype, device), per_sample)
+
+
+def check_against_float64(outs, w, per_sample):
+    """Forward and every gradient of ours against the reference in float64 (the oracle)."""
     outs = [o.requires_grad_() for o in outs]
     w.requires_grad_()
     y = dartscc_fast.mixed_sum(outs, w)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, outs + [w], g)
-    # the oracle: the reference in float64
     o64 = [o.detach().double().requires_grad_() for o in outs]
     w64 = w.detach().double().requires_grad_()
     y64 = reference.mixed_sum(o64, w64)
     grads64 = torch.autograd.grad(y64, o64 + [w64], g.double())
-    t = tol(dtype)
+    t = tol(y.dtype)
     torch.testing.assert_close(y.double(), y64, **t)
     for a, b in zip(grads[:-1], grads64[:-1]):
         torch.testing.assert_close(a.double(), b, **t)
     # the weight gradient sums many products: scale its tolerance with their count
-    n = y.numel() / (shape[0] if per_sample else 1)
+    n = y.numel() / (y.shape[0] if per_sample else 1)
     torch.testing.assert_close(grads[-1].double(), grads64[-1], atol=t["atol"] * n ** 0.5 * 4, rtol=t["rtol"] * 4)
 
 
@@ -155,15 +158,4 @@ def test_large_float32_streaming_path(per_sample, k):
     # Past 8 MiB of gradients the CPU backward writes with non-temporal stores;
     # an odd inner size puts the per-sample rows off 16-byte alignment.
     shape = (33, 3, 181, 151)
-    outs, w = make(shape, k, per_sample, torch.float32, "cpu")
-    outs = [o.requires_grad_() for o in outs]
-    w.requires_grad_()
-    y = dartscc_fast.mixed_sum(outs, w)
-    g = torch.randn_like(y)
-    got = torch.autograd.grad(y, outs + [w], g)
-    o64 = [o.detach().double().requires_grad_() for o in outs]
-    w64 = w.detach().double().requires_grad_()
-    want = torch.autograd.grad(reference.mixed_sum(o64, w64), o64 + [w64], g.double())
-    torch.testing.assert_close(y.double(), reference.mixed_sum(o64, w64).detach(), atol=1e-5, rtol=1e-5)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a.double(), b, atol=1e-3, rtol=1e-4)
+    check_against_float64(*make(shape, k, per_sample, torch.float32, "cpu"), per_sample)
