@@ -80,8 +80,7 @@ struct Kernel {
         for (int64_t p = 0; p < P; ++p) {
           pool(p, t, false);
           const double mu = static_cast<double>(cpu::sum(t.pooled.data(), m)) / m;
-          double m2 = 0;
-          for (int64_t j = 0; j < m; ++j) m2 += (t.pooled[j] - mu) * (t.pooled[j] - mu);
+          const double m2 = static_cast<double>(cpu::sq_dev_sum(t.pooled.data(), static_cast<acc_t>(mu), m));
           pm[i * P + p] = mu;
           pm2[i * P + p] = m2;
         }
@@ -157,11 +156,11 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
     const bool need_x = P > 0 || std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
     at::parallel_for(0, s.n * s.c, 1, [&](int64_t begin, int64_t end) {
       typename K::Scratch t(s);
-      acc_t* __restrict buf = t.buf.data();
       acc_t* __restrict tmp = t.gb.data();
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / s.c, c = i % s.c;
-        std::fill(t.buf.begin(), t.buf.end(), acc_t(0));
+        acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
+        std::fill(buf, buf + m, acc_t(0));
         if (need_x) kr.load_x(n, c, t);
         int64_t param = 0, pool = 0;
         for (int64_t slot = 0; slot < s.k; ++slot) {
@@ -169,8 +168,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
           const int64_t code = prims[slot];
           if (code == kParam) {
             const auto& pv = kr.params[param++];
-            cpu::load_plane(tmp, pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
-            for (int64_t j = 0; j < m; ++j) buf[j] += wm * tmp[j];
+            const acc_t* __restrict po = cpu::plane_or_copy(tmp, pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
+            for (int64_t j = 0; j < m; ++j) buf[j] += wm * po[j];
           } else if (code == kIdentity) {
             for (int64_t h = 0; h < s.h; ++h) {
               const acc_t* __restrict xr = kr.x_row(t, h);
@@ -185,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
             ++pool;
           }
         }
-        cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);
+        if (buf == t.buf.data()) cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);
       }
     });
   });
@@ -232,11 +231,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / s.c, c = i % s.c;
           kr.load_x(n, c, t);
-          cpu::load_plane(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
+          const acc_t* gp = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
           for (int64_t p = 0; p < P; ++p) {
             kr.pool(p, t, false);
             const acc_t wn = kr.weight(n, s.pool_slots[p]), mu = mean[p * s.c + c], is = invstd[p * s.c + c];
-            const acc_t sg = cpu::sum(t.gb.data(), m), sgp = cpu::dot(t.gb.data(), t.pooled.data(), m);
+            const acc_t sg = cpu::sum(gp, m), sgp = cpu::dot(gp, t.pooled.data(), m);
             pa[i * P + p] = static_cast<double>(wn * sg);
             pb[i * P + p] = static_cast<double>(wn * is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
           }
@@ -262,12 +261,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       typename K::Scratch t(s);
       std::vector<acc_t> tmp(m), dp(m);
-      acc_t* __restrict gb = t.gb.data();
       acc_t* __restrict gxb = t.gxb.data();
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / s.c, c = i % s.c;
         std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
-        cpu::load_plane(gb, g.at(n, c), s.ho, s.wo, g.sh, g.sw);
+        const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
         kr.load_x(n, c, t);
         double* part = partial.data() + i * s.k;
         int64_t param = 0, pool = 0;
@@ -278,10 +276,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
             const auto& pv = kr.params[param];
             auto& gv = gpv[param];
             ++param;
-            cpu::load_plane(tmp.data(), pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
-            part[slot] = static_cast<double>(cpu::dot(gb, tmp.data(), m));
-            for (int64_t j = 0; j < m; ++j) tmp[j] = wm * gb[j];
-            cpu::store_plane(gv.at(n, c), tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
+            part[slot] = static_cast<double>(cpu::dot(gb, cpu::plane_or_copy(tmp.data(), pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw), m));
+            scalar_t* gvp = gv.at(n, c);
+            if (gv.sw == 1 && gv.sh == s.wo) {
+              for (int64_t j = 0; j < m; ++j) gvp[j] = static_cast<scalar_t>(wm * gb[j]);
+            } else {
+              for (int64_t j = 0; j < m; ++j) tmp[j] = wm * gb[j];
+              cpu::store_plane(gvp, tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
+            }
           } else if (code == kIdentity) {
             double d = 0;
             for (int64_t h = 0; h < s.h; ++h) {

@@ -5,6 +5,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace dartscc {
 namespace cpu {
@@ -19,6 +24,29 @@ inline void load_plane(acc_t* __restrict dst, const scalar_t* __restrict src, in
   }
   for (int64_t h = 0; h < H; ++h)
     for (int64_t w = 0; w < W; ++w) dst[h * W + w] = static_cast<acc_t>(src[h * sh + w * sw]);
+}
+
+// The plane itself when it is dense and already of the accumulation type (no
+// copy), else load_plane into `buf` and `buf`.
+template <typename acc_t, typename scalar_t>
+inline const acc_t* plane_or_copy(acc_t* __restrict buf, const scalar_t* src, int64_t H, int64_t W, int64_t sh,
+                                  int64_t sw) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (sw == 1 && sh == W) return src;
+  }
+  load_plane(buf, src, H, W, sh, sw);
+  return buf;
+}
+
+// Where to accumulate an output plane: the plane itself when it is dense and of
+// the accumulation type, else `buf` (then store_plane it).
+template <typename acc_t, typename scalar_t>
+inline acc_t* plane_or_buffer(acc_t* buf, scalar_t* dst, int64_t H, int64_t W, int64_t sh, int64_t sw) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    if (sw == 1 && sh == W) return dst;
+  }
+  (void)H;
+  return buf;
 }
 
 template <typename acc_t, typename scalar_t>
@@ -60,11 +88,58 @@ inline acc_t sum(const acc_t* __restrict a, int64_t n) {
   return s;
 }
 
+// Sum of (a - mu)^2, in independent lanes like dot().
+template <typename acc_t>
+inline acc_t sq_dev_sum(const acc_t* __restrict a, acc_t mu, int64_t n) {
+  constexpr int L = 16;
+  acc_t lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) lanes[l] += (a[i + l] - mu) * (a[i + l] - mu);
+  acc_t s = 0;
+  for (; i < n; ++i) s += (a[i] - mu) * (a[i] - mu);
+  for (int l = 0; l < L; ++l) s += lanes[l];
+  return s;
+}
+
 // NaN-propagating max step: b replaces a when larger or NaN (torch's max_pool rule).
 template <typename acc_t>
 inline bool takes(acc_t a, acc_t b) {
   return b > a || (b != b && a == a);
 }
+
+#if defined(__SSE2__)
+// takes() on four lanes, as a mask.
+inline __m128 takes_mask(__m128 a, __m128 b) {
+  return _mm_or_ps(_mm_cmpgt_ps(b, a), _mm_and_ps(_mm_cmpunord_ps(b, b), _mm_cmpord_ps(a, a)));
+}
+
+// The column step of the max pool with argmax, four outputs at a time: rows r,
+// r + 1, r + 2 of the row pass (values r0..r2, row-argmax offsets at a0,
+// a0 + Wo, a0 + 2 Wo) into out / arg. Returns how many outputs it did.
+inline int64_t max_rows_arg_sse(const float* __restrict r0, const float* __restrict r1, const float* __restrict r2,
+                                const int32_t* __restrict a0, int64_t r, int64_t Wp, int64_t Wo, float* __restrict out,
+                                int32_t* __restrict arg) {
+  const __m128i b0 = _mm_set1_epi32(static_cast<int32_t>(r * Wp)), b1 = _mm_set1_epi32(static_cast<int32_t>((r + 1) * Wp)),
+                b2 = _mm_set1_epi32(static_cast<int32_t>((r + 2) * Wp));
+  int64_t wo = 0;
+  for (; wo + 4 <= Wo; wo += 4) {
+    __m128 m = _mm_loadu_ps(r0 + wo);
+    __m128i a = _mm_add_epi32(b0, _mm_loadu_si128(reinterpret_cast<const __m128i*>(a0 + wo)));
+    const __m128 v1 = _mm_loadu_ps(r1 + wo), t1 = takes_mask(m, v1);
+    const __m128i a1 = _mm_add_epi32(b1, _mm_loadu_si128(reinterpret_cast<const __m128i*>(a0 + Wo + wo)));
+    m = _mm_or_ps(_mm_and_ps(t1, v1), _mm_andnot_ps(t1, m));
+    a = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t1), a1), _mm_andnot_si128(_mm_castps_si128(t1), a));
+    const __m128 v2 = _mm_loadu_ps(r2 + wo), t2 = takes_mask(m, v2);
+    const __m128i a2 = _mm_add_epi32(b2, _mm_loadu_si128(reinterpret_cast<const __m128i*>(a0 + 2 * Wo + wo)));
+    m = _mm_or_ps(_mm_and_ps(t2, v2), _mm_andnot_ps(t2, m));
+    a = _mm_or_si128(_mm_and_si128(_mm_castps_si128(t2), a2), _mm_andnot_si128(_mm_castps_si128(t2), a));
+    _mm_storeu_ps(out + wo, m);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(arg + wo), a);
+  }
+  return wo;
+}
+#endif
 
 // Planes carry a one-element border (the 3x3 pools' padding): a dense H x W
 // plane lives in an (H + 2) x (W + 2) buffer at offset W + 3.
@@ -122,7 +197,15 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
     const acc_t* __restrict x = xp + r * Wp;
     acc_t* __restrict rr = row + r * Wo;
     int32_t* __restrict ra = row_arg + r * Wo;
-    if (is_max) {
+    if (is_max && !arg) {
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        const int64_t c = wo * stride;
+        acc_t m = x[c];
+        m = takes(m, x[c + 1]) ? x[c + 1] : m;
+        m = takes(m, x[c + 2]) ? x[c + 2] : m;
+        rr[wo] = m;
+      }
+    } else if (is_max) {
       for (int64_t wo = 0; wo < Wo; ++wo) {
         const int64_t c = wo * stride;
         acc_t m = x[c];
@@ -154,7 +237,12 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
       if (arg) {
         const int32_t* __restrict a0 = row_arg + r * Wo;
         int32_t* __restrict ao = arg + ho * Wo;
-        for (int64_t wo = 0; wo < Wo; ++wo) {
+        int64_t wo = 0;
+#if defined(__SSE2__)
+        // GCC does not if-convert this loop (NaN rule plus index select): by hand for float.
+        if constexpr (std::is_same_v<acc_t, float>) wo = max_rows_arg_sse(r0, r1, r2, a0, r, Wp, Wo, o, ao);
+#endif
+        for (; wo < Wo; ++wo) {
           acc_t m = r0[wo];
           int32_t a = static_cast<int32_t>(r * Wp) + a0[wo];
           const bool t1 = takes(m, r1[wo]);
@@ -163,11 +251,12 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
           const bool t2 = takes(m, r2[wo]);
           m = t2 ? r2[wo] : m;
           a = t2 ? static_cast<int32_t>((r + 2) * Wp) + a0[wo + 2 * Wo] : a;
-          // likewise the top pad row: an all -inf window's argmax is its first real pixel
-          a = (r == 0 && !t1 && !t2) ? static_cast<int32_t>(Wp) + a0[wo + Wo] : a;
           o[wo] = m;
           ao[wo] = a;
         }
+        // likewise the top pad row (offsets below Wp): an all -inf window's argmax is its first real pixel
+        if (r == 0)
+          for (int64_t w = 0; w < Wo; ++w) ao[w] = ao[w] < Wp ? static_cast<int32_t>(Wp) + a0[w + Wo] : ao[w];
       } else {
         for (int64_t wo = 0; wo < Wo; ++wo) {
           acc_t m = r0[wo];
