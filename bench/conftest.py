@@ -13,6 +13,7 @@ import torch
 _RESULTS = defaultdict(dict)   # group -> impl -> median seconds
 _BYTES = {}                    # group -> bytes moved by one call (for GB/s)
 _BANDWIDTH = {}
+_SETTINGS = {}
 
 
 def pytest_configure(config):
@@ -20,6 +21,12 @@ def pytest_configure(config):
     # scheduler waits that swamp every timing: DARTSCC_BENCH_THREADS pins the count.
     if os.getenv("DARTSCC_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["DARTSCC_BENCH_THREADS"]))
+    # Freed activations stay in the heap instead of being page-faulted back every
+    # step, for every implementation alike (dartscc_fast/allocator.py);
+    # DARTSCC_BENCH_MALLOC=0 measures under glibc's defaults.
+    from dartscc_fast.allocator import keep_freed_memory, tuning_enabled
+    _SETTINGS["malloc"] = "kept freed memory" if tuning_enabled("DARTSCC_BENCH_MALLOC") and keep_freed_memory() \
+        else "glibc defaults"
 
 
 def sync(device):
@@ -82,7 +89,8 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.section("dartscc_fast: speed-up of ours over each implementation (median times, one run)")
     tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads "
-                  f"(set DARTSCC_BENCH_THREADS to change), CUDA: {torch.cuda.is_available()}")
+                  f"(set DARTSCC_BENCH_THREADS to change), CUDA: {torch.cuda.is_available()}, "
+                  f"malloc: {_SETTINGS.get('malloc', 'glibc defaults')} (DARTSCC_BENCH_MALLOC=0/1)")
     for group, impls in sorted(_RESULTS.items()):
         ours = impls.get("ours")
         if ours is None:

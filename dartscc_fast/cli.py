@@ -21,6 +21,9 @@ _COMMAND_MODULES: List[str] = [
     "dartscc_fast.prune.cli",
 ]
 
+# Commands that train: they keep freed memory in the process (see dartscc_fast/allocator.py).
+_TRAINING_COMMANDS = {"search", "evaluate", "demo", "prune", "profile", "report", "derive"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -44,6 +47,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command in _TRAINING_COMMANDS:
+        from dartscc_fast.allocator import keep_freed_memory, tuning_enabled
+        if tuning_enabled():
+            keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

@@ -4,7 +4,8 @@ Same modules, submodule names and state_dict keys as quark0/darts; only the
 forward differs. Parameter-free candidates (zero, identity, pooling + BatchNorm)
 are computed inside the fused weighted sum (:func:`dartscc_fast.ops.mixed_op_free`);
 only the parametric candidates run as modules. With hard weights only the
-drawn candidate runs (:func:`dartscc_fast.ops.hard_mixed_sum`).
+drawn candidate runs (:func:`dartscc_fast.ops.hard_mixed_sum`), a drawn pool
+through the same fused kernel.
 """
 from __future__ import annotations
 
@@ -136,25 +137,29 @@ class MixedOp(nn.Module):
     def _running_stats(self) -> Tensor:
         return torch.stack([torch.stack([bn.running_mean, bn.running_var]) for bn in self._bns])
 
-    @torch.no_grad()
     def _update_running_stats(self, stats: Tensor, x: Tensor) -> None:
-        ho, wo = (x.shape[2] - 1) // self.stride + 1, (x.shape[3] - 1) // self.stride + 1
-        count = x.shape[0] * ho * wo
-        for bn, (mean, var) in zip(self._bns, stats):
-            if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
-                continue
-            bn.num_batches_tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            unbiased = var * (count / max(count - 1, 1))
-            bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean), alpha=momentum)
-            bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var), alpha=momentum)
+        for bn, mean_var in zip(self._bns, stats):
+            _update_bn(bn, mean_var, x, self.stride)
 
     # -- hard path -------------------------------------------------------------------
+    def _run_candidate(self, m: int, x: Tensor) -> Tensor:
+        """Candidate m on x: a fused pool + BatchNorm runs through the kernel, never torch's pooling."""
+        kind = self._kinds[m]
+        if kind not in ("max_pool", "avg_pool") or x.shape[0] == 0:
+            return self._ops[m](x)
+        bn = self._ops[m][1]
+        batch_stats = bn.training or not bn.track_running_stats or bn.running_mean is None
+        bn_stats = None if batch_stats else torch.stack([bn.running_mean, bn.running_var])[None]
+        y, stats = ops.mixed_op_free(x, [], x.new_ones(1), [kind], self.stride, bn.eps, bn_stats)
+        if batch_stats:
+            _update_bn(bn, stats[0], x, self.stride)
+        return y
+
     def _forward_hard(self, x: Tensor, weights: Tensor) -> Tensor:
         k = len(self._ops)
         if weights.dim() == 1:
             m = int(weights.argmax())
-            o = self._ops[m](x)
+            o = self._run_candidate(m, x)
             outputs = [o if j == m else o.new_empty((0,) + tuple(o.shape[1:])) for j in range(k)]
             index = torch.full((x.shape[0],), m, dtype=torch.long, device=x.device)
             return ops.hard_mixed_sum(outputs, weights, index)
@@ -164,10 +169,25 @@ class MixedOp(nn.Module):
         for m, g in enumerate(groups):
             # NCHW here: oneDNN's channels_last 1x1-conv weight gradient crashed
             # (SIGSEGV) on such per-sample subsets in our search tests.
-            outputs.append(self._ops[m](x.index_select(0, g)) if g.numel() else None)
+            outputs.append(self._run_candidate(m, x.index_select(0, g)) if g.numel() else None)
         ref = next(o for o in outputs if o is not None) if x.shape[0] else self._ops[0](x)
         outputs = [o if o is not None else ref.new_empty((0,) + tuple(ref.shape[1:])) for o in outputs]
         return ops.hard_mixed_sum(outputs, weights, index)
+
+
+@torch.no_grad()
+def _update_bn(bn: nn.BatchNorm2d, mean_var: Tensor, x: Tensor, stride: int) -> None:
+    """Update bn's running statistics as nn.BatchNorm2d does, from the batch (mean, biased var) of a fused pool."""
+    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
+        return
+    mean, var = mean_var
+    ho, wo = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+    count = x.shape[0] * ho * wo
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    unbiased = var * (count / max(count - 1, 1))
+    bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean), alpha=momentum)
+    bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var), alpha=momentum)
 
 
 def _conv_stride(ops_: nn.ModuleList) -> int:

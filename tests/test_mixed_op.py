@@ -74,6 +74,21 @@ def test_hard(stride, per_sample):
     compare(ref, fast, x, w, hard=True)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("drawn", range(len(DARTS_PRIMITIVES)), ids=DARTS_PRIMITIVES)
+def test_hard_each_drawn_candidate(stride, drawn):
+    # a drawn pool runs through the fused kernel: values, gradients and running
+    # statistics as the module's, in training and in eval mode
+    ref, fast = pair(4, stride, DARTS_PRIMITIVES)
+    x = torch.randn(6, 4, 8, 8, dtype=torch.float64)
+    soft = torch.softmax(torch.randn(8, dtype=torch.float64), -1)
+    w = torch.nn.functional.one_hot(torch.tensor(drawn), 8).double() - soft + soft
+    compare(ref, fast, x, w, hard=True)
+    compare(ref, fast, x * 3 - 1, w, hard=True)
+    ref.eval(), fast.eval()
+    compare(ref, fast, x, w, hard=True)
+
+
 def test_odd_sizes_and_channels_last():
     ref, fast = pair(3, 1, DARTS_PRIMITIVES)
     x = torch.randn(2, 3, 7, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
