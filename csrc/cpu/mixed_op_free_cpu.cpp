@@ -316,8 +316,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
             }
           }
         }
-        for (int64_t h = 0; h < s.h; ++h)
-          cpu::store_plane(gxv.at(n, c) + h * gxv.sh, gxb + (h + 1) * (s.w + 2) + 1, 1, s.w, s.w, gxv.sw);
+        for (int64_t h = 0; h < s.h; ++h) {
+          const acc_t* src = gxb + (h + 1) * (s.w + 2) + 1;
+          if (gxv.sw == 1)
+            cpu::copy_row(gxv.at(n, c) + h * gxv.sh, src, s.w);
+          else
+            cpu::store_plane(gxv.at(n, c) + h * gxv.sh, src, 1, s.w, s.w, gxv.sw);
+        }
       }
     });
     std::vector<double> acc(s.per_sample ? s.n * s.k : s.k, 0.0);

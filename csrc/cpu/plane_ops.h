@@ -144,6 +144,19 @@ inline int64_t max_rows_arg_sse(const float* __restrict r0, const float* __restr
 // Planes carry a one-element border (the 3x3 pools' padding): a dense H x W
 // plane lives in an (H + 2) x (W + 2) buffer at offset W + 3.
 
+// dst[0:n] = src[0:n] for the short rows of a plane: GCC turns a plain loop into
+// a memmove call, whose overhead is most of the cost at 7-32 elements.
+template <typename D, typename S>
+inline void copy_row(D* __restrict dst, const S* __restrict src, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<D, float> && std::is_same_v<S, float>) {
+    for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_loadu_ps(src + i));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<D>(src[i]);
+}
+
 template <typename acc_t, typename scalar_t>
 inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
                         int64_t sw) {
@@ -152,7 +165,7 @@ inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, i
     acc_t* d = dst + (h + 1) * Wp + 1;
     const scalar_t* r = src + h * sh;
     if (sw == 1) {
-      for (int64_t w = 0; w < W; ++w) d[w] = static_cast<acc_t>(r[w]);
+      copy_row(d, r, W);
     } else {
       for (int64_t w = 0; w < W; ++w) d[w] = static_cast<acc_t>(r[w * sw]);
     }
