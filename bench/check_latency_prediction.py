@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from dartscc_fast.latency import LatencyTable
-from dartscc_fast.latency.measure import Timing, build_base_network, build_network, build_op, device_name, \
+from dartscc_fast.latency.measure import Timing, build_base_network, build_network, build_op, device_name, in_format, \
     network_input, num_threads, time_callable
 from dartscc_fast.latency.keys import BaseConfig, space_configs
 from dartscc_fast.latency.table import _now
@@ -97,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="timed forwards per network per round (default 3)")
     ap.add_argument("--op-seconds", type=float, default=0.3, help="timing budget per op config per round")
     ap.add_argument("--table", help="use this table instead of measuring one here")
+    ap.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                    help="layout of the ops and networks (default channels_last, as profile_space on the CPU; "
+                         "with --table, the table's)")
     ap.add_argument("--top2", action="store_true", help="DARTS genotypes: two inputs per node")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-table", help="write the table measured here to this file")
@@ -113,16 +116,18 @@ def main(argv=None) -> int:
         if g.to_json() not in seen:
             seen.add(g.to_json())
             genotypes.append(g)
-    nets = [build_network(space, g, dtype, dev) for g in genotypes]
-    x = network_input(space, args.batch, dtype, dev)
+    table = LatencyTable.load(args.table, device="cpu") if args.table else None
+    fmt = table.memory_format if table is not None else args.memory_format
+    nets = [build_network(space, g, dtype, dev, fmt) for g in genotypes]
+    x = network_input(space, args.batch, dtype, dev, fmt)
 
     jobs = {}  # key -> callable: the table's entries, measured here unless --table
     if args.table is None:
         for cfg in space_configs(space, args.batch, dtype, "cpu"):
-            op, xi = build_op(cfg), torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w)
+            op, xi = build_op(cfg, fmt), in_format(torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w), fmt)
             jobs[cfg.key()] = lambda op=op, xi=xi: op(xi)
         for inputs in ("top2", "all"):
-            base_net = build_base_network(space, inputs, dtype, dev)
+            base_net = build_base_network(space, inputs, dtype, dev, fmt)
             jobs[BaseConfig.of(space, args.batch, dtype, "cpu", inputs).key()] = lambda net=base_net: net(x)
     op_t = {k: Timing() for k in jobs}
     net_t = [Timing() for _ in nets]
@@ -146,6 +151,7 @@ def main(argv=None) -> int:
     if args.table is None:
         table = LatencyTable(meta={"device": "cpu", "device_name": device_name(dev), "torch": torch.__version__,
                                    "threads": threads, "clock": clock, "date": _now(), "batch": args.batch, "dtype": dtype,
+                                   "memory_format": fmt,
                                    "spaces": [space.name],
                                    "method": f"bench/check_latency_prediction.py: {args.rounds} interleaved "
                                              f"rounds, {clock} clock, inference_mode, median of pooled runs"})
@@ -154,7 +160,6 @@ def main(argv=None) -> int:
         if args.save_table:
             table.save(args.save_table)
     else:
-        table = LatencyTable.load(args.table, device="cpu")
         if table.meta.get("threads") not in (None, threads):
             print(f"warning: the table was measured with {table.meta.get('threads')} threads, the networks "
                   f"with {threads}", file=sys.stderr)
@@ -167,7 +172,7 @@ def main(argv=None) -> int:
     c = float(np.median(meas - (s + base)))
 
     print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
-          f"batch {args.batch}, {dtype}, CPU {device_name(dev)}, torch {torch.__version__}, {threads} thread(s), "
+          f"batch {args.batch}, {dtype}, {fmt}, CPU {device_name(dev)}, torch {torch.__version__}, {threads} thread(s), "
           f"{clock} clock, {args.rounds} rounds x {args.runs} runs per network, {elapsed:.0f} s, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms (median IQR/median "

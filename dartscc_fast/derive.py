@@ -58,9 +58,11 @@ def predicted_latency(table: Optional[LatencyTable], space: SearchSpace, genotyp
 
 
 def measure_latency(space: SearchSpace, genotype: Genotype, batch: int = 64, threads: Optional[int] = None,
-                    max_seconds: float = 0.3) -> Dict[str, float]:
-    """Measured forward latency (ms) of the whole discrete network on this CPU, as the profiler times ops."""
-    t = time_genotype(space, genotype, batch=batch, threads=threads, max_seconds=max_seconds)
+                    max_seconds: float = 0.3, memory_format: Optional[str] = None) -> Dict[str, float]:
+    """Measured forward latency (ms) of the whole discrete network on this CPU, as the profiler times ops,
+    in ``memory_format`` (give the latency table's, so that prediction and measurement agree on it)."""
+    t = time_genotype(space, genotype, batch=batch, threads=threads, max_seconds=max_seconds,
+                      memory_format=memory_format)
     return {"median": t.median, "iqr": t.iqr, "runs": t.runs}
 
 
@@ -74,7 +76,8 @@ def derive_from_alphas(space: SearchSpace, alpha_normal: Tensor, alpha_reduce: T
     d = Derived(parse_S(S).tolist(), g, params, g.op_counts(space), predicted_latency(table, space, g), label=label)
     if measure:
         b = batch or (table.batch if table is not None and table.batch else 64)
-        m = measure_latency(space, g, batch=b, threads=threads)
+        m = measure_latency(space, g, batch=b, threads=threads,
+                            memory_format=table.memory_format if table is not None else None)
         d.measured_ms, d.measured_iqr_ms = m["median"], m["iqr"]
     return d
 

@@ -56,7 +56,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         if measure and d.measured_ms is None:
             if "measured_ms" not in ev:
                 from dartscc_fast.derive import measure_latency
-                m = measure_latency(space, d.genotype, batch=table.batch or 64, threads=threads)
+                m = measure_latency(space, d.genotype, batch=table.batch or 64, threads=threads,
+                                    memory_format=table.memory_format)
                 ev["measured_ms"], ev["measured_iqr_ms"] = m["median"], m["iqr"]
             d.measured_ms, d.measured_iqr_ms = ev["measured_ms"], ev["measured_iqr_ms"]
         out = {}
@@ -127,7 +128,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         "search": {"config": result.config.to_dict(), "epochs": result.epoch, "seconds": result.seconds,
                    "history": result.history},
         "latency_table": {k: (table.meta.get(k) if table is not None else None)
-                          for k in ("device", "device_name", "batch", "dtype", "threads")},
+                          for k in ("device", "device_name", "batch", "dtype", "threads",
+                                                                           "memory_format")},
         "profiles": profiles, "grid": grid_rows, "baselines": base_rows, "searches": searches,
         "retrain": None if retrain_cfg is None else {"epochs": retrain_cfg.epochs, "lr": retrain_cfg.lr},
         "seconds": time.perf_counter() - t0,
@@ -200,8 +202,9 @@ def markdown(report: Dict) -> str:
     """The report's tables as Markdown."""
     lat = report["latency_table"]
     lines = [f"Split: {report['split_text']}.",
-             f"Latency: table for device `{lat['device']}` ({lat['device_name']}), batch {lat['batch']}; "
-             f"measured on this machine at the same batch (whole network, median).", ""]
+             f"Latency: table for device `{lat['device']}` ({lat['device_name']}), batch {lat['batch']}, "
+             f"{lat.get('memory_format') or 'contiguous'}; measured on this machine at the same batch and layout "
+             f"(whole network, median).", ""]
     head = ("| profile | S | test acc | inherited acc | parameters | predicted ms | measured ms "
             "| pool | identity | conv |")
     sep = "| --- " * 10 + "|"

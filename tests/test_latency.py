@@ -283,6 +283,32 @@ def test_profile_tiny_space():
     assert tm.median > 0 and tm.runs >= 3
 
 
+@pytest.mark.filterwarnings("ignore:the machine is busy")
+def test_profile_memory_format(tmp_path):
+    from dartscc_fast.latency.measure import build_network, build_op, network_input
+    kw = dict(batch=2, threads=1, progress=False, max_seconds=0.01, min_runs=3, warmup=1, include_base=False)
+    cl = profile_space(TINY, "cpu", **kw)                       # the CPU default
+    nchw = profile_space(TINY, "cpu", memory_format="contiguous", **kw)
+    assert cl.meta["memory_format"] == cl.memory_format == "channels_last"
+    assert nchw.memory_format == "contiguous"
+    assert LatencyTable(meta={"device": "cpu"}).memory_format == "contiguous"  # tables from before the field
+    cl.save(tmp_path / "cl.json")
+    assert LatencyTable.load(tmp_path / "cl.json").memory_format == "channels_last"
+    with pytest.raises(LatencyTableError, match="memory formats"):
+        cl.merge(nchw)
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        profile_space(TINY, "cpu", memory_format="nhwc", **kw)
+    # what is timed runs in that layout, and computes what the contiguous network computes
+    cfg = space_configs(TINY, 2)[0]
+    assert build_op(cfg, "channels_last")(torch.randn(2, cfg.cin, cfg.h, cfg.w)).dim() == 4
+    g = random_genotype(TINY, torch.Generator().manual_seed(0))
+    x = network_input(TINY, 2, memory_format="channels_last")
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(build_network(TINY, g, memory_format="channels_last")(x),
+                                   build_network(TINY, g)(x.contiguous()), rtol=1e-4, atol=1e-5)
+
+
 def test_cli(tmp_path, capsys):
     out = tmp_path / "sim.json"
     assert main(["profile", "--device", "sim:edge-gpu", "--space", "fmnist-paper", "--out", str(out),

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall: elapsed time (default); thread: the thread's CPU time, robust to other processes "
                         "on a shared machine (needs --threads 1)")
+    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default=None,
+                   help="layout the ops and networks run in (default: channels_last on cpu, contiguous on cuda); "
+                        "derived networks are measured in the table's layout")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", help="the table file to write")
@@ -88,7 +91,8 @@ def _profile(args) -> int:
         raise ValueError("--out is required (the table file to write)")
     table = profile_space(spaces, args.device, args.batch, args.dtype, threads=args.threads,
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
-                          max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock)
+                          max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock,
+                          memory_format=args.memory_format)
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -214,7 +218,7 @@ def _predict(args) -> int:
         if table.device not in ("cpu", "cuda"):
             raise ValueError(f"cannot measure on the simulated device {table.device!r}")
         tm = time_genotype(space, genotype, batch, table.dtype, table.device, threads=args.threads,
-                           max_seconds=5.0)
+                           max_seconds=5.0, memory_format=table.memory_format)
         print(f"measured  {tm.median:.3f} ms (IQR {tm.iqr:.3f}, {tm.runs} runs); prediction error "
               f"{(pred - tm.median) / tm.median * 100:+.1f}%")
     return 0

@@ -18,6 +18,7 @@ A JSON object::
         "date": "2025-01-01T12:00:00+00:00",    # ISO 8601, UTC
         "method": "...",                        # timer, warm-up, stopping rule, statistic
         "batch": 64, "dtype": "float32",        # the defaults of lookups
+        "memory_format": "channels_last",       # the layout the ops and networks ran in (absent: contiguous)
         "spaces": ["fmnist-paper"],             # the search spaces it was made for
         ...                                     # free-form extras (host, preset parameters)
       },
@@ -155,6 +156,12 @@ class LatencyTable:
     def dtype(self) -> str:
         return self.meta.get("dtype", "float32")
 
+    @property
+    def memory_format(self) -> str:
+        """The layout the table's ops ran in: 'channels_last' or 'contiguous' (tables from before
+        the field existed were measured contiguous)."""
+        return self.meta.get("memory_format", "contiguous")
+
     def __repr__(self) -> str:
         return (f"LatencyTable({len(self)} entries, device={self.device!r}, batch={self.batch}, "
                 f"dtype={self.dtype!r}{', from ' + self.source if self.source else ''})")
@@ -239,6 +246,10 @@ class LatencyTable:
         sources = [self.source or "(unsaved)"]
         for o in others:
             if strict:
+                if self.memory_format != o.memory_format:
+                    raise LatencyTableError(
+                        f"cannot merge {o._where()} into {self._where()}: measured in different memory formats "
+                        f"({o.memory_format} vs {self.memory_format})")
                 for f in self._SAME_MACHINE:
                     if self.meta.get(f) != o.meta.get(f):
                         raise LatencyTableError(
