@@ -33,7 +33,7 @@ def _row(d: Derived, kind: str, **extra) -> Dict:
 
 def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: int = 4,
                 retrain_cfg: Optional[RetrainConfig] = None, front_retrain: int = 6, random_baselines: bool = True,
-                measure: bool = True, threads: Optional[int] = None, log=print) -> Dict:
+                measure: bool = True, threads: Optional[int] = None, profile_rounds: int = 8, log=print) -> Dict:
     """Derive, evaluate and collect everything the report shows.
 
     Args:
@@ -44,6 +44,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         retrain_cfg: retraining settings; None evaluates with inherited weights only.
         front_retrain: retrain at most this many distinct grid architectures for the front
             (spread over their predicted latency); the others keep inherited-weight accuracy.
+        measure: time every derived network here (the table's device and layout); the profiles
+            A, B, C together, interleaved over ``profile_rounds`` rounds of 3 runs each.
     """
     t0 = time.perf_counter()
     space, table = result.space, result.table
@@ -74,10 +76,17 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             out["acc_kind"] = "inherited"
         return out
 
-    # the three profiles
+    # the three profiles; their latencies measured interleaved, so that their order is the machine's
+    derived = {name: derive(result, name, label=name) for name in PROFILES}
+    if measure and table is not None and table.device in ("cpu", "cuda"):
+        distinct = list({d.genotype.to_json(): d.genotype for d in derived.values()}.items())
+        from dartscc_fast.latency.measure import time_genotypes
+        times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, device=table.device,
+                               threads=threads, memory_format=table.memory_format, rounds=profile_rounds)
+        for (key, _), tm in zip(distinct, times):
+            evaluated[key] = {"measured_ms": tm.median, "measured_iqr_ms": tm.iqr}
     profiles = []
-    for name in PROFILES:
-        d = derive(result, name, label=name)
+    for name, d in derived.items():
         profiles.append(_row(d, "profile", profile=PROFILE_NAMES[name],
                              **evaluate(d, result.supernet, True, f"profile {name}")))
         log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")

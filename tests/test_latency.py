@@ -283,6 +283,16 @@ def test_profile_tiny_space():
     assert tm.median > 0 and tm.runs >= 3
 
 
+def test_time_genotypes_interleaved():
+    from dartscc_fast.latency.measure import time_genotypes
+    gen = torch.Generator().manual_seed(1)
+    gs = [random_genotype(TINY, gen) for _ in range(3)]
+    ts = time_genotypes(TINY, gs, batch=2, threads=1, rounds=2, runs=2)
+    assert len(ts) == 3 and all(t.runs == 4 and t.median > 0 for t in ts)  # rounds x runs, pooled
+    with pytest.raises(ValueError, match="rounds and runs must be >= 1"):
+        time_genotypes(TINY, gs, rounds=0)
+
+
 @pytest.mark.filterwarnings("ignore:the machine is busy")
 def test_profile_memory_format(tmp_path):
     from dartscc_fast.latency.measure import build_network, build_op, network_input

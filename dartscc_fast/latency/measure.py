@@ -278,6 +278,28 @@ def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu
         return time_callable(lambda: net(x), d, **timing_kw)
 
 
+def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
+                   memory_format: Optional[str] = None, rounds: int = 5, runs: int = 3,
+                   clock: str = "wall") -> List[Timing]:
+    """Measured forward times of several whole networks, interleaved: ``rounds`` rounds, each timing
+    ``runs`` forwards of every network in turn, runs pooled per network. A burst of load from another
+    process, or a drift of the clock frequency, then lands on every network alike, so their order is
+    what the machine says and not when each happened to run."""
+    if rounds < 1 or runs < 1:
+        raise ValueError(f"rounds and runs must be >= 1, got {rounds}, {runs}")
+    d = _run_device(device)
+    fmt = check_memory_format(memory_format, d)
+    nets = [build_network(space, g, dtype, d, fmt) for g in genotypes]
+    x = network_input(space, batch, dtype, d, fmt)
+    timings = [Timing() for _ in nets]
+    with num_threads(threads if d.type == "cpu" else None):
+        for r in range(rounds):
+            for net, tm in zip(nets, timings):
+                time_callable(lambda net=net: net(x), d, warmup=2 if r == 0 else 1, min_runs=runs, max_runs=runs,
+                              timing=tm, clock=clock)
+    return timings
+
+
 def _warn_if_busy(device: torch.device, threads: int, clock: str) -> Optional[float]:
     """The 1-minute load average; warns when other processes want the cores a wall-clock CPU run needs."""
     try:
