@@ -274,7 +274,8 @@ def plot_op_distribution(report: Dict, path: Path) -> Path:
                        fontsize=6)
     ax.set_ylabel("operations (whole network)")
     ax.set_title("Operations by type per profile")
-    ax.legend()
+    ax.set_ylim(0, max(max(r["op_counts"].values()) for r in rows) * 1.25 + 1)  # room for the legend
+    ax.legend(ncol=len(OP_TYPES), loc="upper center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
