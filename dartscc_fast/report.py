@@ -251,6 +251,14 @@ def markdown(report: Dict) -> str:
     c = report.get("claims")
     if c:
         lines += ["", "### The seeds' claim", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in c.items()]
+        n_test = (report.get("split") or {}).get("test")
+        accs = {r["label"]: r.get("test_acc") for r in report["profiles"]}
+        if n_test and all(a is not None for a in accs.values()):
+            # a binomial standard error: accuracies closer than about two of them are not told apart
+            se = max(math.sqrt(a * (1 - a) / n_test) for a in accs.values())
+            lines += ["", "Test accuracy " + ", ".join(f"{k} {v:.1%}" for k, v in accs.items())
+                      + f" on {n_test} test images: standard error up to {se:.1%}, so differences under "
+                        f"{2 * se:.1%} are within noise."]
     return "\n".join(lines) + "\n"
 
 

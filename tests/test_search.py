@@ -147,6 +147,7 @@ def test_end_to_end_cli(tmp_path, capsys):
                      "--out", str(rep)]) == 0
     md = (rep / "report.md").read_text()
     assert "Split: train" in md and "| A uniform |" in md and "FBNet-style 1 (one per kappa)" in md
+    assert "are within noise" in md  # the profiles' accuracies with their standard error
     report = json.loads((rep / "report.json").read_text())
     assert len(report["profiles"]) == 3 and len(report["grid"]) == 6
     assert report["searches"]["fbnet"] == 1
