@@ -137,8 +137,7 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         "search": {"config": result.config.to_dict(), "epochs": result.epoch, "seconds": result.seconds,
                    "history": result.history},
         "latency_table": {k: (table.meta.get(k) if table is not None else None)
-                          for k in ("device", "device_name", "batch", "dtype", "threads",
-                                                                           "memory_format")},
+                          for k in ("device", "device_name", "batch", "dtype", "threads", "memory_format")},
         "profiles": profiles, "grid": grid_rows, "baselines": base_rows, "searches": searches,
         "retrain": None if retrain_cfg is None else {"epochs": retrain_cfg.epochs, "lr": retrain_cfg.lr},
         "seconds": time.perf_counter() - t0,

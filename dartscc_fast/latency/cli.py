@@ -113,7 +113,7 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
     m = table.meta
     lines = [f"latency table{' ' + table.source if table.source else ''}: {len(table)} entries, unit ms",
              f"  device {m.get('device')} ({m.get('device_name')}), threads {m.get('threads')}, "
-             f"torch {m.get('torch')}, batch {m.get('batch')}, {m.get('dtype')}, spaces {', '.join(m.get('spaces', []))}, {m.get('date')}",
+             f"torch {m.get('torch')}, batch {m.get('batch')}, {m.get('dtype')}, {table.memory_format}, spaces {', '.join(m.get('spaces', []))}, {m.get('date')}",
              f"  method: {m.get('method')}"]
     rows = []
     for key, e in table.entries.items():
