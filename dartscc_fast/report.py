@@ -78,11 +78,12 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
 
     # the three profiles; their latencies measured interleaved, so that their order is the machine's
     derived = {name: derive(result, name, label=name) for name in PROFILES}
-    if measure and table is not None and table.device in ("cpu", "cuda"):
+    if measure and table is not None:
+        # where and how evaluate() measures every other network: this CPU, the table's batch and layout
         distinct = list({d.genotype.to_json(): d.genotype for d in derived.values()}.items())
         from dartscc_fast.latency.measure import time_genotypes
-        times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, device=table.device,
-                               threads=threads, memory_format=table.memory_format, rounds=profile_rounds)
+        times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
+                               memory_format=table.memory_format, rounds=profile_rounds)
         for (key, _), tm in zip(distinct, times):
             evaluated[key] = {"measured_ms": tm.median, "measured_iqr_ms": tm.iqr}
     profiles = []
