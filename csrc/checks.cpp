@@ -23,6 +23,40 @@ void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef shape, c
   check_same_device(op, "grad", grad, like);
 }
 
+DwPwShape check_relu_dw_pw_conv(const char* op, const at::Tensor& x, const at::Tensor& dw_weight,
+                                const at::Tensor& pw_weight, int64_t stride, int64_t dilation) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must have shape [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64, got ", x.scalar_type());
+  DwPwShape s;
+  s.n = x.size(0), s.c = x.size(1), s.h = x.size(2), s.w = x.size(3);
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == s.c && dw_weight.size(1) == 1 &&
+                  dw_weight.size(2) == dw_weight.size(3) && dw_weight.size(2) % 2 == 1,
+              op, ": dw_weight must have shape [C, 1, K, K] with C=", s.c, " (x's channels) and odd K, got ",
+              dw_weight.sizes());
+  TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == s.c && pw_weight.size(2) == 1 &&
+                  pw_weight.size(3) == 1,
+              op, ": pw_weight must have shape [C_out, C, 1, 1] with C=", s.c, ", got ", pw_weight.sizes());
+  for (const auto* t : {&dw_weight, &pw_weight}) {
+    const char* name = t == &dw_weight ? "dw_weight" : "pw_weight";
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(),
+                ", got ", t->scalar_type());
+    check_same_device(op, name, *t, x);
+  }
+  TORCH_CHECK(stride >= 1, op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  s.co = pw_weight.size(0);
+  s.k = dw_weight.size(2);
+  s.stride = stride;
+  s.dilation = dilation;
+  s.pad = dilation * (s.k - 1) / 2;
+  s.ho = s.h == 0 ? 0 : (s.h - 1) / stride + 1;
+  s.wo = s.w == 0 ? 0 : (s.w - 1) / stride + 1;
+  s.hp = s.h + 2 * s.pad;
+  s.wp = s.w + 2 * s.pad;
+  return s;
+}
+
 MixedShape check_mixed_sum(const char* op, at::TensorList outputs, const at::Tensor& weights) {
   MixedShape s;
   s.k = static_cast<int64_t>(outputs.size());

@@ -28,6 +28,17 @@ std::vector<at::Tensor> same_layout(at::TensorList outputs, bool per_sample);
 // grad of a backward op: the given shape, the dtype and device of `like`.
 void check_grad(const char* op, const at::Tensor& grad, at::IntArrayRef shape, const at::Tensor& like);
 
+// relu_dw_pw_conv: x [N, C, H, W], dw_weight [C, 1, K, K] with odd K,
+// pw_weight [C_out, C, 1, 1]; "same" padding dilation * (K - 1) / 2.
+struct DwPwShape {
+  int64_t n = 0, c = 0, co = 0, h = 0, w = 0;
+  int64_t k = 1, stride = 1, dilation = 1, pad = 0;
+  int64_t ho = 0, wo = 0;  // output plane
+  int64_t hp = 0, wp = 0;  // zero-padded input plane
+};
+DwPwShape check_relu_dw_pw_conv(const char* op, const at::Tensor& x, const at::Tensor& dw_weight,
+                                const at::Tensor& pw_weight, int64_t stride, int64_t dilation);
+
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref);
 

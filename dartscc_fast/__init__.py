@@ -5,8 +5,8 @@ fake kernels and autograd, and the modules above use ``ops``.
 """
 from dartscc_fast._extension import BUILD_INFO
 from dartscc_fast import ops
-from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixed_sum
-from dartscc_fast.mixed_op import MixedOp, replace_mixed_ops
+from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixed_sum, relu_dw_pw_conv
+from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing, replace_mixed_ops
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
 from dartscc_fast.latency import LatencyTable, OpConfig, latency_reg, normalise, profile_space
 from dartscc_fast.prune import PrunableNet, find_edges, run_prune, theorem1_lambda

@@ -3,7 +3,9 @@
 Same modules, submodule names and state_dict keys as quark0/darts; only the
 forward differs. Parameter-free candidates (zero, identity, pooling + BatchNorm)
 are computed inside the fused weighted sum (:func:`dartscc_fast.ops.mixed_op_free`);
-only the parametric candidates run as modules. With hard weights only the
+the convolutions (DARTS's SepConv and DilConv) run on the CPU as fused
+ReLU-depthwise-pointwise units (:func:`dartscc_fast.ops.relu_dw_pw_conv`) with
+their own BatchNorm modules; other candidates run as modules. With hard weights only the
 drawn candidate runs (:func:`dartscc_fast.ops.hard_mixed_sum`), a drawn pool
 through the same fused kernel.
 """
@@ -15,9 +17,79 @@ import torch
 from torch import Tensor, nn
 
 from dartscc_fast import ops
-from dartscc_fast.primitives import DARTS_PRIMITIVES, Identity, Zero, check_primitives, search_candidate
+from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero, \
+    check_primitives, search_candidate
 
-__all__ = ["MixedOp", "replace_mixed_ops"]
+__all__ = ["MixedOp", "replace_mixed_ops", "fuse_preprocessing"]
+
+
+# One fused unit of a convolution candidate: (depthwise conv, pointwise conv, BatchNorm, stride, dilation).
+Unit = Tuple[nn.Conv2d, nn.Conv2d, nn.Module, int, int]
+
+
+def _conv_units(op: nn.Module) -> Optional[List[Unit]]:
+    """The ReLU-depthwise-pointwise-BatchNorm units of a DARTS SepConv or DilConv, or None.
+
+    Any module whose ``op`` (or itself) is an ``nn.Sequential`` of one or more
+    (ReLU, depthwise Conv2d with "same" padding, 1x1 Conv2d, BatchNorm2d)
+    groups, neither convolution with a bias, qualifies.
+    """
+    seq = getattr(op, "op", op)
+    if not isinstance(seq, nn.Sequential) or len(seq) == 0 or len(seq) % 4:
+        return None
+    units: List[Unit] = []
+    for i in range(0, len(seq), 4):
+        relu, dw, pw, bn = seq[i:i + 4]
+        if type(relu) is not nn.ReLU or type(dw) is not nn.Conv2d or not _is_pointwise(pw, 1) \
+                or not isinstance(bn, nn.BatchNorm2d):
+            return None
+        k, d, s, p = dw.kernel_size, dw.dilation, dw.stride, dw.padding
+        if not (k[0] == k[1] and k[0] % 2 == 1 and k[0] <= 7 and d[0] == d[1] and s[0] == s[1] and s[0] in (1, 2)
+                and p == (d[0] * (k[0] - 1) // 2,) * 2 and dw.groups == dw.in_channels == dw.out_channels
+                and dw.bias is None and dw.padding_mode == "zeros" and pw.in_channels == dw.out_channels):
+            return None
+        units.append((dw, pw, bn, s[0], d[0]))
+    return units
+
+
+def _is_pointwise(conv: nn.Module, stride: int) -> bool:
+    return type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (stride, stride) \
+        and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
+
+
+def _reduce_parts(op: nn.Module) -> Optional[Tuple[nn.Conv2d, nn.Conv2d, nn.Module]]:
+    """(conv_1, conv_2, bn) of a DARTS FactorizedReduce (skip_connect at stride 2), or None."""
+    if not type(op).__name__.endswith("FactorizedReduce"):
+        return None
+    relu, c1, c2, bn = (getattr(op, a, None) for a in ("relu", "conv_1", "conv_2", "bn"))
+    if type(relu) is not nn.ReLU or not (_is_pointwise(c1, 2) and _is_pointwise(c2, 2)) \
+            or not isinstance(bn, nn.BatchNorm2d) or c1.in_channels != c2.in_channels:
+        return None
+    return c1, c2, bn
+
+
+def _run_units(x: Tensor, units: List[Unit]) -> Tensor:
+    """SepConv / DilConv as fused ReLU-depthwise-pointwise units, each followed by its own BatchNorm module."""
+    for dw, pw, bn, stride, dilation in units:
+        x = bn(ops.relu_dw_pw_conv(x, dw.weight, pw.weight, stride, dilation))
+    return x
+
+
+def _run_reduce(x: Tensor, parts: Tuple[nn.Conv2d, nn.Conv2d, nn.Module]) -> Tensor:
+    """FactorizedReduce: relu, 1x1 stride-2 convolutions at pixels (2i, 2j) and (2i+1, 2j+1), concat, BatchNorm.
+
+    Both are fused units: a 1x1 depthwise of ones, and a 3x3 one-hot at the
+    bottom-right tap (padding 1 moves the read to (2i+1, 2j+1)).
+    """
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"FactorizedReduce (skip_connect at stride 2) needs even H and W, got {tuple(x.shape[2:])}")
+    conv_1, conv_2, bn = parts
+    c = x.shape[1]
+    ones = x.new_ones(c, 1, 1, 1)
+    corner = x.new_zeros(c, 1, 3, 3)
+    corner[:, :, 2, 2] = 1
+    return bn(torch.cat([ops.relu_dw_pw_conv(x, ones, conv_1.weight, 2, 1),
+                         ops.relu_dw_pw_conv(x, corner, conv_2.weight, 2, 1)], dim=1))
 
 
 def _slot(op: nn.Module) -> Tuple[str, Optional[nn.BatchNorm2d], Optional[int]]:
@@ -94,8 +166,12 @@ class MixedOp(nn.Module):
         self._bns = [bn for (k, bn, _), kind in zip(slots, self._kinds) if kind in ("max_pool", "avg_pool")]
         self._codes = ops.prim_codes(self._kinds)
         self.stride = stride
-        self._cl = [kind == "param" and not (stride == 2 and type(op).__name__ == "DilConv")
-                    for op, kind in zip(ops_, self._kinds)]
+        # How each parametric candidate runs fused on the CPU: conv units, a FactorizedReduce, or not at all.
+        self._units = [_conv_units(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
+        self._reduce = [_reduce_parts(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
+        self._cl = [kind == "param" and units is None and red is None
+                    and not (stride == 2 and type(op).__name__ == "DilConv")
+                    for op, kind, units, red in zip(ops_, self._kinds, self._units, self._reduce)]
         self.primitives = list(primitives) if primitives is not None else [type(o).__name__ for o in ops_]
         eps = {bn.eps for bn in self._bns}
         if len(eps) > 1:
@@ -104,7 +180,9 @@ class MixedOp(nn.Module):
         self._eps = eps.pop() if len(eps) == 1 else 1e-5
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, fused={[p for p, k in zip(self.primitives, self._kinds) if k != 'param']}"
+        free = [p for p, k in zip(self.primitives, self._kinds) if k != "param"]
+        convs = [p for p, u, r in zip(self.primitives, self._units, self._reduce) if u is not None or r is not None]
+        return f"stride={self.stride}, fused={free}, fused_convs_on_cpu={convs}"
 
     def forward(self, x: Tensor, weights: Tensor, hard: bool = False) -> Tensor:
         if weights.dim() not in (1, 2) or weights.shape[-1] != len(self._ops):
@@ -112,8 +190,10 @@ class MixedOp(nn.Module):
                              f"got {list(weights.shape)}")
         if hard:
             return self._forward_hard(x, weights)
+        fused = self._fused_convs(x)
         xp = self._param_input(x) if any(self._cl) else x
-        params = [op(xp if cl else x) for op, kind, cl in zip(self._ops, self._kinds, self._cl) if kind == "param"]
+        params = [self._run_param(m, x, xp if cl else x, fused)
+                  for m, (kind, cl) in enumerate(zip(self._kinds, self._cl)) if kind == "param"]
         if all(kind == "param" for kind in self._kinds):
             return ops.mixed_sum(params, weights)
         bn_stats = self._running_stats() if self._bns and not self._bn_uses_batch_stats() else None
@@ -121,6 +201,19 @@ class MixedOp(nn.Module):
         if self._bns and bn_stats is None:
             self._update_running_stats(stats, x)
         return y
+
+    @staticmethod
+    def _fused_convs(x: Tensor) -> bool:
+        """Whether the convolution candidates run as fused units: the compiled kernel is CPU float32/64."""
+        return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+    def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool) -> Tensor:
+        """Parametric candidate m: as fused ReLU-depthwise-pointwise units where it is made of them, else the module."""
+        if fused and self._units[m] is not None:
+            return _run_units(x, self._units[m])
+        if fused and self._reduce[m] is not None:
+            return _run_reduce(x, self._reduce[m])
+        return self._ops[m](xp)
 
     def _param_input(self, x: Tensor) -> Tensor:
         """The input the parametric candidates get (channels_last on CPU)."""
@@ -145,6 +238,8 @@ class MixedOp(nn.Module):
     def _run_candidate(self, m: int, x: Tensor) -> Tensor:
         """Candidate m on x: a fused pool + BatchNorm runs through the kernel, never torch's pooling."""
         kind = self._kinds[m]
+        if kind == "param" and x.shape[0]:
+            return self._run_param(m, x, x, self._fused_convs(x))
         if kind not in ("max_pool", "avg_pool") or x.shape[0] == 0:
             return self._ops[m](x)
         bn = self._ops[m][1]
@@ -226,3 +321,55 @@ def replace_mixed_ops(model: nn.Module) -> int:
         else:
             setattr(parent, child, new)
     return len(targets)
+
+
+def _fused_input(x: Tensor) -> bool:
+    return MixedOp._fused_convs(x)
+
+
+class FusedReLUConvBN(ReLUConvBN):
+    """A 1x1 ``ReLUConvBN`` (a DARTS cell's preprocessing) run as one fused unit on the CPU.
+
+    Same submodules, parameters and state_dict keys as ``ReLUConvBN``; other
+    devices and dtypes run the modules.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, conv, bn = self.op
+        if not _fused_input(x):
+            return super().forward(x)
+        ones = x.new_ones(x.shape[1], 1, 1, 1)
+        return bn(ops.relu_dw_pw_conv(x, ones, conv.weight, conv.stride[0], 1))
+
+
+class FusedFactorizedReduce(FactorizedReduce):
+    """``FactorizedReduce`` run as two fused units on the CPU (see ``_run_reduce``); same keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = _reduce_parts(self)
+        if parts is None or not _fused_input(x):
+            return super().forward(x)
+        return _run_reduce(x, parts)
+
+
+def fuse_preprocessing(model: nn.Module) -> int:
+    """Run every 1x1 ``ReLUConvBN`` and ``FactorizedReduce`` of `model` outside its MixedOps as fused units.
+
+    In place: the modules keep their parameters, buffers and state_dict keys;
+    only their class changes to a subclass whose forward uses
+    :func:`dartscc_fast.ops.relu_dw_pw_conv` on the CPU. Returns how many changed.
+    """
+    inside = {id(m) for mixed in model.modules() if isinstance(mixed, MixedOp) for m in mixed.modules()}
+    changed = 0
+    for mod in model.modules():
+        if id(mod) in inside:
+            continue
+        if type(mod) is ReLUConvBN:
+            conv = mod.op[1]
+            if type(mod.op[0]) is nn.ReLU and _is_pointwise(conv, conv.stride[0]) and conv.stride[0] in (1, 2):
+                mod.__class__ = FusedReLUConvBN
+                changed += 1
+        elif type(mod) is FactorizedReduce and _reduce_parts(mod) is not None:
+            mod.__class__ = FusedFactorizedReduce
+            changed += 1
+    return changed

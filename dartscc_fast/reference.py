@@ -93,6 +93,14 @@ def pool_bn(x: Tensor, kind: str, stride: int, eps: float = 1e-5,
     return F.batch_norm(p, stats[0].to(p), stats[1].to(p), training=False, eps=eps)
 
 
+def relu_dw_pw_conv(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int = 1,
+                    dilation: int = 1) -> Tensor:
+    """The reference of :func:`dartscc_fast.ops.relu_dw_pw_conv`: ReLU, depthwise, pointwise (quark0/darts)."""
+    k = dw_weight.shape[-1]
+    t = F.conv2d(F.relu(x), dw_weight, None, stride, dilation * (k - 1) // 2, dilation, groups=x.shape[1])
+    return F.conv2d(t, pw_weight)
+
+
 def mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor, prims: Sequence[str],
                   stride: int = 1, eps: float = 1e-5, bn_stats: Optional[Tensor] = None) -> Tensor:
     """The reference of :func:`dartscc_fast.ops.mixed_op_free` (its first output)."""

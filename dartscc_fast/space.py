@@ -99,11 +99,14 @@ class SearchSpace:
 
     # -- networks --------------------------------------------------------------------
     def supernet(self, fast: bool = True) -> reference.Network:
-        """The search network; ``fast=False`` uses the pure-PyTorch reference MixedOp."""
-        from dartscc_fast.mixed_op import MixedOp
-        return reference.Network(self.C, self.num_classes, self.layers, self.steps, self.multiplier,
-                                 self.stem_multiplier, self.primitives, self.in_channels,
-                                 mixed_op=MixedOp if fast else reference.MixedOp)
+        """The search network; ``fast=False`` uses the pure-PyTorch reference MixedOp and preprocessing."""
+        from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing
+        net = reference.Network(self.C, self.num_classes, self.layers, self.steps, self.multiplier,
+                                self.stem_multiplier, self.primitives, self.in_channels,
+                                mixed_op=MixedOp if fast else reference.MixedOp)
+        if fast:
+            fuse_preprocessing(net)
+        return net
 
     def to_dict(self) -> Dict:
         d = asdict(self)

@@ -136,6 +136,10 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     fast = copy.deepcopy(net)
     n = dartscc_fast.replace_mixed_ops(fast)
     assert n == 3 * net.num_edges
+    # every cell's two preprocessing modules (ReLUConvBN, or FactorizedReduce after a reduction)
+    assert dartscc_fast.fuse_preprocessing(fast) == 6
+    assert type(fast.cells[2].preprocess0).__name__ == "FusedFactorizedReduce"
+    assert type(fast.cells[0].preprocess1).__name__ == "FusedReLUConvBN"
     assert all(isinstance(m, dartscc_fast.MixedOp) for m in fast.modules() if type(m).__name__ == "MixedOp")
     assert list(net.state_dict()) == list(fast.state_dict())
     x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
@@ -167,3 +171,26 @@ def test_unknown_candidates_run_as_modules():
     x = torch.randn(2, 4, 6, 6)
     w = torch.rand(3)
     torch.testing.assert_close(fast(x, w), sum(wi * op(x) for wi, op in zip(w, ops)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch):
+    """SepConv, DilConv and FactorizedReduce run through relu_dw_pw_conv on the CPU (float32/64), never nn.Conv2d."""
+    ref, fast = pair(4, stride, DARTS_PRIMITIVES)
+    calls = []
+    real = dartscc_fast.ops.relu_dw_pw_conv
+    monkeypatch.setattr(dartscc_fast.ops, "relu_dw_pw_conv", lambda *a: calls.append(a[3:]) or real(*a))
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: pytest.fail("a convolution ran as a module"))
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    fast(x, torch.softmax(torch.randn(8, dtype=torch.float64), -1))
+    # sep_conv_3x3/5x5: 2 units each, dil_conv_3x3/5x5: 1 each, FactorizedReduce at stride 2: 2
+    assert len(calls) == 6 + (2 if stride == 2 else 0)
+    assert "fused_convs_on_cpu=['skip_connect', 'sep_conv_3x3'" in repr(fast) if stride == 2 else \
+        "fused_convs_on_cpu=['sep_conv_3x3'" in repr(fast)
+
+
+def test_half_precision_convolutions_run_as_modules():
+    ref, fast = pair(4, 1, FMNIST_PRIMITIVES, dtype=torch.float32)
+    x = torch.randn(2, 4, 6, 6).bfloat16()
+    w = torch.softmax(torch.randn(3), -1).bfloat16()
+    torch.testing.assert_close(fast.bfloat16()(x, w).float(), ref.bfloat16()(x, w).float(), atol=5e-2, rtol=5e-2)

@@ -78,4 +78,22 @@ inline std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free
   return op.call(grad, x, param_outputs, weights, prims, stride, eps, stats, stats_fixed);
 }
 
+inline at::Tensor relu_dw_pw_conv(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw, int64_t stride,
+                                  int64_t dilation) {
+  static const auto op = handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
+      "dartscc_fast::relu_dw_pw_conv");
+  return op.call(x, dw, pw, stride, dilation);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_dw_pw_conv_backward(const at::Tensor& grad,
+                                                                               const at::Tensor& x,
+                                                                               const at::Tensor& dw,
+                                                                               const at::Tensor& pw, int64_t stride,
+                                                                               int64_t dilation) {
+  static const auto op = handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
+      "dartscc_fast::relu_dw_pw_conv_backward");
+  return op.call(grad, x, dw, pw, stride, dilation);
+}
+
 }  // namespace ops
