@@ -124,13 +124,17 @@ class MixedOp(nn.Module):
     ``[N, k]``. With ``hard=True`` the weights must be one-hot (straight-through
     Gumbel) and only the drawn op runs.
 
-    ``channels_last_params = True`` (off by default) runs the parametric
-    candidates on a channels_last copy of ``x`` on CPU: oneDNN's depthwise and
-    pointwise convolutions are 1.5-3x faster in that layout here, but torch
-    2.13's oneDNN crashed (SIGSEGV in the channels_last 1x1-convolution weight
-    gradient) in our small-batch search tests, so it stays opt-in. Dilated
-    convolutions at stride 2 keep NCHW (measured slower), and so does the hard
-    path.
+    On the CPU (float32/float64), SepConv, DilConv and FactorizedReduce
+    candidates run as fused :func:`dartscc_fast.ops.relu_dw_pw_conv` units
+    followed by their own BatchNorm modules; ``repr`` lists them
+    (``fused_convs_on_cpu``).
+
+    ``channels_last_params = True`` (off by default) runs the remaining
+    parametric candidates (modules the fused units do not cover) on a
+    channels_last copy of ``x`` on CPU, where oneDNN's convolutions are faster;
+    torch 2.13's oneDNN crashed (SIGSEGV in the channels_last 1x1-convolution
+    weight gradient) in our small-batch search tests, so it stays opt-in.
+    Dilated convolutions at stride 2 keep NCHW, and so does the hard path.
     """
 
     channels_last_params: bool = False

@@ -140,6 +140,7 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     assert dartscc_fast.fuse_preprocessing(fast) == 6
     assert type(fast.cells[2].preprocess0).__name__ == "FusedFactorizedReduce"
     assert type(fast.cells[0].preprocess1).__name__ == "FusedReLUConvBN"
+    assert dartscc_fast.fuse_preprocessing(fast) == 0  # idempotent
     assert all(isinstance(m, dartscc_fast.MixedOp) for m in fast.modules() if type(m).__name__ == "MixedOp")
     assert list(net.state_dict()) == list(fast.state_dict())
     x = torch.randn(4, 1, 12, 12, dtype=torch.float64)

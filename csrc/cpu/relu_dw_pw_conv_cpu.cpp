@@ -79,7 +79,7 @@ DARTSCC_INLINE V<T> loadu(const T* p) {
   return v;
 }
 template <typename T>
-DARTSCC_INLINE void storeu(T* p, V<T> v) {
+DARTSCC_INLINE void storeu(T* p, const V<T>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 template <typename T>
@@ -87,7 +87,7 @@ DARTSCC_INLINE V<T> splat(T x) {
   return V<T>{} + x;
 }
 template <typename T>
-DARTSCC_INLINE T hsum(V<T> v) {
+DARTSCC_INLINE T hsum(const V<T>& v) {
   T s = T(0);
   for (int64_t l = 0; l < kLanes<T>; ++l) s += v[l];
   return s;
@@ -242,9 +242,31 @@ DARTSCC_INLINE void gemm_nt(T* __restrict gw, const T* __restrict g, int64_t gst
   }
 }
 
+// out[j] = <gwide, tap k0 + j's phase plane at its offset> over the wide output, j < n <= NT:
+// NT register accumulators, one pass over gwide. Taps j >= n repeat tap k0 (not stored).
+template <typename T, int NT>
+DARTSCC_INLINE void tap_dots(T* out, const T* __restrict gwide, const T* r, const Geometry& g, int64_t k0,
+                             int64_t lout, int64_t n = NT) {
+  constexpr int64_t L = kLanes<T>;
+  const T* src[NT];
+  for (int64_t j = 0; j < NT; ++j) {
+    const int64_t k = k0 + (j < n ? j : 0);
+    src[j] = r + g.tap_phase[k] * g.plane + g.tap_off[k];
+  }
+  V<T> acc[NT] = {};
+  for (int64_t q = 0; q < lout; q += L) {
+    const V<T> gv = loadu(gwide + q);
+    for (int64_t j = 0; j < NT; ++j) acc[j] += gv * loadu(src[j] + q);
+  }
+  for (int64_t j = 0; j < n; ++j) out[j] = hsum<T>(acc[j]);
+}
+
+constexpr int64_t kSmallPlane = 256;  // below this many output pixels, the weight gradient goes through t^T
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
 template <typename T>
 struct Scratch {
-  std::vector<T> r, tw, t, gt, gtw, gr;
+  std::vector<T> r, tw, t, gt, gtw, gr, tt;
   Scratch(const DwPwShape& s, const Geometry& g, bool backward)
       : r((backward ? s.c : 1) * g.S * g.S * g.plane),
         tw(g.lout + 4 * kSlack),
@@ -253,6 +275,7 @@ struct Scratch {
       gt.resize(std::max<int64_t>(s.c, 1) * g.Pp);
       gtw.resize(g.margin + g.hq * g.wq + g.wq + 4 * kSlack);
       gr.resize(g.S * g.S * g.plane + 4 * kSlack);
+      if (g.P < kSmallPlane) tt.resize(g.P * round_up(s.c, 2 * kLanes<T>));
     }
   }
 };
@@ -304,7 +327,18 @@ DARTSCC_INLINE void backward_body(const DwPwShape& s, const T* grad, const T* x,
       fill_phases(rc, x + (n * s.c + c) * s.h * s.w, s, g);
       depthwise(b.t.data() + c * g.Pp, b.tw.data(), rc, dw + c * KK, s, g);
     }
-    gemm_nt(gpw_part + n * s.co * s.c, gn, g.P, b.t.data(), g.Pp, s.co, s.c, g.P);
+    if (g.P < kSmallPlane) {
+      // Small planes: gpw = g t^T as gemm_rows over t^T [P, C] (no per-element horizontal sums).
+      const int64_t cp = round_up(s.c, 2 * L);
+      for (int64_t p = 0; p < g.P; ++p) {
+        T* row = b.tt.data() + p * cp;
+        for (int64_t c = 0; c < s.c; ++c) row[c] = b.t[c * g.Pp + p];
+        std::fill(row + s.c, row + cp, T(0));
+      }
+      gemm_rows(gpw_part + n * s.co * s.c, s.c, b.tt.data(), cp, gn, g.P, 1, s.co, g.P, s.c);
+    } else {
+      gemm_nt(gpw_part + n * s.co * s.c, gn, g.P, b.t.data(), g.Pp, s.co, s.c, g.P);
+    }
     // gt = pw^T g, compact; its rows need Pp readable elements of g: gemm_rows reads
     // g rows in 2-vector blocks, so copy the sample's gradient rows when P is ragged.
     const T* gsrc = gn;
@@ -327,19 +361,15 @@ DARTSCC_INLINE void backward_body(const DwPwShape& s, const T* grad, const T* x,
       const T* gwide = gw + g.margin;
       // gdw[k] = <gwide, phase plane at off[k]> over the wide output.
       T* gdw = gdw_part + (n * s.c + c) * KK;
-      for (int64_t k0 = 0; k0 < KK; k0 += 4) {
-        const int64_t nk = std::min<int64_t>(4, KK - k0);
-        const T* src[4];
-        for (int64_t j = 0; j < 4; ++j) {
-          const int64_t k = k0 + (j < nk ? j : 0);
-          src[j] = rc + g.tap_phase[k] * g.plane + g.tap_off[k];
+      if (KK == 9) {
+        tap_dots<T, 9>(gdw, gwide, rc, g, 0, g.lout);  // 3x3: all taps in one pass
+      } else {
+        for (int64_t k0 = 0; k0 < KK; k0 += 4) {
+          const int64_t nk = std::min<int64_t>(4, KK - k0);
+          T tmp[4];
+          tap_dots<T, 4>(tmp, gwide, rc, g, k0, g.lout, nk);
+          for (int64_t j = 0; j < nk; ++j) gdw[k0 + j] = tmp[j];
         }
-        V<T> acc[4] = {};
-        for (int64_t q = 0; q < g.lout; q += L) {
-          const V<T> gv = loadu(gwide + q);
-          for (int64_t j = 0; j < 4; ++j) acc[j] += gv * loadu(src[j] + q);
-        }
-        for (int64_t j = 0; j < nk; ++j) gdw[k0 + j] = hsum<T>(acc[j]);
       }
       // Transposed depthwise: each phase plane of the input gradient.
       for (int64_t ph = 0; ph < S2; ++ph) {
@@ -440,9 +470,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_dw_pw_conv_backward_cpu(cons
   check_cpu_shape(op, s);
   check_grad(op, grad_, {s.n, s.co, s.ho, s.wo}, x_);
   const at::Tensor g = grad_.contiguous(), x = x_.contiguous(), dw = dw_.contiguous(), pw = pw_.contiguous();
-  at::Tensor gx = at::zeros_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gdw = at::zeros_like(dw), gpw = at::zeros_like(pw);
-  if (s.n == 0 || s.c == 0 || s.ho == 0 || s.wo == 0) return {gx, gdw, gpw};
+  if (s.n == 0 || s.c == 0 || s.ho == 0 || s.wo == 0)
+    return {at::zeros_like(x, at::MemoryFormat::Contiguous), gdw, gpw};
+  at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);  // every element is written
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu_dw_pw_conv_backward_cpu", [&] {
     const int64_t KK = s.k * s.k;
     std::vector<scalar_t> gdw_part(s.n * s.c * KK), gpw_part(s.n * s.co * s.c);

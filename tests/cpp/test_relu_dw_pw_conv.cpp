@@ -62,3 +62,5 @@ TEST_CASE(bad_input_is_refused) {
   REQUIRE_THROWS_WITH(ops::relu_dw_pw_conv(x, at::randn({3, 1, 3, 3}), at::randn({4, 3, 1, 1}), 3, 1),
                       "stride 1 or 2");
 }
+
+DARTSCC_TEST_MAIN()
