@@ -68,10 +68,36 @@ def _reduce_parts(op: nn.Module) -> Optional[Tuple[nn.Conv2d, nn.Conv2d, nn.Modu
     return c1, c2, bn
 
 
+#: Where the fused unit runs. On a 2-core AMD EPYC (AVX2), fwd+bwd at batch 64
+#: (bench/bench_relu_dw_pw_conv.py), the fused unit beats oneDNN by 1.1-1.8x
+#: on output planes of 14x14 and more and on every dilated or 5x5 kernel, and
+#: loses (0.6-0.9x) on 7x7 planes with 64-128 channels. So 3x3 and 1x1 units
+#: whose output plane has fewer pixels than this run as torch modules. Set it to
+#: 0 to fuse everything, or to a large number to fuse only dilated/5x5 kernels.
+FUSED_CONV_MIN_PIXELS = 196
+
+
+def _fusable(x: Tensor) -> bool:
+    """The compiled relu_dw_pw_conv kernel exists for CPU float32/float64."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _unit_is_fused(x: Tensor, k: int, stride: int, dilation: int) -> bool:
+    """Whether a unit (kernel k, stride, dilation) on input x runs fused (see FUSED_CONV_MIN_PIXELS)."""
+    if not _fusable(x):
+        return False
+    if k * dilation > 3:
+        return True
+    return ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1) >= FUSED_CONV_MIN_PIXELS
+
+
 def _run_units(x: Tensor, units: List[Unit]) -> Tensor:
-    """SepConv / DilConv as fused ReLU-depthwise-pointwise units, each followed by its own BatchNorm module."""
+    """SepConv / DilConv unit by unit: fused ReLU-depthwise-pointwise, or torch's, then the unit's BatchNorm module."""
     for dw, pw, bn, stride, dilation in units:
-        x = bn(ops.relu_dw_pw_conv(x, dw.weight, pw.weight, stride, dilation))
+        if _unit_is_fused(x, dw.kernel_size[0], stride, dilation):
+            x = bn(ops.relu_dw_pw_conv(x, dw.weight, pw.weight, stride, dilation))
+        else:
+            x = bn(pw(dw(torch.relu(x))))
     return x
 
 
@@ -126,7 +152,8 @@ class MixedOp(nn.Module):
 
     On the CPU (float32/float64), SepConv, DilConv and FactorizedReduce
     candidates run as fused :func:`dartscc_fast.ops.relu_dw_pw_conv` units
-    followed by their own BatchNorm modules; ``repr`` lists them
+    followed by their own BatchNorm modules, where that is the faster
+    (``FUSED_CONV_MIN_PIXELS`` in this module); ``repr`` lists them
     (``fused_convs_on_cpu``).
 
     ``channels_last_params = True`` (off by default) runs the remaining
@@ -208,14 +235,14 @@ class MixedOp(nn.Module):
 
     @staticmethod
     def _fused_convs(x: Tensor) -> bool:
-        """Whether the convolution candidates run as fused units: the compiled kernel is CPU float32/64."""
-        return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        """Whether the convolution candidates may run as fused units (CPU float32/64)."""
+        return _fusable(x)
 
     def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool) -> Tensor:
-        """Parametric candidate m: as fused ReLU-depthwise-pointwise units where it is made of them, else the module."""
+        """Parametric candidate m: as ReLU-depthwise-pointwise units where it is made of them, else the module."""
         if fused and self._units[m] is not None:
             return _run_units(x, self._units[m])
-        if fused and self._reduce[m] is not None:
+        if fused and self._reduce[m] is not None and _unit_is_fused(x, 1, 2, 1):
             return _run_reduce(x, self._reduce[m])
         return self._ops[m](xp)
 
@@ -327,10 +354,6 @@ def replace_mixed_ops(model: nn.Module) -> int:
     return len(targets)
 
 
-def _fused_input(x: Tensor) -> bool:
-    return MixedOp._fused_convs(x)
-
-
 class FusedReLUConvBN(ReLUConvBN):
     """A 1x1 ``ReLUConvBN`` (a DARTS cell's preprocessing) run as one fused unit on the CPU.
 
@@ -340,7 +363,7 @@ class FusedReLUConvBN(ReLUConvBN):
 
     def forward(self, x: Tensor) -> Tensor:
         _, conv, bn = self.op
-        if not _fused_input(x):
+        if not _unit_is_fused(x, 1, conv.stride[0], 1):
             return super().forward(x)
         ones = x.new_ones(x.shape[1], 1, 1, 1)
         return bn(ops.relu_dw_pw_conv(x, ones, conv.weight, conv.stride[0], 1))
@@ -351,7 +374,7 @@ class FusedFactorizedReduce(FactorizedReduce):
 
     def forward(self, x: Tensor) -> Tensor:
         parts = _reduce_parts(self)
-        if parts is None or not _fused_input(x):
+        if parts is None or not _unit_is_fused(x, 1, 2, 1):
             return super().forward(x)
         return _run_reduce(x, parts)
 

@@ -10,6 +10,13 @@ from dartscc_fast import reference
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, search_candidate
 
 
+@pytest.fixture(autouse=True, params=["fused", "torch"])
+def conv_path(request, monkeypatch):
+    """Every test twice: convolution units all fused, and all through torch (see FUSED_CONV_MIN_PIXELS)."""
+    monkeypatch.setattr(dartscc_fast.mixed_op, "FUSED_CONV_MIN_PIXELS", 0 if request.param == "fused" else 10 ** 9)
+    return request.param
+
+
 def pair(C, stride, primitives, dtype=torch.float64):
     ref = reference.MixedOp(C, stride, primitives).to(dtype)
     fast = dartscc_fast.MixedOp(C, stride, primitives).to(dtype)
@@ -175,8 +182,10 @@ def test_unknown_candidates_run_as_modules():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch):
+def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch, conv_path):
     """SepConv, DilConv and FactorizedReduce run through relu_dw_pw_conv on the CPU (float32/64), never nn.Conv2d."""
+    if conv_path == "torch":
+        pytest.skip("checks the fused path")
     ref, fast = pair(4, stride, DARTS_PRIMITIVES)
     calls = []
     real = dartscc_fast.ops.relu_dw_pw_conv
@@ -195,3 +204,16 @@ def test_half_precision_convolutions_run_as_modules():
     x = torch.randn(2, 4, 6, 6).bfloat16()
     w = torch.softmax(torch.randn(3), -1).bfloat16()
     torch.testing.assert_close(fast.bfloat16()(x, w).float(), ref.bfloat16()(x, w).float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("hw,k,dilation,stride,fused", [
+    (28, 3, 1, 1, True), (28, 3, 1, 2, True), (14, 3, 1, 1, True), (14, 3, 1, 2, False), (7, 3, 1, 1, False),
+    (7, 3, 2, 1, True), (7, 5, 1, 1, True), (7, 1, 1, 1, False), (28, 1, 1, 2, True)])
+def test_fused_units_where_they_are_faster(hw, k, dilation, stride, fused, conv_path):
+    if conv_path == "fused":
+        pytest.skip("checks the default threshold")
+    from dartscc_fast.mixed_op import _unit_is_fused
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dartscc_fast.mixed_op, "FUSED_CONV_MIN_PIXELS", 196)
+        assert _unit_is_fused(torch.empty(1, 4, hw, hw), k, stride, dilation) == fused
+        assert not _unit_is_fused(torch.empty(1, 4, hw, hw, dtype=torch.half), k, stride, dilation)
