@@ -45,13 +45,37 @@ class DemoConfig:
     retrain_epochs: int = 2
     grid: int = 4
     front_retrain: int = 4
-    threads: Optional[int] = None      # None: 2 on an idle machine, 1 when the load average says the cores are busy
+    threads: Optional[int] = None      # None: 2 on an idle machine, 1 when other work keeps a core busy (busy_cores)
     profile_seconds: float = 0.15      # per op configuration
     latency_table: Optional[str] = None  # reuse a table instead of profiling
     seed: int = 0
     hypernet: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None
     measure: bool = True
+
+
+def busy_cores(window: float = 1.0) -> tuple:
+    """How many CPUs other work keeps busy now: (cores, how it was measured).
+
+    Sampled from /proc/stat over `window` seconds (what runs now, unlike the
+    load average, which still counts work that ended a minute ago); the
+    1-minute load average where /proc/stat is missing.
+    """
+    def ticks():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v), idle
+
+    try:
+        t0, i0 = ticks()
+        time.sleep(window)
+        t1, i1 = ticks()
+    except (OSError, ValueError, IndexError):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return load, "load average"
+    busy = 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    return busy * (os.cpu_count() or 1), f"/proc/stat over {window:g} s"
 
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict:
@@ -63,9 +87,9 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     if cfg.threads is None:
         # oversubscribed OpenMP barriers cost far more than the second core gains (measured: 1 s vs
         # 7-16 s per search step at load average 5 on 2 cores)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        cfg = dataclasses.replace(cfg, threads=1 if load > 1.5 else 2)
-        log(f"      threads: {cfg.threads} (load average {load:.1f} on {os.cpu_count()} CPUs)")
+        busy, how = busy_cores()
+        cfg = dataclasses.replace(cfg, threads=1 if busy > 0.75 else 2)
+        log(f"      threads: {cfg.threads} ({busy:.1f} of {os.cpu_count()} CPUs busy, {how})")
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

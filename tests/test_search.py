@@ -1,4 +1,5 @@
 """The search end to end on a tiny budget: search, derive, evaluate, report; resume; DDP."""
+import os
 import dataclasses
 import json
 import socket
@@ -192,3 +193,9 @@ def test_report_measures_profiles_in_the_tables_layout(tmp_path):
     assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in rep["profiles"])
     assert rep["latency_table"]["memory_format"] == "channels_last"
     assert "measured_order_B<A<C" in rep["claims"]
+
+
+def test_demo_measures_busy_cores_now():
+    from dartscc_fast.demo import busy_cores
+    busy, how = busy_cores(0.2)
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9 and how
