@@ -1,7 +1,7 @@
 """The search end to end on a tiny budget: search, derive, evaluate, report; resume; DDP."""
-import os
 import dataclasses
 import json
+import os
 import socket
 
 import pytest
