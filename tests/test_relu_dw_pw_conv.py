@@ -55,6 +55,12 @@ def test_shapes(shape, stride):
     check(shape, 5, stride, 2, torch.float32)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 3, 1), (2, 3, 1, 4)])
+def test_one_pixel_wide_planes_1x1_stride_2(shape):
+    check(shape, 1, 2, 1)
+    check(shape, 3, 2, 1)
+
+
 def test_channel_change_and_layout():
     check((3, 5, 8, 8), 3, 1, 1, c_out=7)
     check((3, 6, 9, 9), 3, 2, 1, c_out=12, layout="channels_last")

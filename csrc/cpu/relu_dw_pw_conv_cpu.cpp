@@ -126,7 +126,8 @@ struct PhaseCols {
 };
 inline PhaseCols phase_cols(int64_t px, int64_t S, int64_t pad, int64_t W) {
   const int64_t v0 = std::max<int64_t>(0, (pad - px + S - 1) / S);
-  const int64_t v1 = (W - 1 + pad - px) / S + 1;
+  const int64_t last = W - 1 + pad - px;  // S v <= last; may be negative (W = 1, pad 0, px 1)
+  const int64_t v1 = last < 0 ? 0 : last / S + 1;
   return {v0, std::max(v0, v1)};
 }
 
