@@ -107,8 +107,7 @@ def _run_reduce(x: Tensor, parts: Tuple[nn.Conv2d, nn.Conv2d, nn.Module]) -> Ten
     Both are fused units: a 1x1 depthwise of ones, and a 3x3 one-hot at the
     bottom-right tap (padding 1 moves the read to (2i+1, 2j+1)).
     """
-    if x.shape[2] % 2 or x.shape[3] % 2:
-        raise ValueError(f"FactorizedReduce (skip_connect at stride 2) needs even H and W, got {tuple(x.shape[2:])}")
+    FactorizedReduce.check_input(x)
     conv_1, conv_2, bn = parts
     c = x.shape[1]
     ones = x.new_ones(c, 1, 1, 1)
@@ -221,7 +220,7 @@ class MixedOp(nn.Module):
                              f"got {list(weights.shape)}")
         if hard:
             return self._forward_hard(x, weights)
-        fused = self._fused_convs(x)
+        fused = _fusable(x)
         xp = self._param_input(x) if any(self._cl) else x
         params = [self._run_param(m, x, xp if cl else x, fused)
                   for m, (kind, cl) in enumerate(zip(self._kinds, self._cl)) if kind == "param"]
@@ -232,11 +231,6 @@ class MixedOp(nn.Module):
         if self._bns and bn_stats is None:
             self._update_running_stats(stats, x)
         return y
-
-    @staticmethod
-    def _fused_convs(x: Tensor) -> bool:
-        """Whether the convolution candidates may run as fused units (CPU float32/64)."""
-        return _fusable(x)
 
     def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool) -> Tensor:
         """Parametric candidate m: as ReLU-depthwise-pointwise units where it is made of them, else the module."""
@@ -270,7 +264,7 @@ class MixedOp(nn.Module):
         """Candidate m on x: a fused pool + BatchNorm runs through the kernel, never torch's pooling."""
         kind = self._kinds[m]
         if kind == "param" and x.shape[0]:
-            return self._run_param(m, x, x, self._fused_convs(x))
+            return self._run_param(m, x, x, _fusable(x))
         if kind not in ("max_pool", "avg_pool") or x.shape[0] == 0:
             return self._ops[m](x)
         bn = self._ops[m][1]
@@ -370,13 +364,15 @@ class FusedReLUConvBN(ReLUConvBN):
 
 
 class FusedFactorizedReduce(FactorizedReduce):
-    """``FactorizedReduce`` run as two fused units on the CPU (see ``_run_reduce``); same keys."""
+    """``FactorizedReduce`` run as two fused units on the CPU (see ``_run_reduce``); same keys.
+
+    ``fuse_preprocessing`` gives this class only to modules ``_reduce_parts`` accepts.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        parts = _reduce_parts(self)
-        if parts is None or not _unit_is_fused(x, 1, 2, 1):
+        if not _unit_is_fused(x, 1, 2, 1):
             return super().forward(x)
-        return _run_reduce(x, parts)
+        return _run_reduce(x, (self.conv_1, self.conv_2, self.bn))
 
 
 def fuse_preprocessing(model: nn.Module) -> int:

@@ -118,10 +118,15 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
-    def forward(self, x):
+    @staticmethod
+    def check_input(x):
+        """Raise unless x's planes have even H and W (the two stride-2 halves must line up)."""
         if x.shape[2] % 2 or x.shape[3] % 2:
             raise ValueError(f"FactorizedReduce (skip_connect at stride 2) needs even H and W, got "
                              f"{tuple(x.shape[2:])}")
+
+    def forward(self, x):
+        self.check_input(x)
         x = self.relu(x)
         out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)
