@@ -15,7 +15,8 @@
 // Work is split by (n, c) plane: each plane is gathered into dense buffers, the
 // pools are recomputed there (separable 3x3, never stored), and reductions go
 // through per-plane partials summed in a fixed order, so results do not depend
-// on the thread count.
+// on the thread count. The per-plane loops are compiled for AVX2 and the
+// baseline ISA (isa.h).
 
 namespace dartscc {
 namespace {
@@ -27,6 +28,13 @@ struct Plane {  // the (n, c) plane of a 4-D strided tensor
   Plane(T* ptr, const at::Tensor& t) : p(ptr), s0(t.stride(0)), s1(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
   T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
 };
+
+// The planes [0, planes) in parallel, each thread's range through the AVX2 or
+// the baseline compilation of `body` (an always-inline lambda: isa.h).
+template <typename F>
+void for_planes(int64_t planes, const F& body) {
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) { cpu::run_isa(body, begin, end); });
+}
 
 at::ScalarType stats_dtype(at::ScalarType t) { return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t; }
 
@@ -40,8 +48,8 @@ struct Kernel {
   const scalar_t* w;
   int64_t P;
 
-  acc_t weight(int64_t n, int64_t m) const { return static_cast<acc_t>(w[(s.per_sample ? n * s.k : 0) + m]); }
-  bool is_max(int64_t p) const { return prims[s.pool_slots[p]] == kMaxPool; }
+  DARTSCC_INLINE acc_t weight(int64_t n, int64_t m) const { return static_cast<acc_t>(w[(s.per_sample ? n * s.k : 0) + m]); }
+  DARTSCC_INLINE bool is_max(int64_t p) const { return prims[s.pool_slots[p]] == kMaxPool; }
 
   std::vector<acc_t> inv;  // average-pool divisors
 
@@ -58,22 +66,22 @@ struct Kernel {
     inv.resize(s.ho * s.wo);
     cpu::avg_divisors(s.h, s.w, s.stride, s.ho, s.wo, inv.data());
   }
-  void pool(int64_t p, Scratch& t, bool want_arg) const {
+  DARTSCC_INLINE void pool(int64_t p, Scratch& t, bool want_arg) const {
     cpu::pool_plane<acc_t>(is_max(p), t.xb.data(), s.h, s.w, s.stride, s.ho, s.wo, t.pooled.data(),
                            want_arg ? t.arg.data() : nullptr, inv.data(), t.row.data(), t.row_arg.data());
   }
-  void load_x(int64_t n, int64_t c, Scratch& t) const {
+  DARTSCC_INLINE void load_x(int64_t n, int64_t c, Scratch& t) const {
     cpu::load_padded(t.xb.data(), x.at(n, c), s.h, s.w, x.sh, x.sw);
   }
   // x's interior row h (stride 1, where the identity slot exists).
-  const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
+  DARTSCC_INLINE const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
 
   // Batch (mean, biased var) of each pool slot per channel: per-plane mean and
   // M2, merged with Chan's formula (stable, no one-pass cancellation).
   void batch_stats(std::vector<acc_t>& mean, std::vector<acc_t>& var) const {
     const int64_t planes = s.n * s.c, m = s.ho * s.wo;
     std::vector<double> pm(planes * P), pm2(planes * P);
-    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       Scratch t(s);
       for (int64_t i = begin; i < end; ++i) {
         load_x(i / s.c, i % s.c, t);
@@ -154,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
     Plane<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
     const int64_t m = s.ho * s.wo;
     const bool need_x = P > 0 || std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
-    at::parallel_for(0, s.n * s.c, 1, [&](int64_t begin, int64_t end) {
+    for_planes(s.n * s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
       acc_t* __restrict tmp = t.gb.data();
       for (int64_t i = begin; i < end; ++i) {
@@ -226,7 +234,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     std::vector<acc_t> mg(P * s.c, 0), mgx(P * s.c, 0);
     if (!stats_fixed && P > 0 && M > 0) {
       std::vector<double> pa(planes * P), pb(planes * P);
-      at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
         typename K::Scratch t(s);
         for (int64_t i = begin; i < end; ++i) {
           const int64_t n = i / s.c, c = i % s.c;
@@ -258,7 +266,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     std::vector<Plane<scalar_t>> gpv;
     for (auto& t : gp) gpv.emplace_back(t.mutable_data_ptr<scalar_t>(), t);
     Plane<scalar_t> gxv(gx.mutable_data_ptr<scalar_t>(), gx);
-    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
       std::vector<acc_t> tmp(m), dp(m);
       acc_t* __restrict gxb = t.gxb.data();

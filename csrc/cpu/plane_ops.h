@@ -7,6 +7,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "isa.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -16,7 +18,7 @@ namespace cpu {
 
 // dst[h * W + w] = src[h * sh + w * sw]: gather any strided plane into a dense buffer.
 template <typename acc_t, typename scalar_t>
-inline void load_plane(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+DARTSCC_INLINE void load_plane(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
                        int64_t sw) {
   if (sw == 1 && sh == W) {
     for (int64_t i = 0; i < H * W; ++i) dst[i] = static_cast<acc_t>(src[i]);
@@ -29,7 +31,7 @@ inline void load_plane(acc_t* __restrict dst, const scalar_t* __restrict src, in
 // The plane itself when it is dense and already of the accumulation type (no
 // copy), else load_plane into `buf` and `buf`.
 template <typename acc_t, typename scalar_t>
-inline const acc_t* plane_or_copy(acc_t* __restrict buf, const scalar_t* src, int64_t H, int64_t W, int64_t sh,
+DARTSCC_INLINE const acc_t* plane_or_copy(acc_t* __restrict buf, const scalar_t* src, int64_t H, int64_t W, int64_t sh,
                                   int64_t sw) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
     if (sw == 1 && sh == W) return src;
@@ -41,7 +43,7 @@ inline const acc_t* plane_or_copy(acc_t* __restrict buf, const scalar_t* src, in
 // Where to accumulate an output plane: the plane itself when it is dense and of
 // the accumulation type, else `buf` (then store_plane it).
 template <typename acc_t, typename scalar_t>
-inline acc_t* plane_or_buffer(acc_t* buf, scalar_t* dst, int64_t H, int64_t W, int64_t sh, int64_t sw) {
+DARTSCC_INLINE acc_t* plane_or_buffer(acc_t* buf, scalar_t* dst, int64_t H, int64_t W, int64_t sh, int64_t sw) {
   if constexpr (std::is_same_v<acc_t, scalar_t>) {
     if (sw == 1 && sh == W) return dst;
   }
@@ -50,7 +52,7 @@ inline acc_t* plane_or_buffer(acc_t* buf, scalar_t* dst, int64_t H, int64_t W, i
 }
 
 template <typename acc_t, typename scalar_t>
-inline void store_plane(scalar_t* __restrict dst, const acc_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+DARTSCC_INLINE void store_plane(scalar_t* __restrict dst, const acc_t* __restrict src, int64_t H, int64_t W, int64_t sh,
                         int64_t sw) {
   if (sw == 1 && sh == W) {
     for (int64_t i = 0; i < H * W; ++i) dst[i] = static_cast<scalar_t>(src[i]);
@@ -63,7 +65,7 @@ inline void store_plane(scalar_t* __restrict dst, const acc_t* __restrict src, i
 // Sum of a * b over n elements, in independent lanes so the compiler vectorises
 // it without reassociating (no -ffast-math needed).
 template <typename acc_t>
-inline acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
+DARTSCC_INLINE acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
   constexpr int L = 16;
   acc_t lanes[L] = {};
   int64_t i = 0;
@@ -76,7 +78,7 @@ inline acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n
 }
 
 template <typename acc_t>
-inline acc_t sum(const acc_t* __restrict a, int64_t n) {
+DARTSCC_INLINE acc_t sum(const acc_t* __restrict a, int64_t n) {
   constexpr int L = 16;
   acc_t lanes[L] = {};
   int64_t i = 0;
@@ -90,7 +92,7 @@ inline acc_t sum(const acc_t* __restrict a, int64_t n) {
 
 // Sum of (a - mu)^2, in independent lanes like dot().
 template <typename acc_t>
-inline acc_t sq_dev_sum(const acc_t* __restrict a, acc_t mu, int64_t n) {
+DARTSCC_INLINE acc_t sq_dev_sum(const acc_t* __restrict a, acc_t mu, int64_t n) {
   constexpr int L = 16;
   acc_t lanes[L] = {};
   int64_t i = 0;
@@ -104,20 +106,20 @@ inline acc_t sq_dev_sum(const acc_t* __restrict a, acc_t mu, int64_t n) {
 
 // NaN-propagating max step: b replaces a when larger or NaN (torch's max_pool rule).
 template <typename acc_t>
-inline bool takes(acc_t a, acc_t b) {
+DARTSCC_INLINE bool takes(acc_t a, acc_t b) {
   return b > a || (b != b && a == a);
 }
 
 #if defined(__SSE2__)
 // takes() on four lanes, as a mask.
-inline __m128 takes_mask(__m128 a, __m128 b) {
+DARTSCC_INLINE __m128 takes_mask(__m128 a, __m128 b) {
   return _mm_or_ps(_mm_cmpgt_ps(b, a), _mm_and_ps(_mm_cmpunord_ps(b, b), _mm_cmpord_ps(a, a)));
 }
 
 // The column step of the max pool with argmax, four outputs at a time: rows r,
 // r + 1, r + 2 of the row pass (values r0..r2, row-argmax offsets at a0,
 // a0 + Wo, a0 + 2 Wo) into out / arg. Returns how many outputs it did.
-inline int64_t max_rows_arg_sse(const float* __restrict r0, const float* __restrict r1, const float* __restrict r2,
+DARTSCC_INLINE int64_t max_rows_arg_sse(const float* __restrict r0, const float* __restrict r1, const float* __restrict r2,
                                 const int32_t* __restrict a0, int64_t r, int64_t Wp, int64_t Wo, float* __restrict out,
                                 int32_t* __restrict arg) {
   const __m128i b0 = _mm_set1_epi32(static_cast<int32_t>(r * Wp)), b1 = _mm_set1_epi32(static_cast<int32_t>((r + 1) * Wp)),
@@ -147,7 +149,7 @@ inline int64_t max_rows_arg_sse(const float* __restrict r0, const float* __restr
 // dst[0:n] = src[0:n] for the short rows of a plane: GCC turns a plain loop into
 // a memmove call, whose overhead is most of the cost at 7-32 elements.
 template <typename D, typename S>
-inline void copy_row(D* __restrict dst, const S* __restrict src, int64_t n) {
+DARTSCC_INLINE void copy_row(D* __restrict dst, const S* __restrict src, int64_t n) {
   int64_t i = 0;
 #if defined(__SSE2__)
   if constexpr (std::is_same_v<D, float> && std::is_same_v<S, float>) {
@@ -158,7 +160,7 @@ inline void copy_row(D* __restrict dst, const S* __restrict src, int64_t n) {
 }
 
 template <typename acc_t, typename scalar_t>
-inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
+DARTSCC_INLINE void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, int64_t H, int64_t W, int64_t sh,
                         int64_t sw) {
   const int64_t Wp = W + 2;
   for (int64_t h = 0; h < H; ++h) {
@@ -173,7 +175,7 @@ inline void load_padded(acc_t* __restrict dst, const scalar_t* __restrict src, i
 }
 
 template <typename acc_t>
-inline void set_border(acc_t* x, int64_t H, int64_t W, acc_t v) {
+DARTSCC_INLINE void set_border(acc_t* x, int64_t H, int64_t W, acc_t v) {
   const int64_t Wp = W + 2;
   for (int64_t w = 0; w < Wp; ++w) x[w] = x[(H + 1) * Wp + w] = v;
   for (int64_t h = 1; h <= H; ++h) x[h * Wp] = x[h * Wp + W + 1] = v;
@@ -182,7 +184,7 @@ inline void set_border(acc_t* x, int64_t H, int64_t W, acc_t v) {
 // 1 / (rows * cols) of each 3x3 window clipped to the plane: the
 // count_include_pad=False divisor of the average pool.
 template <typename acc_t>
-void avg_divisors(int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* inv) {
+DARTSCC_INLINE void avg_divisors(int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* inv) {
   for (int64_t ho = 0; ho < Ho; ++ho) {
     const int64_t rows = std::min<int64_t>(ho * stride + 2, H) - std::max<int64_t>(ho * stride - 1, 0);
     for (int64_t wo = 0; wo < Wo; ++wo) {
@@ -201,7 +203,7 @@ void avg_divisors(int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, 
 // Scratch: `row` and `row_arg` of (H + 2) * Wo.
 // The stride is a template parameter so the strided loads vectorise.
 template <int stride, typename acc_t>
-void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+DARTSCC_INLINE void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
                   acc_t* __restrict out, int32_t* __restrict arg, const acc_t* __restrict inv, acc_t* __restrict row,
                   int32_t* __restrict row_arg) {
   const int64_t Wp = W + 2, Hp = H + 2;
@@ -286,7 +288,7 @@ void pool_plane_s(bool is_max, acc_t* __restrict xp, int64_t H, int64_t W, int64
 }
 
 template <typename acc_t>
-void pool_plane(bool is_max, acc_t* xp, int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* out,
+DARTSCC_INLINE void pool_plane(bool is_max, acc_t* xp, int64_t H, int64_t W, int64_t stride, int64_t Ho, int64_t Wo, acc_t* out,
                 int32_t* arg, const acc_t* inv, acc_t* row, int32_t* row_arg) {
   if (stride == 1)
     pool_plane_s<1>(is_max, xp, H, W, Ho, Wo, out, arg, inv, row, row_arg);
@@ -297,7 +299,7 @@ void pool_plane(bool is_max, acc_t* xp, int64_t H, int64_t W, int64_t stride, in
 // gxp (padded) += the 3x3 average-pool backward of dp, whose divisors are
 // `inv`: separable, rows first (into `rows`, (H + 2) x Wo, zeroed here), then columns.
 template <int stride, typename acc_t>
-void avg_pool_backward_s(const acc_t* __restrict dp, const acc_t* __restrict inv, int64_t H, int64_t W, int64_t Ho,
+DARTSCC_INLINE void avg_pool_backward_s(const acc_t* __restrict dp, const acc_t* __restrict inv, int64_t H, int64_t W, int64_t Ho,
                          int64_t Wo, acc_t* __restrict gxp, acc_t* __restrict rows) {
   const int64_t Wp = W + 2;
   std::fill(rows, rows + (H + 2) * Wo, acc_t(0));
@@ -318,7 +320,7 @@ void avg_pool_backward_s(const acc_t* __restrict dp, const acc_t* __restrict inv
 }
 
 template <typename acc_t>
-void avg_pool_backward(const acc_t* dp, const acc_t* inv, int64_t H, int64_t W, int64_t stride, int64_t Ho,
+DARTSCC_INLINE void avg_pool_backward(const acc_t* dp, const acc_t* inv, int64_t H, int64_t W, int64_t stride, int64_t Ho,
                        int64_t Wo, acc_t* gxp, acc_t* rows) {
   if (stride == 1)
     avg_pool_backward_s<1>(dp, inv, H, W, Ho, Wo, gxp, rows);

@@ -29,38 +29,15 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 
 namespace dartscc {
 namespace {
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define DARTSCC_AVX2_CLONE 1
-#define DARTSCC_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#endif
-#if defined(__GNUC__)
-#define DARTSCC_INLINE inline __attribute__((always_inline))
-#else
-#define DARTSCC_INLINE inline
-#endif
-
-bool use_avx2() {
-#ifdef DARTSCC_AVX2_CLONE
-  static const bool v = [] {
-    const char* isa = std::getenv("DARTSCC_CPU_ISA");
-    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return v;
-#else
-  return false;
-#endif
-}
 
 // 32-byte vectors (8 floats, 4 doubles): one AVX register, or two SSE ones.
 template <typename T>
@@ -409,25 +386,7 @@ DARTSCC_INLINE void backward_body(const DwPwShape& s, const T* grad, const T* x,
   }
 }
 
-// The two compilations of each body, and the run-time choice between them.
-#ifdef DARTSCC_AVX2_CLONE
-#define DARTSCC_AVX2_ATTR DARTSCC_TARGET_AVX2
-#else
-#define DARTSCC_AVX2_ATTR
-#endif
-#define DARTSCC_ISA_VARIANTS(NAME, BODY, PARAMS, ARGS)      \
-  template <typename T>                                     \
-  void NAME##_baseline PARAMS { BODY<T> ARGS; }             \
-  template <typename T>                                     \
-  DARTSCC_AVX2_ATTR void NAME##_avx2 PARAMS { BODY<T> ARGS; } \
-  template <typename T>                                     \
-  void NAME PARAMS {                                        \
-    if (use_avx2())                                         \
-      NAME##_avx2<T> ARGS;                                  \
-    else                                                    \
-      NAME##_baseline<T> ARGS;                              \
-  }
-
+// The two compilations of each body (isa.h).
 DARTSCC_ISA_VARIANTS(forward_range, forward_body,
                      (const DwPwShape& s, const T* x, const T* dw, const T* pw, T* y, int64_t begin, int64_t end),
                      (s, x, dw, pw, y, begin, end))

@@ -1,0 +1,77 @@
+// Run-time choice of the instruction set for the CPU kernels' hot loops.
+//
+// Each hot loop is written once, as an always-inline body, and compiled twice:
+// for the baseline ISA the package is built for, and (x86-64 GCC/Clang) for
+// AVX2+FMA. use_avx2() picks at run time from the CPU's features;
+// DARTSCC_CPU_ISA=baseline forces the baseline compilation (the tests run both).
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DARTSCC_AVX2_CLONE 1
+#define DARTSCC_AVX2_ATTR __attribute__((target("avx2,fma")))
+#else
+#define DARTSCC_AVX2_ATTR
+#endif
+#if defined(__GNUC__)
+#define DARTSCC_INLINE inline __attribute__((always_inline))
+#define DARTSCC_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define DARTSCC_INLINE inline
+#define DARTSCC_INLINE_LAMBDA
+#endif
+
+namespace dartscc {
+namespace cpu {
+
+inline bool use_avx2() {
+#ifdef DARTSCC_AVX2_CLONE
+  static const bool v = [] {
+    const char* isa = std::getenv("DARTSCC_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return v;
+#else
+  return false;
+#endif
+}
+
+// body(begin, end), compiled for AVX2 or the baseline: `body` must be an
+// always-inline lambda (DARTSCC_INLINE_LAMBDA) calling only inline code, so
+// that all of it is compiled anew inside each of the two functions.
+template <typename F>
+DARTSCC_AVX2_ATTR void run_avx2(const F& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+template <typename F>
+void run_baseline(const F& body, int64_t begin, int64_t end) {
+  body(begin, end);
+}
+template <typename F>
+void run_isa(const F& body, int64_t begin, int64_t end) {
+  if (use_avx2())
+    run_avx2(body, begin, end);
+  else
+    run_baseline(body, begin, end);
+}
+
+}  // namespace cpu
+}  // namespace dartscc
+
+// NAME<T>(PARAMS) calling BODY<T>(ARGS) (an always-inline function template)
+// compiled for AVX2 or the baseline, chosen by use_avx2().
+#define DARTSCC_ISA_VARIANTS(NAME, BODY, PARAMS, ARGS)      \
+  template <typename T>                                     \
+  void NAME##_baseline PARAMS { BODY<T> ARGS; }             \
+  template <typename T>                                     \
+  DARTSCC_AVX2_ATTR void NAME##_avx2 PARAMS { BODY<T> ARGS; } \
+  template <typename T>                                     \
+  void NAME PARAMS {                                        \
+    if (::dartscc::cpu::use_avx2())                         \
+      NAME##_avx2<T> ARGS;                                  \
+    else                                                    \
+      NAME##_baseline<T> ARGS;                              \
+  }
