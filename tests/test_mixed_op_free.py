@@ -1,5 +1,8 @@
 """mixed_op_free: parameter-free candidates fused into the weighted sum, against the reference."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,6 +72,47 @@ def test_each_primitive(device, stride, per_sample, prim):
 def test_darts_space(device, dtype, layout, stride, shape):
     prims = ["none", "max_pool", "avg_pool", "identity" if stride == 1 else "param", "param", "param"]
     check(prims, stride, True, dtype, device, layout, shape)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("eval_stats", [False, True])
+def test_channel_too_large_to_keep_pools(stride, eval_stats):
+    """A channel whose pools (2 slots x 3 samples x 900 x 900 > 2^22 elements) are recomputed, not kept."""
+    prims = ["max_pool", "avg_pool", "identity" if stride == 1 else "param"]
+    check(prims, stride, True, torch.float32, shape=(3, 2, 900, 900), eval_stats=eval_stats)
+
+
+def test_thread_count_does_not_change_the_result():
+    prims = ["none", "max_pool", "avg_pool", "identity", "param"]
+    x, params, w, _ = run(prims, 1, True, shape=(6, 5, 9, 8), dtype=torch.float32)
+    inputs = [x.requires_grad_(), *[p.requires_grad_() for p in params], w.requires_grad_()]
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y, st = dartscc_fast.mixed_op_free(x, params, w, prims, 1, 1e-5, None)
+            results.append([y, st, *torch.autograd.grad(y.square().sum(), inputs)])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_baseline_isa_matches():
+    """The kernels compiled for the baseline ISA (DARTSCC_CPU_ISA=baseline) agree with the reference too."""
+    code = ("import sys; sys.path.insert(0, 'tests'); import torch; torch.manual_seed(0)\n"
+            "from test_mixed_op_free import check\n"
+            "for stride in (1, 2):\n"
+            "    prims = ['none', 'max_pool', 'avg_pool', 'identity' if stride == 1 else 'param', 'param']\n"
+            "    for dtype in (torch.float32, torch.float64):\n"
+            "        check(prims, stride, True, dtype, shape=(3, 4, 9, 8))\n"
+            "print('ok')\n")
+    env = dict(os.environ, DARTSCC_CPU_ISA="baseline")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("device", DEVICES)

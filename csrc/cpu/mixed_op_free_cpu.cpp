@@ -10,13 +10,21 @@
 #include "../checks.h"
 #include "../common/primitives.h"
 #include "../mixed_op_free.h"
+
+// Short plane rows (7-32 elements) are copied by vector loops: GCC would turn
+// them into memmove calls, whose overhead was a sixth of the backward here.
+// (Before plane_ops.h and isa.h, whose functions the loops are inlined into.)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
 #include "plane_ops.h"
 
-// Work is split by (n, c) plane: each plane is gathered into dense buffers, the
-// pools are recomputed there (separable 3x3, never stored), and reductions go
-// through per-plane partials summed in a fixed order, so results do not depend
-// on the thread count. The per-plane loops are compiled for AVX2 and the
-// baseline ISA (isa.h).
+// Work is split by channel: a thread takes whole channels. Per channel, a first
+// pass pools every sample's plane (gathered into a padded dense buffer; 3x3
+// separable) for the batch statistics and keeps the pools (kernel-local
+// scratch, never returned; recomputed instead when a channel's pools would
+// exceed Kernel::kKeepElements), and a second pass makes the outputs while the
+// channel is still in cache. Reductions go through per-plane partials summed in
+// a fixed order, so results do not depend on the thread count. The per-channel
+// loops are compiled for AVX2 and the baseline ISA (isa.h).
 
 namespace dartscc {
 namespace {
@@ -29,11 +37,11 @@ struct Plane {  // the (n, c) plane of a 4-D strided tensor
   T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
 };
 
-// The planes [0, planes) in parallel, each thread's range through the AVX2 or
+// [0, count) in parallel, each thread's range through the AVX2 or
 // the baseline compilation of `body` (an always-inline lambda: isa.h).
 template <typename F>
-void for_planes(int64_t planes, const F& body) {
-  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) { cpu::run_isa(body, begin, end); });
+void for_channels(int64_t count, const F& body) {
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) { cpu::run_isa(body, begin, end); });
 }
 
 at::ScalarType stats_dtype(at::ScalarType t) { return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t; }
@@ -62,52 +70,37 @@ struct Kernel {
           gxb((s.h + 2) * (s.w + 2)), arg(s.ho * s.wo), row_arg((s.h + 2) * s.wo) {}
   };
 
+  // One channel's pools over the whole batch, kept between the two passes over
+  // that channel (so each pool is computed once per call) when they fit in
+  // kKeepElements; otherwise the second pass recomputes them.
+  static constexpr int64_t kKeepElements = int64_t(1) << 22;
+  struct Kept {
+    bool on;
+    std::vector<acc_t> pooled;   // [P][N][m]
+    std::vector<int32_t> arg;    // [P][N][m], max pools only (backward)
+    Kept(const FreeShape& s, int64_t P, bool with_arg) : on(P * s.n * s.ho * s.wo <= kKeepElements) {
+      if (!on) return;
+      pooled.resize(P * s.n * s.ho * s.wo);
+      if (with_arg) arg.resize(P * s.n * s.ho * s.wo);
+    }
+    acc_t* pooled_at(const FreeShape& s, int64_t p, int64_t n) { return pooled.data() + (p * s.n + n) * s.ho * s.wo; }
+    int32_t* arg_at(const FreeShape& s, int64_t p, int64_t n) { return arg.data() + (p * s.n + n) * s.ho * s.wo; }
+  };
+
   void init() {
     inv.resize(s.ho * s.wo);
     cpu::avg_divisors(s.h, s.w, s.stride, s.ho, s.wo, inv.data());
   }
-  DARTSCC_INLINE void pool(int64_t p, Scratch& t, bool want_arg) const {
-    cpu::pool_plane<acc_t>(is_max(p), t.xb.data(), s.h, s.w, s.stride, s.ho, s.wo, t.pooled.data(),
-                           want_arg ? t.arg.data() : nullptr, inv.data(), t.row.data(), t.row_arg.data());
+  // Pool slot p of the plane loaded in t.xb into `out` (and its argmax into `arg`, max pools, if not null).
+  DARTSCC_INLINE void pool(int64_t p, Scratch& t, acc_t* out, int32_t* arg) const {
+    cpu::pool_plane<acc_t>(is_max(p), t.xb.data(), s.h, s.w, s.stride, s.ho, s.wo, out, is_max(p) ? arg : nullptr,
+                           inv.data(), t.row.data(), t.row_arg.data());
   }
   DARTSCC_INLINE void load_x(int64_t n, int64_t c, Scratch& t) const {
     cpu::load_padded(t.xb.data(), x.at(n, c), s.h, s.w, x.sh, x.sw);
   }
   // x's interior row h (stride 1, where the identity slot exists).
   DARTSCC_INLINE const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
-
-  // Batch (mean, biased var) of each pool slot per channel: per-plane mean and
-  // M2, merged with Chan's formula (stable, no one-pass cancellation).
-  void batch_stats(std::vector<acc_t>& mean, std::vector<acc_t>& var) const {
-    const int64_t planes = s.n * s.c, m = s.ho * s.wo;
-    std::vector<double> pm(planes * P), pm2(planes * P);
-    for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
-      Scratch t(s);
-      for (int64_t i = begin; i < end; ++i) {
-        load_x(i / s.c, i % s.c, t);
-        for (int64_t p = 0; p < P; ++p) {
-          pool(p, t, false);
-          const double mu = static_cast<double>(cpu::sum(t.pooled.data(), m)) / m;
-          const double m2 = static_cast<double>(cpu::sq_dev_sum(t.pooled.data(), static_cast<acc_t>(mu), m));
-          pm[i * P + p] = mu;
-          pm2[i * P + p] = m2;
-        }
-      }
-    });
-    for (int64_t c = 0; c < s.c; ++c)
-      for (int64_t p = 0; p < P; ++p) {
-        double cnt = 0, mu = 0, m2 = 0;
-        for (int64_t n = 0; n < s.n; ++n) {
-          const int64_t i = (n * s.c + c) * P + p;
-          const double delta = pm[i] - mu, tot = cnt + m;
-          mu += delta * m / tot;
-          m2 += pm2[i] + delta * delta * cnt * m / tot;
-          cnt = tot;
-        }
-        mean[p * s.c + c] = static_cast<acc_t>(mu);
-        var[p * s.c + c] = static_cast<acc_t>(cnt > 0 ? m2 / cnt : 0.0);
-      }
-  }
 };
 
 template <typename acc_t>
@@ -149,52 +142,81 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
     K kr{s, prims, Plane<const scalar_t>(x.const_data_ptr<scalar_t>(), x), {}, w.const_data_ptr<scalar_t>(), P, {}};
     for (const auto& p : param_outputs) kr.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
     kr.init();
-    std::vector<acc_t> mean(P * s.c, 0), var(P * s.c, 0);
-    if (bn_stats) {
-      read_stats(*bn_stats, P, s.c, mean, var);
-    } else if (P > 0 && s.n * s.ho * s.wo > 0) {
-      kr.batch_stats(mean, var);
-    }
-    write_stats(stats, P, s.c, mean, var);
-    if (y.numel() == 0) return;
-    std::vector<acc_t> invstd(P * s.c);
-    for (int64_t i = 0; i < P * s.c; ++i) invstd[i] = acc_t(1) / std::sqrt(var[i] + static_cast<acc_t>(eps));
-    Plane<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
     const int64_t m = s.ho * s.wo;
-    const bool need_x = P > 0 || std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
-    for_planes(s.n * s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+    std::vector<acc_t> mean(P * s.c, 0), var(P * s.c, 0);
+    if (bn_stats) read_stats(*bn_stats, P, s.c, mean, var);
+    const bool batch_stats = !bn_stats && P > 0 && s.n * m > 0;
+    const bool has_identity = std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
+    Plane<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
+    for_channels(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
+      typename K::Kept kept(s, P, false);
+      std::vector<double> pm(P * s.n), pm2(P * s.n);
       acc_t* __restrict tmp = t.gb.data();
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / s.c, c = i % s.c;
-        acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
-        std::fill(buf, buf + m, acc_t(0));
-        if (need_x) kr.load_x(n, c, t);
-        int64_t param = 0, pool = 0;
-        for (int64_t slot = 0; slot < s.k; ++slot) {
-          const acc_t wm = kr.weight(n, slot);
-          const int64_t code = prims[slot];
-          if (code == kParam) {
-            const auto& pv = kr.params[param++];
-            const acc_t* __restrict po = cpu::plane_or_copy(tmp, pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
-            for (int64_t j = 0; j < m; ++j) buf[j] += wm * po[j];
-          } else if (code == kIdentity) {
-            for (int64_t h = 0; h < s.h; ++h) {
-              const acc_t* __restrict xr = kr.x_row(t, h);
-              acc_t* __restrict br = buf + h * s.wo;
-              for (int64_t j = 0; j < s.w; ++j) br[j] += wm * xr[j];
+      for (int64_t c = begin; c < end; ++c) {
+        // Pass 1: every sample's pools (kept), and the batch (mean, biased var)
+        // of each pool slot: per-plane mean and M2, merged over samples in order
+        // with Chan's formula (stable, no one-pass cancellation).
+        if (P > 0 && (batch_stats || kept.on)) {
+          for (int64_t n = 0; n < s.n; ++n) {
+            kr.load_x(n, c, t);
+            for (int64_t p = 0; p < P; ++p) {
+              acc_t* out = kept.on ? kept.pooled_at(s, p, n) : t.pooled.data();
+              kr.pool(p, t, out, nullptr);
+              if (!batch_stats) continue;
+              const double mu = static_cast<double>(cpu::sum(out, m)) / m;
+              pm[p * s.n + n] = mu;
+              pm2[p * s.n + n] = static_cast<double>(cpu::sq_dev_sum(out, static_cast<acc_t>(mu), m));
             }
-          } else if (is_pool(code)) {
-            kr.pool(pool, t, false);
-            const acc_t a = wm * invstd[pool * s.c + c], b = -a * mean[pool * s.c + c];
-            const acc_t* __restrict pooled = t.pooled.data();
-            for (int64_t j = 0; j < m; ++j) buf[j] += a * pooled[j] + b;
-            ++pool;
+          }
+          for (int64_t p = 0; p < P && batch_stats; ++p) {
+            double cnt = 0, mu = 0, m2 = 0;
+            for (int64_t n = 0; n < s.n; ++n) {
+              const double delta = pm[p * s.n + n] - mu, tot = cnt + m;
+              mu += delta * m / tot;
+              m2 += pm2[p * s.n + n] + delta * delta * cnt * m / tot;
+              cnt = tot;
+            }
+            mean[p * s.c + c] = static_cast<acc_t>(mu);
+            var[p * s.c + c] = static_cast<acc_t>(cnt > 0 ? m2 / cnt : 0.0);
           }
         }
-        if (buf == t.buf.data()) cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);
+        // Pass 2: the outputs.
+        for (int64_t n = 0; n < s.n && m > 0; ++n) {
+          acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
+          std::fill(buf, buf + m, acc_t(0));
+          if (has_identity || (P > 0 && !kept.on)) kr.load_x(n, c, t);
+          int64_t param = 0, pool = 0;
+          for (int64_t slot = 0; slot < s.k; ++slot) {
+            const acc_t wm = kr.weight(n, slot);
+            const int64_t code = prims[slot];
+            if (code == kParam) {
+              const auto& pv = kr.params[param++];
+              const acc_t* __restrict po = cpu::plane_or_copy(tmp, pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw);
+              for (int64_t j = 0; j < m; ++j) buf[j] += wm * po[j];
+            } else if (code == kIdentity) {
+              for (int64_t h = 0; h < s.h; ++h) {
+                const acc_t* __restrict xr = kr.x_row(t, h);
+                acc_t* __restrict br = buf + h * s.wo;
+                for (int64_t j = 0; j < s.w; ++j) br[j] += wm * xr[j];
+              }
+            } else if (is_pool(code)) {
+              const acc_t* __restrict pooled = t.pooled.data();
+              if (kept.on)
+                pooled = kept.pooled_at(s, pool, n);
+              else
+                kr.pool(pool, t, t.pooled.data(), nullptr);
+              const acc_t is = acc_t(1) / std::sqrt(var[pool * s.c + c] + static_cast<acc_t>(eps));
+              const acc_t a = wm * is, b = -a * mean[pool * s.c + c];
+              for (int64_t j = 0; j < m; ++j) buf[j] += a * pooled[j] + b;
+              ++pool;
+            }
+          }
+          if (buf == t.buf.data()) cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);
+        }
       }
     });
+    write_stats(stats, P, s.c, mean, var);
   });
   return {y, stats};
 }
@@ -223,118 +245,125 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     for (const auto& p : param_outputs) kr.params.emplace_back(p.const_data_ptr<scalar_t>(), p);
     kr.init();
     Plane<const scalar_t> g(grad.const_data_ptr<scalar_t>(), grad);
-    std::vector<acc_t> mean(P * s.c), var(P * s.c), invstd(P * s.c);
+    std::vector<acc_t> mean(P * s.c), var(P * s.c);
     read_stats(stats, P, s.c, mean, var);
-    for (int64_t i = 0; i < P * s.c; ++i) invstd[i] = acc_t(1) / std::sqrt(var[i] + static_cast<acc_t>(eps));
-    const int64_t m = s.ho * s.wo, planes = s.n * s.c;
+    const int64_t m = s.ho * s.wo;
     const double M = static_cast<double>(s.n * m);
-
-    // Pass 1: per plane, sum(w g) and sum(w g xhat) of each pool slot: the
-    // batch-statistics terms of the BatchNorm backward, reduced per channel.
-    std::vector<acc_t> mg(P * s.c, 0), mgx(P * s.c, 0);
-    if (!stats_fixed && P > 0 && M > 0) {
-      std::vector<double> pa(planes * P), pb(planes * P);
-      for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
-        typename K::Scratch t(s);
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t n = i / s.c, c = i % s.c;
-          kr.load_x(n, c, t);
-          const acc_t* gp = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
-          for (int64_t p = 0; p < P; ++p) {
-            kr.pool(p, t, false);
-            const acc_t wn = kr.weight(n, s.pool_slots[p]), mu = mean[p * s.c + c], is = invstd[p * s.c + c];
-            const acc_t sg = cpu::sum(gp, m), sgp = cpu::dot(gp, t.pooled.data(), m);
-            pa[i * P + p] = static_cast<double>(wn * sg);
-            pb[i * P + p] = static_cast<double>(wn * is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
-          }
-        }
-      });
-      for (int64_t c = 0; c < s.c; ++c)
-        for (int64_t p = 0; p < P; ++p) {
-          double a = 0, b = 0;
-          for (int64_t n = 0; n < s.n; ++n) {
-            a += pa[(n * s.c + c) * P + p];
-            b += pb[(n * s.c + c) * P + p];
-          }
-          mg[p * s.c + c] = static_cast<acc_t>(a / M);
-          mgx[p * s.c + c] = static_cast<acc_t>(b / M);
-        }
-    }
-
-    // Pass 2: per plane, every input gradient and the weight-gradient partials.
-    std::vector<double> partial(planes * s.k, 0.0);
+    const bool batch_terms = !stats_fixed && P > 0 && M > 0;
+    std::vector<double> partial(s.n * s.c * s.k, 0.0);  // weight-gradient partials per (n, c) plane
     std::vector<Plane<scalar_t>> gpv;
     for (auto& t : gp) gpv.emplace_back(t.mutable_data_ptr<scalar_t>(), t);
     Plane<scalar_t> gxv(gx.mutable_data_ptr<scalar_t>(), gx);
-    for_planes(planes, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+    const bool has_identity = std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
+    for_channels(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
+      typename K::Kept kept(s, P, true);
       std::vector<acc_t> tmp(m), dp(m);
+      std::vector<double> pa(s.n), pb(s.n);
+      std::vector<acc_t> mg(P), mgx(P);
       acc_t* __restrict gxb = t.gxb.data();
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t n = i / s.c, c = i % s.c;
-        std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
-        const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
-        kr.load_x(n, c, t);
-        double* part = partial.data() + i * s.k;
-        int64_t param = 0, pool = 0;
-        for (int64_t slot = 0; slot < s.k; ++slot) {
-          const acc_t wm = kr.weight(n, slot);
-          const int64_t code = prims[slot];
-          if (code == kParam) {
-            const auto& pv = kr.params[param];
-            auto& gv = gpv[param];
-            ++param;
-            part[slot] = static_cast<double>(cpu::dot(gb, cpu::plane_or_copy(tmp.data(), pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw), m));
-            scalar_t* gvp = gv.at(n, c);
-            if (gv.sw == 1 && gv.sh == s.wo) {
-              for (int64_t j = 0; j < m; ++j) gvp[j] = static_cast<scalar_t>(wm * gb[j]);
-            } else {
-              for (int64_t j = 0; j < m; ++j) tmp[j] = wm * gb[j];
-              cpu::store_plane(gvp, tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
+      for (int64_t c = begin; c < end; ++c) {
+        std::fill(mg.begin(), mg.end(), acc_t(0));
+        std::fill(mgx.begin(), mgx.end(), acc_t(0));
+        // Pass 1: every sample's pools with their argmax (kept), and per pool
+        // slot the batch-statistics terms of the BatchNorm backward: the means
+        // of w g and of w g xhat over the channel, summed over samples in order.
+        if (P > 0 && (batch_terms || kept.on)) {
+          for (int64_t p = 0; p < P; ++p) {
+            const acc_t mu = mean[p * s.c + c], is = acc_t(1) / std::sqrt(var[p * s.c + c] + static_cast<acc_t>(eps));
+            for (int64_t n = 0; n < s.n; ++n) {
+              kr.load_x(n, c, t);
+              acc_t* out = kept.on ? kept.pooled_at(s, p, n) : t.pooled.data();
+              kr.pool(p, t, out, kept.on ? kept.arg_at(s, p, n) : nullptr);
+              if (!batch_terms) continue;
+              const acc_t* gp_ = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
+              const acc_t wn = kr.weight(n, s.pool_slots[p]);
+              const acc_t sg = cpu::sum(gp_, m), sgp = cpu::dot(gp_, out, m);
+              pa[n] = static_cast<double>(wn * sg);
+              pb[n] = static_cast<double>(wn * is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
             }
-          } else if (code == kIdentity) {
-            double d = 0;
-            for (int64_t h = 0; h < s.h; ++h) {
-              const acc_t* __restrict gr = gb + h * s.w;
-              acc_t* __restrict gxr = gxb + (h + 1) * (s.w + 2) + 1;
-              d += static_cast<double>(cpu::dot(gr, kr.x_row(t, h), s.w));
-              for (int64_t j = 0; j < s.w; ++j) gxr[j] += wm * gr[j];
-            }
-            part[slot] = d;
-          } else if (is_pool(code)) {
-            const bool mx = code == kMaxPool;
-            kr.pool(pool, t, mx);
-            const acc_t mu = mean[pool * s.c + c], is = invstd[pool * s.c + c];
-            const acc_t a = mg[pool * s.c + c], b = mgx[pool * s.c + c];
-            ++pool;
-            const acc_t* __restrict pooled = t.pooled.data();
-            // <g, xhat> = is * (<g, pooled> - mu * sum(g))
-            part[slot] = static_cast<double>(is) *
-                         (static_cast<double>(cpu::dot(gb, pooled, m)) - static_cast<double>(mu) * cpu::sum(gb, m));
-            if (stats_fixed) {
-              for (int64_t j = 0; j < m; ++j) dp[j] = wm * is * gb[j];
-            } else {
-              for (int64_t j = 0; j < m; ++j) dp[j] = is * (wm * gb[j] - a - (pooled[j] - mu) * is * b);
-            }
-            if (mx) {
-              const int32_t* arg = t.arg.data();
-              for (int64_t j = 0; j < m; ++j) gxb[arg[j]] += dp[j];
-            } else {
-              cpu::avg_pool_backward(dp.data(), kr.inv.data(), s.h, s.w, s.stride, s.ho, s.wo, gxb, t.row.data());
-            }
+            double a = 0, b = 0;
+            if (batch_terms)
+              for (int64_t n = 0; n < s.n; ++n) {
+                a += pa[n];
+                b += pb[n];
+              }
+            mg[p] = static_cast<acc_t>(a / M);
+            mgx[p] = static_cast<acc_t>(b / M);
           }
         }
-        for (int64_t h = 0; h < s.h; ++h) {
-          const acc_t* src = gxb + (h + 1) * (s.w + 2) + 1;
-          if (gxv.sw == 1)
-            cpu::copy_row(gxv.at(n, c) + h * gxv.sh, src, s.w);
-          else
-            cpu::store_plane(gxv.at(n, c) + h * gxv.sh, src, 1, s.w, s.w, gxv.sw);
+        // Pass 2: per plane, every input gradient and the weight-gradient partials.
+        for (int64_t n = 0; n < s.n; ++n) {
+          const int64_t i = n * s.c + c;
+          std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
+          const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
+          if (has_identity || (P > 0 && !kept.on)) kr.load_x(n, c, t);
+          double* part = partial.data() + i * s.k;
+          int64_t param = 0, pool = 0;
+          for (int64_t slot = 0; slot < s.k; ++slot) {
+            const acc_t wm = kr.weight(n, slot);
+            const int64_t code = prims[slot];
+            if (code == kParam) {
+              const auto& pv = kr.params[param];
+              auto& gv = gpv[param];
+              ++param;
+              part[slot] = static_cast<double>(cpu::dot(gb, cpu::plane_or_copy(tmp.data(), pv.at(n, c), s.ho, s.wo, pv.sh, pv.sw), m));
+              scalar_t* gvp = gv.at(n, c);
+              if (gv.sw == 1 && gv.sh == s.wo) {
+                for (int64_t j = 0; j < m; ++j) gvp[j] = static_cast<scalar_t>(wm * gb[j]);
+              } else {
+                for (int64_t j = 0; j < m; ++j) tmp[j] = wm * gb[j];
+                cpu::store_plane(gvp, tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
+              }
+            } else if (code == kIdentity) {
+              double d = 0;
+              for (int64_t h = 0; h < s.h; ++h) {
+                const acc_t* __restrict gr = gb + h * s.w;
+                acc_t* __restrict gxr = gxb + (h + 1) * (s.w + 2) + 1;
+                d += static_cast<double>(cpu::dot(gr, kr.x_row(t, h), s.w));
+                for (int64_t j = 0; j < s.w; ++j) gxr[j] += wm * gr[j];
+              }
+              part[slot] = d;
+            } else if (is_pool(code)) {
+              const bool mx = code == kMaxPool;
+              const acc_t* __restrict pooled = t.pooled.data();
+              const int32_t* __restrict arg = t.arg.data();
+              if (kept.on) {
+                pooled = kept.pooled_at(s, pool, n);
+                arg = kept.arg_at(s, pool, n);
+              } else {
+                kr.pool(pool, t, t.pooled.data(), t.arg.data());
+              }
+              const acc_t mu = mean[pool * s.c + c], is = acc_t(1) / std::sqrt(var[pool * s.c + c] + static_cast<acc_t>(eps));
+              const acc_t a = mg[pool], b = mgx[pool];
+              ++pool;
+              // <g, xhat> = is * (<g, pooled> - mu * sum(g))
+              part[slot] = static_cast<double>(is) *
+                           (static_cast<double>(cpu::dot(gb, pooled, m)) - static_cast<double>(mu) * cpu::sum(gb, m));
+              if (stats_fixed) {
+                for (int64_t j = 0; j < m; ++j) dp[j] = wm * is * gb[j];
+              } else {
+                for (int64_t j = 0; j < m; ++j) dp[j] = is * (wm * gb[j] - a - (pooled[j] - mu) * is * b);
+              }
+              if (mx) {
+                for (int64_t j = 0; j < m; ++j) gxb[arg[j]] += dp[j];
+              } else {
+                cpu::avg_pool_backward(dp.data(), kr.inv.data(), s.h, s.w, s.stride, s.ho, s.wo, gxb, t.row.data());
+              }
+            }
+          }
+          for (int64_t h = 0; h < s.h; ++h) {
+            const acc_t* src = gxb + (h + 1) * (s.w + 2) + 1;
+            if (gxv.sw == 1)
+              cpu::copy_row(gxv.at(n, c) + h * gxv.sh, src, s.w);
+            else
+              cpu::store_plane(gxv.at(n, c) + h * gxv.sh, src, 1, s.w, s.w, gxv.sw);
+          }
         }
       }
     });
     std::vector<double> acc(s.per_sample ? s.n * s.k : s.k, 0.0);
-    for (int64_t i = 0; i < planes; ++i)
+    for (int64_t i = 0; i < s.n * s.c; ++i)
       for (int64_t slot = 0; slot < s.k; ++slot) acc[(s.per_sample ? (i / s.c) * s.k : 0) + slot] += partial[i * s.k + slot];
     scalar_t* pgw = gw.mutable_data_ptr<scalar_t>();
     for (size_t i = 0; i < acc.size(); ++i) pgw[i] = static_cast<scalar_t>(acc[i]);
