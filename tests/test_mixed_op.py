@@ -181,11 +181,10 @@ def test_unknown_candidates_run_as_modules():
     torch.testing.assert_close(fast(x, w), sum(wi * op(x) for wi, op in zip(w, ops)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("conv_path", ["fused"], indirect=True)  # the fused path only
 @pytest.mark.parametrize("stride", [1, 2])
 def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch, conv_path):
     """SepConv, DilConv and FactorizedReduce run through relu_dw_pw_conv on the CPU (float32/64), never nn.Conv2d."""
-    if conv_path == "torch":
-        pytest.skip("checks the fused path")
     ref, fast = pair(4, stride, DARTS_PRIMITIVES)
     calls = []
     real = dartscc_fast.ops.relu_dw_pw_conv
@@ -209,9 +208,8 @@ def test_half_precision_convolutions_run_as_modules():
 @pytest.mark.parametrize("hw,k,dilation,stride,fused", [
     (28, 3, 1, 1, True), (28, 3, 1, 2, True), (14, 3, 1, 1, True), (14, 3, 1, 2, False), (7, 3, 1, 1, False),
     (7, 3, 2, 1, True), (7, 5, 1, 1, True), (7, 1, 1, 1, False), (28, 1, 1, 2, True)])
+@pytest.mark.parametrize("conv_path", ["torch"], indirect=True)  # once: the test sets the threshold itself
 def test_fused_units_where_they_are_faster(hw, k, dilation, stride, fused, conv_path):
-    if conv_path == "fused":
-        pytest.skip("checks the default threshold")
     from dartscc_fast.mixed_op import _unit_is_fused
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dartscc_fast.mixed_op, "FUSED_CONV_MIN_PIXELS", 196)

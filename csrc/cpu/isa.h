@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <ATen/Parallel.h>
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DARTSCC_AVX2_CLONE 1
 #define DARTSCC_AVX2_ATTR __attribute__((target("avx2,fma")))
@@ -58,20 +60,12 @@ void run_isa(const F& body, int64_t begin, int64_t end) {
     run_baseline(body, begin, end);
 }
 
+// body(begin, end) over [0, count) split across threads (at::parallel_for, grain
+// 1), each thread's range through run_isa.
+template <typename F>
+void parallel_isa(int64_t count, const F& body) {
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) { run_isa(body, begin, end); });
+}
+
 }  // namespace cpu
 }  // namespace dartscc
-
-// NAME<T>(PARAMS) calling BODY<T>(ARGS) (an always-inline function template)
-// compiled for AVX2 or the baseline, chosen by use_avx2().
-#define DARTSCC_ISA_VARIANTS(NAME, BODY, PARAMS, ARGS)      \
-  template <typename T>                                     \
-  void NAME##_baseline PARAMS { BODY<T> ARGS; }             \
-  template <typename T>                                     \
-  DARTSCC_AVX2_ATTR void NAME##_avx2 PARAMS { BODY<T> ARGS; } \
-  template <typename T>                                     \
-  void NAME PARAMS {                                        \
-    if (::dartscc::cpu::use_avx2())                         \
-      NAME##_avx2<T> ARGS;                                  \
-    else                                                    \
-      NAME##_baseline<T> ARGS;                              \
-  }

@@ -37,13 +37,6 @@ struct Plane {  // the (n, c) plane of a 4-D strided tensor
   T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
 };
 
-// [0, count) in parallel, each thread's range through the AVX2 or
-// the baseline compilation of `body` (an always-inline lambda: isa.h).
-template <typename F>
-void for_channels(int64_t count, const F& body) {
-  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) { cpu::run_isa(body, begin, end); });
-}
-
 at::ScalarType stats_dtype(at::ScalarType t) { return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t; }
 
 template <typename scalar_t>
@@ -99,6 +92,22 @@ struct Kernel {
   DARTSCC_INLINE void load_x(int64_t n, int64_t c, Scratch& t) const {
     cpu::load_padded(t.xb.data(), x.at(n, c), s.h, s.w, x.sh, x.sw);
   }
+  // Pool slot p of sample n for a second pass over the channel: the kept pool
+  // (and argmax), else recomputed from the plane loaded in t.xb. `arg` (max
+  // pools, backward) gets the argmax if not null.
+  DARTSCC_INLINE const acc_t* pool_again(Kept& kept, int64_t p, int64_t n, Scratch& t, const int32_t** arg) const {
+    if (kept.on) {
+      if (arg) *arg = kept.arg_at(s, p, n);
+      return kept.pooled_at(s, p, n);
+    }
+    pool(p, t, t.pooled.data(), arg ? t.arg.data() : nullptr);
+    if (arg) *arg = t.arg.data();
+    return t.pooled.data();
+  }
+  // 1 / sqrt(var + eps) of every pool slot of channel c, into out[0:P].
+  DARTSCC_INLINE void channel_invstd(const std::vector<acc_t>& var, int64_t c, double eps, acc_t* out) const {
+    for (int64_t p = 0; p < P; ++p) out[p] = acc_t(1) / std::sqrt(var[p * s.c + c] + static_cast<acc_t>(eps));
+  }
   // x's interior row h (stride 1, where the identity slot exists).
   DARTSCC_INLINE const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
 };
@@ -148,10 +157,11 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
     const bool batch_stats = !bn_stats && P > 0 && s.n * m > 0;
     const bool has_identity = std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
     Plane<scalar_t> yv(y.mutable_data_ptr<scalar_t>(), y);
-    for_channels(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+    cpu::parallel_isa(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
       typename K::Kept kept(s, P, false);
       std::vector<double> pm(P * s.n), pm2(P * s.n);
+      std::vector<acc_t> invstd(P);
       acc_t* __restrict tmp = t.gb.data();
       for (int64_t c = begin; c < end; ++c) {
         // Pass 1: every sample's pools (kept), and the batch (mean, biased var)
@@ -181,6 +191,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
             var[p * s.c + c] = static_cast<acc_t>(cnt > 0 ? m2 / cnt : 0.0);
           }
         }
+        kr.channel_invstd(var, c, eps, invstd.data());
         // Pass 2: the outputs.
         for (int64_t n = 0; n < s.n && m > 0; ++n) {
           acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
@@ -201,13 +212,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
                 for (int64_t j = 0; j < s.w; ++j) br[j] += wm * xr[j];
               }
             } else if (is_pool(code)) {
-              const acc_t* __restrict pooled = t.pooled.data();
-              if (kept.on)
-                pooled = kept.pooled_at(s, pool, n);
-              else
-                kr.pool(pool, t, t.pooled.data(), nullptr);
-              const acc_t is = acc_t(1) / std::sqrt(var[pool * s.c + c] + static_cast<acc_t>(eps));
-              const acc_t a = wm * is, b = -a * mean[pool * s.c + c];
+              const acc_t* __restrict pooled = kr.pool_again(kept, pool, n, t, nullptr);
+              const acc_t a = wm * invstd[pool], b = -a * mean[pool * s.c + c];
               for (int64_t j = 0; j < m; ++j) buf[j] += a * pooled[j] + b;
               ++pool;
             }
@@ -255,14 +261,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
     for (auto& t : gp) gpv.emplace_back(t.mutable_data_ptr<scalar_t>(), t);
     Plane<scalar_t> gxv(gx.mutable_data_ptr<scalar_t>(), gx);
     const bool has_identity = std::find(prims.begin(), prims.end(), kIdentity) != prims.end();
-    for_channels(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+    cpu::parallel_isa(s.c, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
       typename K::Scratch t(s);
       typename K::Kept kept(s, P, true);
       std::vector<acc_t> tmp(m), dp(m);
       std::vector<double> pa(s.n), pb(s.n);
-      std::vector<acc_t> mg(P), mgx(P);
+      std::vector<acc_t> mg(P), mgx(P), invstd(P);
       acc_t* __restrict gxb = t.gxb.data();
       for (int64_t c = begin; c < end; ++c) {
+        kr.channel_invstd(var, c, eps, invstd.data());
         std::fill(mg.begin(), mg.end(), acc_t(0));
         std::fill(mgx.begin(), mgx.end(), acc_t(0));
         // Pass 1: every sample's pools with their argmax (kept), and per pool
@@ -270,7 +277,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
         // of w g and of w g xhat over the channel, summed over samples in order.
         if (P > 0 && (batch_terms || kept.on)) {
           for (int64_t p = 0; p < P; ++p) {
-            const acc_t mu = mean[p * s.c + c], is = acc_t(1) / std::sqrt(var[p * s.c + c] + static_cast<acc_t>(eps));
+            const acc_t mu = mean[p * s.c + c], is = invstd[p];
             for (int64_t n = 0; n < s.n; ++n) {
               kr.load_x(n, c, t);
               acc_t* out = kept.on ? kept.pooled_at(s, p, n) : t.pooled.data();
@@ -326,15 +333,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
               part[slot] = d;
             } else if (is_pool(code)) {
               const bool mx = code == kMaxPool;
-              const acc_t* __restrict pooled = t.pooled.data();
-              const int32_t* __restrict arg = t.arg.data();
-              if (kept.on) {
-                pooled = kept.pooled_at(s, pool, n);
-                arg = kept.arg_at(s, pool, n);
-              } else {
-                kr.pool(pool, t, t.pooled.data(), t.arg.data());
-              }
-              const acc_t mu = mean[pool * s.c + c], is = acc_t(1) / std::sqrt(var[pool * s.c + c] + static_cast<acc_t>(eps));
+              const int32_t* arg = nullptr;
+              const acc_t* __restrict pooled = kr.pool_again(kept, pool, n, t, &arg);
+              const acc_t mu = mean[pool * s.c + c], is = invstd[pool];
               const acc_t a = mg[pool], b = mgx[pool];
               ++pool;
               // <g, xhat> = is * (<g, pooled> - mu * sum(g))

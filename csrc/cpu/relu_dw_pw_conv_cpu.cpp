@@ -386,15 +386,6 @@ DARTSCC_INLINE void backward_body(const DwPwShape& s, const T* grad, const T* x,
   }
 }
 
-// The two compilations of each body (isa.h).
-DARTSCC_ISA_VARIANTS(forward_range, forward_body,
-                     (const DwPwShape& s, const T* x, const T* dw, const T* pw, T* y, int64_t begin, int64_t end),
-                     (s, x, dw, pw, y, begin, end))
-DARTSCC_ISA_VARIANTS(backward_range, backward_body,
-                     (const DwPwShape& s, const T* g, const T* x, const T* dw, const T* pw, T* gx, T* gdw_part,
-                      T* gpw_part, int64_t begin, int64_t end),
-                     (s, g, x, dw, pw, gx, gdw_part, gpw_part, begin, end))
-
 void check_cpu_shape(const char* op, const DwPwShape& s) {
   TORCH_CHECK(s.stride <= 2, op, ": the CPU kernel supports stride 1 or 2, got ", s.stride);
   TORCH_CHECK(s.k * s.k <= 64, op, ": the CPU kernel supports kernel sizes up to 7, got ", s.k);
@@ -413,8 +404,9 @@ at::Tensor relu_dw_pw_conv_cpu(const at::Tensor& x_, const at::Tensor& dw_, cons
     const scalar_t *px = x.const_data_ptr<scalar_t>(), *pdw = dw.const_data_ptr<scalar_t>(),
                    *ppw = pw.const_data_ptr<scalar_t>();
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-      forward_range<scalar_t>(s, px, pdw, ppw, py, begin, end);
+    // forward_body compiled for AVX2 or the baseline (isa.h)
+    cpu::parallel_isa(s.n, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+      forward_body<scalar_t>(s, px, pdw, ppw, py, begin, end);
     });
   });
   return y;
@@ -440,8 +432,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_dw_pw_conv_backward_cpu(cons
     const scalar_t *pg = g.const_data_ptr<scalar_t>(), *px = x.const_data_ptr<scalar_t>(),
                    *pdw = dw.const_data_ptr<scalar_t>(), *ppw = pw.const_data_ptr<scalar_t>();
     scalar_t* pgx = gx.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
-      backward_range<scalar_t>(s, pg, px, pdw, ppw, pgx, gdw_part.data(), gpw_part.data(), begin, end);
+    cpu::parallel_isa(s.n, [&](int64_t begin, int64_t end) DARTSCC_INLINE_LAMBDA {
+      backward_body<scalar_t>(s, pg, px, pdw, ppw, pgx, gdw_part.data(), gpw_part.data(), begin, end);
     });
     // Over samples in a fixed order, in double.
     auto reduce = [&](const std::vector<scalar_t>& part, at::Tensor& out, int64_t len) {
