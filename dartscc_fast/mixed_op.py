@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from dartscc_fast import ops
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, Zero, \
-    check_primitives, search_candidate
+from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, \
+    SubsampledFactorizedReduce, Zero, check_primitives, factorized_reduce_subsampled, search_candidate
 
 __all__ = ["MixedOp", "replace_mixed_ops", "fuse_preprocessing"]
 
@@ -102,19 +102,10 @@ def _run_units(x: Tensor, units: List[Unit]) -> Tensor:
 
 
 def _run_reduce(x: Tensor, parts: Tuple[nn.Conv2d, nn.Conv2d, nn.Module]) -> Tensor:
-    """FactorizedReduce: relu, 1x1 stride-2 convolutions at pixels (2i, 2j) and (2i+1, 2j+1), concat, BatchNorm.
-
-    Both are fused units: a 1x1 depthwise of ones, and a 3x3 one-hot at the
-    bottom-right tap (padding 1 moves the read to (2i+1, 2j+1)).
-    """
+    """FactorizedReduce on the two pixel grids it reads (:func:`factorized_reduce_subsampled`)."""
     FactorizedReduce.check_input(x)
     conv_1, conv_2, bn = parts
-    c = x.shape[1]
-    ones = x.new_ones(c, 1, 1, 1)
-    corner = x.new_zeros(c, 1, 3, 3)
-    corner[:, :, 2, 2] = 1
-    return bn(torch.cat([ops.relu_dw_pw_conv(x, ones, conv_1.weight, 2, 1),
-                         ops.relu_dw_pw_conv(x, corner, conv_2.weight, 2, 1)], dim=1))
+    return factorized_reduce_subsampled(x, conv_1.weight, conv_2.weight, bn)
 
 
 def _slot(op: nn.Module) -> Tuple[str, Optional[nn.BatchNorm2d], Optional[int]]:
@@ -149,11 +140,13 @@ class MixedOp(nn.Module):
     ``[N, k]``. With ``hard=True`` the weights must be one-hot (straight-through
     Gumbel) and only the drawn op runs.
 
-    On the CPU (float32/float64), SepConv, DilConv and FactorizedReduce
-    candidates run as fused :func:`dartscc_fast.ops.relu_dw_pw_conv` units
-    followed by their own BatchNorm modules, where that is the faster
-    (``FUSED_CONV_MIN_PIXELS`` in this module); ``repr`` lists them
-    (``fused_convs_on_cpu``).
+    On the CPU (float32/float64), SepConv and DilConv candidates run as fused
+    :func:`dartscc_fast.ops.relu_dw_pw_conv` units followed by their own
+    BatchNorm modules, where that is the faster (``FUSED_CONV_MIN_PIXELS`` in
+    this module); ``repr`` lists them (``fused_convs_on_cpu``). A
+    FactorizedReduce (skip_connect at stride 2) runs on the two pixel grids it
+    reads, on every device (``subsampled``; see
+    :func:`~dartscc_fast.primitives.factorized_reduce_subsampled`).
 
     ``channels_last_params = True`` (off by default) runs the remaining
     parametric candidates (modules the fused units do not cover) on a
@@ -196,7 +189,7 @@ class MixedOp(nn.Module):
         self._bns = [bn for (k, bn, _), kind in zip(slots, self._kinds) if kind in ("max_pool", "avg_pool")]
         self._codes = ops.prim_codes(self._kinds)
         self.stride = stride
-        # How each parametric candidate runs fused on the CPU: conv units, a FactorizedReduce, or not at all.
+        # How each parametric candidate runs: fused conv units (CPU), a subsampled FactorizedReduce, or as its module.
         self._units = [_conv_units(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
         self._reduce = [_reduce_parts(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
         self._cl = [kind == "param" and units is None and red is None
@@ -211,8 +204,9 @@ class MixedOp(nn.Module):
 
     def extra_repr(self) -> str:
         free = [p for p, k in zip(self.primitives, self._kinds) if k != "param"]
-        convs = [p for p, u, r in zip(self.primitives, self._units, self._reduce) if u is not None or r is not None]
-        return f"stride={self.stride}, fused={free}, fused_convs_on_cpu={convs}"
+        convs = [p for p, u in zip(self.primitives, self._units) if u is not None]
+        reduce = [p for p, r in zip(self.primitives, self._reduce) if r is not None]
+        return f"stride={self.stride}, fused={free}, fused_convs_on_cpu={convs}, subsampled={reduce}"
 
     def forward(self, x: Tensor, weights: Tensor, hard: bool = False) -> Tensor:
         if weights.dim() not in (1, 2) or weights.shape[-1] != len(self._ops):
@@ -233,10 +227,11 @@ class MixedOp(nn.Module):
         return y
 
     def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool) -> Tensor:
-        """Parametric candidate m: as ReLU-depthwise-pointwise units where it is made of them, else the module."""
+        """Parametric candidate m: as ReLU-depthwise-pointwise units where it is made of them, a FactorizedReduce
+        on its two pixel grids, else the module."""
         if fused and self._units[m] is not None:
             return _run_units(x, self._units[m])
-        if fused and self._reduce[m] is not None and _unit_is_fused(x, 1, 2, 1):
+        if self._reduce[m] is not None:
             return _run_reduce(x, self._reduce[m])
         return self._ops[m](xp)
 
@@ -363,24 +358,13 @@ class FusedReLUConvBN(ReLUConvBN):
         return bn(ops.relu_dw_pw_conv(x, ones, conv.weight, conv.stride[0], 1))
 
 
-class FusedFactorizedReduce(FactorizedReduce):
-    """``FactorizedReduce`` run as two fused units on the CPU (see ``_run_reduce``); same keys.
-
-    ``fuse_preprocessing`` gives this class only to modules ``_reduce_parts`` accepts.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not _unit_is_fused(x, 1, 2, 1):
-            return super().forward(x)
-        return _run_reduce(x, (self.conv_1, self.conv_2, self.bn))
-
-
 def fuse_preprocessing(model: nn.Module) -> int:
-    """Run every 1x1 ``ReLUConvBN`` and ``FactorizedReduce`` of `model` outside its MixedOps as fused units.
+    """Run the preprocessing of `model` outside its MixedOps faster: every 1x1 ``ReLUConvBN`` as a
+    fused unit (:func:`dartscc_fast.ops.relu_dw_pw_conv`, on the CPU) and every ``FactorizedReduce`` as
+    :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`.
 
     In place: the modules keep their parameters, buffers and state_dict keys;
-    only their class changes to a subclass whose forward uses
-    :func:`dartscc_fast.ops.relu_dw_pw_conv` on the CPU. Returns how many changed.
+    only their class changes to a subclass with another forward. Returns how many changed.
     """
     inside = {id(m) for mixed in model.modules() if isinstance(mixed, MixedOp) for m in mixed.modules()}
     changed = 0
@@ -393,6 +377,6 @@ def fuse_preprocessing(model: nn.Module) -> int:
                 mod.__class__ = FusedReLUConvBN
                 changed += 1
         elif type(mod) is FactorizedReduce and _reduce_parts(mod) is not None:
-            mod.__class__ = FusedFactorizedReduce
+            mod.__class__ = SubsampledFactorizedReduce
             changed += 1
     return changed

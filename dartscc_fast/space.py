@@ -8,8 +8,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, OPS, FactorizedReduce, \
-    ReLUConvBN, check_primitives, op_type
+from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, ReLUConvBN, \
+    SubsampledFactorizedReduce, check_primitives, derived_op, op_type
 from dartscc_fast import reference
 
 
@@ -215,7 +215,7 @@ class _DiscreteCell(nn.Module):
     def __init__(self, nodes, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, steps):
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess0 = SubsampledFactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
         self._nodes = [[(p, j) for p, j in node] for node in nodes]
         self._concat = concat
@@ -224,7 +224,7 @@ class _DiscreteCell(nn.Module):
         for node in nodes:
             for prim, j in node:
                 stride = 2 if reduction and j < 2 else 1
-                self._ops.append(OPS[prim](C, stride, True))
+                self._ops.append(derived_op(prim, C, stride))
         self._C = C
 
     def forward(self, s0, s1):

@@ -145,7 +145,7 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     assert n == 3 * net.num_edges
     # every cell's two preprocessing modules (ReLUConvBN, or FactorizedReduce after a reduction)
     assert dartscc_fast.fuse_preprocessing(fast) == 6
-    assert type(fast.cells[2].preprocess0).__name__ == "FusedFactorizedReduce"
+    assert type(fast.cells[2].preprocess0).__name__ == "SubsampledFactorizedReduce"
     assert type(fast.cells[0].preprocess1).__name__ == "FusedReLUConvBN"
     assert dartscc_fast.fuse_preprocessing(fast) == 0  # idempotent
     assert all(isinstance(m, dartscc_fast.MixedOp) for m in fast.modules() if type(m).__name__ == "MixedOp")
@@ -184,7 +184,8 @@ def test_unknown_candidates_run_as_modules():
 @pytest.mark.parametrize("conv_path", ["fused"], indirect=True)  # the fused path only
 @pytest.mark.parametrize("stride", [1, 2])
 def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch, conv_path):
-    """SepConv, DilConv and FactorizedReduce run through relu_dw_pw_conv on the CPU (float32/64), never nn.Conv2d."""
+    """SepConv and DilConv run through relu_dw_pw_conv on the CPU (float32/64), FactorizedReduce on its two pixel
+    grids: never an nn.Conv2d module."""
     ref, fast = pair(4, stride, DARTS_PRIMITIVES)
     calls = []
     real = dartscc_fast.ops.relu_dw_pw_conv
@@ -192,10 +193,10 @@ def test_convolutions_run_as_fused_units_on_cpu(stride, monkeypatch, conv_path):
     monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: pytest.fail("a convolution ran as a module"))
     x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
     fast(x, torch.softmax(torch.randn(8, dtype=torch.float64), -1))
-    # sep_conv_3x3/5x5: 2 units each, dil_conv_3x3/5x5: 1 each, FactorizedReduce at stride 2: 2
-    assert len(calls) == 6 + (2 if stride == 2 else 0)
-    assert "fused_convs_on_cpu=['skip_connect', 'sep_conv_3x3'" in repr(fast) if stride == 2 else \
-        "fused_convs_on_cpu=['sep_conv_3x3'" in repr(fast)
+    # sep_conv_3x3/5x5: 2 units each, dil_conv_3x3/5x5: 1 each
+    assert len(calls) == 6
+    assert "fused_convs_on_cpu=['sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5']" in repr(fast)
+    assert ("subsampled=['skip_connect']" if stride == 2 else "subsampled=[]") in repr(fast)
 
 
 def test_half_precision_convolutions_run_as_modules():

@@ -1,7 +1,7 @@
 """Device microbenchmarks: time every op configuration of a search space, and whole networks.
 
 Each configuration runs as the module a derived network uses (DARTS eval
-ops: ``OPS[primitive](C, stride, affine=True)``, eval mode) on a fixed random
+ops: ``derived_op(primitive, C, stride)``, eval mode) on a fixed random
 input ``[batch, C, H, W]``, under ``torch.inference_mode``, in the table's
 memory format (channels_last on the CPU by default, see
 :func:`default_memory_format`; derived networks are measured in the same one):
@@ -48,7 +48,7 @@ from torch import nn
 from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, space_configs, \
     torch_dtype
 from dartscc_fast.latency.table import LatencyTable, _now
-from dartscc_fast.primitives import OPS
+from dartscc_fast.primitives import derived_op
 from dartscc_fast.progress import Progress
 
 
@@ -217,7 +217,7 @@ def build_op(cfg: OpConfig, memory_format: str = "contiguous") -> nn.Module:
     """The module a derived network runs for this configuration (eval mode, on its device and dtype)."""
     if cfg.cin != cfg.cout:
         raise ValueError(f"{cfg.key()}: the DARTS primitives keep the channel count (cin == cout)")
-    op = OPS[cfg.primitive](cfg.cin, cfg.stride, True).eval().to(cfg.device, torch_dtype(cfg.dtype))
+    op = derived_op(cfg.primitive, cfg.cin, cfg.stride).eval().to(cfg.device, torch_dtype(cfg.dtype))
     return in_format(op, memory_format)
 
 
