@@ -187,12 +187,11 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    from dartscc_fast.datasets import make_loaders
     from dartscc_fast.derive import derive
     from dartscc_fast.search import load_search
     result = load_search(args.search)
     cfg = result.config
-    loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+    loaders = cfg.loaders()
     rows = []
     for S in args.S or list(PROFILES):
         label = S.upper() if S.strip().upper() in PROFILES else ""

@@ -396,11 +396,10 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    from dartscc_fast.datasets import make_loaders
     from dartscc_fast.search import load_search
     result = load_search(args.search)
     cfg = result.config
-    loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+    loaders = cfg.loaders()
     baselines = {"darts": [load_search(args.darts)] if args.darts else [],
                  "fbnet": [load_search(p) for p in args.fbnet]}
     rc = RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed, max_steps_per_epoch=args.retrain_max_steps) \

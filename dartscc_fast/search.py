@@ -58,6 +58,7 @@ class SearchConfig:
     data: str = "fmnist"
     data_root: Optional[str] = None
     limit: Optional[int] = None        # use only the first `limit` images (tiny runs, CI)
+    split: Tuple[float, float, float] = (0.7, 0.15, 0.15)   # train / validation / test fractions (seeded)
     epochs: int = 4                    # in all, warm-up included
     warmup_epochs: int = 1             # first train w alone on uniformly drawn architectures (FBNet, ProxylessNAS)
     batch_size: int = 64               # per process
@@ -105,6 +106,8 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
+        if len(self.split) != 3 or not all(f >= 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"split must be three fractions (train, val, test) >= 0 summing to 1, got {self.split}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.kappa < 0:
@@ -118,7 +121,16 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, d: Dict) -> "SearchConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if "split" in d:
+            d["split"] = tuple(d["split"])
+        return cls(**d)
+
+    def loaders(self):
+        """The train / validation / test loaders of this search's data and seeded split."""
+        from dartscc_fast.datasets import make_loaders
+        return make_loaders(self.data, self.data_root, batch_size=self.batch_size, seed=self.seed,
+                            limit=self.limit, fractions=self.split)
 
     def get_space(self) -> SearchSpace:
         return get_space(self.space, **self.space_overrides)
@@ -370,7 +382,6 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
         loaders: ``datasets.make_loaders`` output to reuse (else built from cfg).
         table: a LatencyTable to reuse (else :func:`latency_table_for`).
     """
-    from dartscc_fast.datasets import make_loaders
     created_pg = _init_distributed()
     rank, world = _dist_info()
     out = Path(cfg.out_dir)
@@ -378,7 +389,7 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
         out.mkdir(parents=True, exist_ok=True)
     space = cfg.get_space()
     if loaders is None:
-        loaders = make_loaders(cfg.data, cfg.data_root, batch_size=cfg.batch_size, seed=cfg.seed, limit=cfg.limit)
+        loaders = cfg.loaders()
     train_ds, val_ds, split = loaders.train.dataset, loaders.val.dataset, loaders.split
     if table is None:
         table = latency_table_for(cfg, space)
@@ -549,6 +560,8 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--data", default=d.data, help="fmnist or cifar10")
     p.add_argument("--data-root", default=d.data_root, help="data directory (default: the shipped subset)")
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
+    p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
+                   help="fractions of the images in the seeded train / validation / test split")
     p.add_argument("--epochs", type=int, default=d.epochs, help="in all, warm-up included")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="train the weights alone first, on uniformly drawn architectures")
@@ -576,7 +589,7 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
 def config_from_args(args, out_dir: str) -> SearchConfig:
     return SearchConfig(
         space=args.space, space_overrides={"C": args.channels} if args.channels else {}, data=args.data,
-        data_root=args.data_root, limit=args.limit, epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+        data_root=args.data_root, limit=args.limit, split=tuple(args.split), epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
         fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],

@@ -47,6 +47,8 @@ def test_bad_config():
         SearchConfig(protocol="trilevel")
     with pytest.raises(ValueError, match="simplex"):
         SearchConfig(fixed_S="pool=0.9,identity=0.9,conv=0")
+    with pytest.raises(ValueError, match="split must be three fractions"):
+        dataclasses.replace(TINY, split=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="warmup_epochs"):
         SearchConfig(epochs=2, warmup_epochs=2)
 
@@ -121,9 +123,12 @@ def test_ddp_two_processes_agree(tmp_path):
 def test_end_to_end_cli(tmp_path, capsys):
     search = tmp_path / "search"
     args = ["search", "--out", str(search), "--channels", "4", "--limit", "300", "--epochs", "2",
-            "--batch-size", "16", "--max-steps-per-epoch", "3", "--kappa", "4"]
+            "--batch-size", "16", "--max-steps-per-epoch", "3", "--kappa", "4", "--split", "0.6", "0.1", "0.3"]
     assert cli.main(args) == 0
     assert (search / "checkpoint.pt").is_file() and (search / "log.csv").is_file()
+    # the split is part of the search: evaluate and report rebuild the same one from the checkpoint
+    cfg = load_search(search).config
+    assert cfg.split == (0.6, 0.1, 0.3) and cfg.loaders().split.sizes == (180, 30, 90)
     fbnet = tmp_path / "fbnet"
     assert cli.main(args[:2] + [str(fbnet)] + args[3:] + ["--hypernet", "constant", "--fixed-S", "A"]) == 0
 
@@ -140,7 +145,7 @@ def test_end_to_end_cli(tmp_path, capsys):
     assert cli.main(["evaluate", "--search", str(search), "--retrain-epochs", "1", "--retrain-max-steps", "3",
                      "--out", str(tmp_path / "eval.json")]) == 0
     ev = json.loads((tmp_path / "eval.json").read_text())
-    assert len(ev["rows"]) == 3 and "train" in ev["split"]["text"]
+    assert len(ev["rows"]) == 3 and "train 180 / val 30 / test 90" in ev["split"]["text"]
 
     rep = tmp_path / "report"
     assert cli.main(["report", "--search", str(search), "--fbnet", str(fbnet), "--grid", "2",
