@@ -133,6 +133,31 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+class _ReluGrids(torch.autograd.Function):
+    """``relu(x[:, :, ::2, ::2]), relu(x[:, :, 1::2, 1::2])``, with a backward that writes the input
+    gradient once (autograd's would zero-fill a full-size tensor per slice and add them up)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
+        ctx.save_for_backward(even, odd)
+        ctx.shape, ctx.format = x.shape, (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+                                          and x.is_contiguous(memory_format=torch.channels_last)
+                                          else torch.contiguous_format)
+        return even, odd
+
+    @staticmethod
+    def backward(ctx, g_even, g_odd):
+        even, odd = ctx.saved_tensors
+        gx = torch.empty(ctx.shape, dtype=even.dtype, device=even.device, memory_format=ctx.format)
+        # the four pixel grids partition an even-sized plane: each is written once
+        gx[:, :, ::2, ::2] = torch.ops.aten.threshold_backward(g_even, even, 0) if g_even is not None else 0
+        gx[:, :, 1::2, 1::2] = torch.ops.aten.threshold_backward(g_odd, odd, 0) if g_odd is not None else 0
+        gx[:, :, ::2, 1::2] = 0
+        gx[:, :, 1::2, ::2] = 0
+        return gx
+
+
 def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
     """What :class:`FactorizedReduce` computes, on the two pixel grids it reads.
 
@@ -140,15 +165,16 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
     the second (``x[:, :, 1:, 1:]``) made contiguous first. ReLU commutes with
     subsampling, so this takes pixels (2i, 2j) and (2i+1, 2j+1) first and does ReLU
     and the two 1x1 convolutions (at stride 1) on the quarter-size grids: the same
-    function, a quarter of the ReLU, no full-size copy. A channels_last input has its
-    grids stacked and convolved at once (``groups=2``), which also saves the
-    concatenation of the outputs; oneDNN is fastest that way in that layout.
+    function, a quarter of the ReLU, no full-size copy, and a backward that writes
+    the input gradient in one pass. A channels_last input has its grids stacked and
+    convolved at once (``groups=2``), which also saves the concatenation of the
+    outputs; oneDNN is fastest that way in that layout. H and W must be even.
     """
-    even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+    even, odd = _ReluGrids.apply(x)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        out = F.conv2d(torch.cat([even, odd], 1).relu_(), torch.cat([weight_1, weight_2], 0), groups=2)
+        out = F.conv2d(torch.cat([even, odd], 1), torch.cat([weight_1, weight_2], 0), groups=2)
     else:
-        out = torch.cat([F.conv2d(even.relu(), weight_1), F.conv2d(odd.relu(), weight_2)], 1)
+        out = torch.cat([F.conv2d(even, weight_1), F.conv2d(odd, weight_2)], 1)
     return bn(out)
 
 

@@ -44,3 +44,22 @@ def test_derived_ops():
     assert type(derived_op("skip_connect", 4, 1)).__name__ == "Identity"
     sep = derived_op("sep_conv_3x3", 4, 2)
     assert sep.op[3].affine  # derived networks are evaluated with affine BatchNorm, as in DARTS
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["contiguous", "cl"])
+def test_relu_grids_gradcheck(memory_format):
+    from dartscc_fast.primitives import _ReluGrids
+    torch.manual_seed(0)
+    # away from ReLU's kink, where finite differences are meaningless
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    x = (x + 0.1 * x.sign()).contiguous(memory_format=memory_format).requires_grad_()
+    assert torch.autograd.gradcheck(_ReluGrids.apply, (x,))
+    even, odd = _ReluGrids.apply(x)
+    torch.testing.assert_close(even, x[:, :, ::2, ::2].relu())
+    torch.testing.assert_close(odd, x[:, :, 1::2, 1::2].relu())
+    # one grid unused: its gradient is None, and its pixels get zero
+    (g,) = torch.autograd.grad(odd.sum(), x)
+    expected = torch.zeros_like(x)
+    expected[:, :, 1::2, 1::2] = (x[:, :, 1::2, 1::2] > 0).double()
+    torch.testing.assert_close(g, expected)
+    assert g.is_contiguous(memory_format=memory_format)
