@@ -170,7 +170,10 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
     convolved at once (``groups=2``), which also saves the concatenation of the
     outputs; oneDNN is fastest that way in that layout. H and W must be even.
     """
-    even, odd = _ReluGrids.apply(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        even, odd = _ReluGrids.apply(x)
+    else:  # inference, and what torch.jit.trace / ONNX export record (no Python autograd.Function)
+        even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         out = F.conv2d(torch.cat([even, odd], 1), torch.cat([weight_1, weight_2], 0), groups=2)
     else:
