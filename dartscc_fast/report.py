@@ -44,8 +44,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         retrain_cfg: retraining settings; None evaluates with inherited weights only.
         front_retrain: retrain at most this many distinct grid architectures for the front
             (spread over their predicted latency); the others keep inherited-weight accuracy.
-        measure: time every derived network here (the table's device and layout); the profiles
-            A, B, C together, interleaved over ``profile_rounds`` rounds of 3 runs each.
+        measure: time every derived network here (the table's device and layout): all the distinct
+            ones together, interleaved over ``profile_rounds`` rounds of 3 runs each.
     """
     t0 = time.perf_counter()
     space, table = result.space, result.table
@@ -53,14 +53,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     evaluated: Dict[str, Dict] = {}  # genotype JSON -> its evaluation (shared by equal architectures)
 
     def evaluate(d: Derived, supernet, do_retrain: bool, what: str) -> Dict:
-        key = d.genotype.to_json()
-        ev = evaluated.setdefault(key, {})
-        if measure and d.measured_ms is None:
-            if "measured_ms" not in ev:
-                from dartscc_fast.derive import measure_latency
-                m = measure_latency(space, d.genotype, batch=table.batch or 64, threads=threads,
-                                    memory_format=table.memory_format)
-                ev["measured_ms"], ev["measured_iqr_ms"] = m["median"], m["iqr"]
+        ev = evaluated.setdefault(d.genotype.to_json(), {})
+        if "measured_ms" in ev:
             d.measured_ms, d.measured_iqr_ms = ev["measured_ms"], ev["measured_iqr_ms"]
         out = {}
         if supernet is not None:
@@ -76,16 +70,41 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             out["acc_kind"] = "inherited"
         return out
 
-    # the three profiles; their latencies measured interleaved, so that their order is the machine's
+    # every architecture first: the profiles, the simplex grid, the baselines' and the random ones
     derived = {name: derive(result, name, label=name) for name in PROFILES}
+    grid = [(derive(result, S), S) for S in simplex_grid(grid_steps)]
+    base_derived: Dict[str, List] = {"darts": [], "fbnet": []}
+    searches = {"hypernet": 1}
+    for kind in ("darts", "fbnet"):
+        runs = (baselines or {}).get(kind) or []
+        runs = runs if isinstance(runs, (list, tuple)) else [runs]
+        searches[kind] = len(runs)
+        for r in runs:
+            an, ar = r.alphas(parse_S(r.config.fixed_S or PROFILES["A"]))
+            d = derive_from_alphas(space, an, ar, r.config.fixed_S or PROFILES["A"], table,
+                                   label=f"{kind} kappa={r.config.kappa:g}")
+            base_derived[kind].append((r, d))
+    random_derived = []
+    if random_baselines and table is not None:
+        targets = [derived[name].predicted_ms for name in PROFILES]
+        for (g, pred), name in zip(random_matched(space, table, targets, seed=result.config.seed), PROFILES):
+            d = derive_from_alphas(space, *_onehot(space, g), PROFILES["A"], table, label=f"random ~{name}")
+            d.genotype = g
+            random_derived.append((name, d))
+
     if measure and table is not None:
-        # where and how evaluate() measures every other network: this CPU, the table's batch and layout
-        distinct = list({d.genotype.to_json(): d.genotype for d in derived.values()}.items())
+        # every distinct network timed interleaved, on this CPU at the table's batch and layout: a burst of
+        # load lands on all of them alike (timed one after another, single networks came out up to 1.5x slow)
+        every = list(derived.values()) + [d for d, _ in grid] + [d for runs in base_derived.values()
+                                                                 for _, d in runs] + [d for _, d in random_derived]
+        distinct = list({d.genotype.to_json(): d.genotype for d in every}.items())
+        log(f"measuring the latency of {len(distinct)} distinct networks, interleaved ({profile_rounds} rounds)")
         from dartscc_fast.latency.measure import time_genotypes
         times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
                                memory_format=table.memory_format, rounds=profile_rounds)
         for (key, _), tm in zip(distinct, times):
             evaluated[key] = {"measured_ms": tm.median, "measured_iqr_ms": tm.iqr}
+
     profiles = []
     for name, d in derived.items():
         profiles.append(_row(d, "profile", profile=PROFILE_NAMES[name],
@@ -93,10 +112,8 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")
 
     # the simplex grid (inherited weights; the front's spread retrained)
-    grid, seen = [], {}
-    for S in simplex_grid(grid_steps):
-        d = derive(result, S)
-        grid.append((d, S))
+    seen = {}
+    for d, _ in grid:
         seen.setdefault(d.genotype.to_json(), d)
     distinct = sorted(seen.values(), key=lambda d: d.predicted_ms or 0.0)
     if len(distinct) > front_retrain > 0:
@@ -113,24 +130,13 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
 
     # baselines
     base_rows: Dict[str, List[Dict]] = {"darts": [], "fbnet": [], "random": []}
-    searches = {"hypernet": 1}
-    for kind in ("darts", "fbnet"):
-        runs = (baselines or {}).get(kind) or []
-        runs = runs if isinstance(runs, (list, tuple)) else [runs]
-        searches[kind] = len(runs)
-        for r in runs:
-            an, ar = r.alphas(parse_S(r.config.fixed_S or PROFILES["A"]))
-            d = derive_from_alphas(space, an, ar, r.config.fixed_S or PROFILES["A"], table,
-                                   label=f"{kind} kappa={r.config.kappa:g}")
+    for kind, runs in base_derived.items():
+        for r, d in runs:
             ev = evaluate(d, r.supernet, True, d.label)
             base_rows[kind].append(_row(d, kind, kappa=r.config.kappa, search_seconds=r.seconds, **ev))
-    if random_baselines and table is not None:
-        targets = [p["predicted_ms"] for p in profiles]
-        for (g, pred), p in zip(random_matched(space, table, targets, seed=result.config.seed), profiles):
-            d = derive_from_alphas(space, *_onehot(space, g), PROFILES["A"], table, label=f"random ~{p['label']}")
-            d.genotype = g
-            ev = evaluate(d, None, True, d.label)
-            base_rows["random"].append(_row(d, "random", matched=p["label"], **ev))
+    for name, d in random_derived:
+        ev = evaluate(d, None, True, d.label)
+        base_rows["random"].append(_row(d, "random", matched=name, **ev))
 
     report = {
         "split": loaders.split.as_dict(), "split_text": split,

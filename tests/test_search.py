@@ -183,19 +183,28 @@ def test_derivation_is_deterministic_and_inherited_eval(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:the machine is busy")
-def test_report_measures_profiles_in_the_tables_layout(tmp_path):
+def test_report_measures_every_network_at_once_in_the_tables_layout(tmp_path, monkeypatch):
     from dartscc_fast.datasets import make_loaders
-    from dartscc_fast.latency import profile_space
+    from dartscc_fast.latency import measure, profile_space
     from dartscc_fast.report import make_report
+    calls = []
+    real = measure.time_genotypes
+    monkeypatch.setattr(measure, "time_genotypes",
+                        lambda space, gs, **kw: calls.append(len(gs)) or real(space, gs, **kw))
     cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, out_dir=str(tmp_path))
     r = load_search(run_search(cfg))
     r.table = profile_space(r.space, "cpu", batch=2, threads=1, progress=False, max_seconds=0.01, min_runs=3,
                             warmup=1)
     assert r.table.memory_format == "channels_last"
     loaders = make_loaders(limit=300, batch_size=16)
-    rep = make_report(r, loaders, grid_steps=1, retrain_cfg=None, front_retrain=0, random_baselines=False,
+    rep = make_report(r, loaders, grid_steps=1, retrain_cfg=None, front_retrain=0, random_baselines=True,
                       measure=True, threads=1, profile_rounds=1, log=lambda m: None)
-    assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in rep["profiles"])
+    rows = rep["profiles"] + rep["grid"] + rep["baselines"]["random"]
+    assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in rows)
+    # one interleaved measurement of the distinct networks; equal networks share their figure
+    distinct = {json.dumps(p["genotype"], sort_keys=True): p["measured_ms"] for p in rows}
+    assert calls == [len(distinct)]
+    assert all(distinct[json.dumps(p["genotype"], sort_keys=True)] == p["measured_ms"] for p in rows)
     assert rep["latency_table"]["memory_format"] == "channels_last"
     assert "measured_order_B<A<C" in rep["claims"]
 
