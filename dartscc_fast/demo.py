@@ -114,8 +114,8 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
         table.save(table_path)
     times["profile"] = time.perf_counter() - t
 
-    base = SearchConfig(space=cfg.space, limit=cfg.limit, split=tuple(cfg.split), epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                        kappa=cfg.kappa, per_sample=cfg.per_sample, seed=cfg.seed,
+    base = SearchConfig(space=cfg.space, limit=cfg.limit, split=tuple(cfg.split), epochs=cfg.epochs,
+                        warmup_epochs=cfg.warmup_epochs, kappa=cfg.kappa, per_sample=cfg.per_sample, seed=cfg.seed,
                         latency_table=table_path, out_dir=str(out / "search"),
                         max_steps_per_epoch=cfg.max_steps_per_epoch)
     if cfg.hypernet:
@@ -185,8 +185,8 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
-                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, per_sample=not args.per_batch, fbnet_kappas=tuple(args.fbnet_kappas),
-                     darts=not args.no_darts,
+                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, per_sample=not args.per_batch,
+                     fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,
                      threads=args.threads, profile_seconds=args.profile_seconds, latency_table=args.latency_table,
                      seed=args.seed, hypernet=args.hypernet, max_steps_per_epoch=args.max_steps_per_epoch)

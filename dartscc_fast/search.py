@@ -589,7 +589,8 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
 def config_from_args(args, out_dir: str) -> SearchConfig:
     return SearchConfig(
         space=args.space, space_overrides={"C": args.channels} if args.channels else {}, data=args.data,
-        data_root=args.data_root, limit=args.limit, split=tuple(args.split), epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+        data_root=args.data_root, limit=args.limit, split=tuple(args.split), epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
         fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],

@@ -215,7 +215,8 @@ class _DiscreteCell(nn.Module):
     def __init__(self, nodes, concat, C_prev_prev, C_prev, C, reduction, reduction_prev, steps):
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = SubsampledFactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess0 = SubsampledFactorizedReduce(C_prev_prev, C) if reduction_prev \
+            else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
         self._nodes = [[(p, j) for p, j in node] for node in nodes]
         self._concat = concat
