@@ -42,7 +42,7 @@ __all__ = [
     "ImageSet", "Split", "Loaders",
     "read_idx", "load_fashion_mnist", "fashion_mnist_root", "download_fashion_mnist",
     "file_digest", "verify_file", "verify_shipped_fashion_mnist",
-    "load_cifar10", "split_dataset", "make_loaders",
+    "load_cifar10", "check_fractions", "split_dataset", "make_loaders",
     "FMNIST_ENV", "CIFAR10_ENV", "FMNIST_CLASSES", "CIFAR10_CLASSES",
     "FMNIST_MD5", "FMNIST_MIRRORS", "SHIPPED_FMNIST_SHA256", "SHIPPED_FMNIST_COUNT",
 ]
@@ -588,6 +588,16 @@ def _split_sizes(n: int, fractions: Sequence[float]) -> List[int]:
     return sizes
 
 
+def check_fractions(fractions: Sequence[float], name: str = "fractions") -> Tuple[float, float, float]:
+    """``(train, val, test)`` fractions as floats; ValueError, naming ``name``, unless they are
+    three finite numbers >= 0 summing to 1 (within 1e-6)."""
+    fr = tuple(float(f) for f in fractions)
+    if len(fr) != 3 or any(f < 0 or not math.isfinite(f) for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
+        raise ValueError("%s must be three fractions (train, val, test) >= 0 summing to 1, not %r"
+                         % (name, tuple(fractions)))
+    return fr  # type: ignore[return-value]
+
+
 def split_dataset(n: int, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   description: str = "images") -> Split:
     """A fixed, seeded train / validation / test split of ``range(n)``.
@@ -605,10 +615,7 @@ def split_dataset(n: int, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: 
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError("n must be a non-negative int, not %r" % (n,))
-    fr = tuple(float(f) for f in fractions)
-    if len(fr) != 3 or any(f < 0 or not math.isfinite(f) for f in fr) or abs(sum(fr) - 1.0) > 1e-6:
-        raise ValueError("fractions must be three non-negative numbers summing to 1, not %r"
-                         % (tuple(fractions),))
+    fr = check_fractions(fractions)
     n_train, n_val, n_test = _split_sizes(n, fr)
     gen = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=gen)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dartscc_fast import ops
+from dartscc_fast.datasets import check_fractions, make_loaders
 from dartscc_fast.latency import LatencyTable, latency_reg, normalise, simulate_table
 from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
     sample_S
@@ -106,8 +107,7 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
-        if len(self.split) != 3 or not all(f >= 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ValueError(f"split must be three fractions (train, val, test) >= 0 summing to 1, got {self.split}")
+        check_fractions(self.split, "split")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.kappa < 0:
@@ -128,7 +128,6 @@ class SearchConfig:
 
     def loaders(self):
         """The train / validation / test loaders of this search's data and seeded split."""
-        from dartscc_fast.datasets import make_loaders
         return make_loaders(self.data, self.data_root, batch_size=self.batch_size, seed=self.seed,
                             limit=self.limit, fractions=self.split)
 

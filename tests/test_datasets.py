@@ -343,3 +343,9 @@ def test_cifar10_errors(tmp_path, monkeypatch):
     (d / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
         ds.load_cifar10(d)
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.5, 0.5, 0.5), (1.2, -0.1, -0.1), (float("nan"), 0.5, 0.5)])
+def test_bad_fractions(fractions):
+    with pytest.raises(ValueError, match="fractions must be three fractions"):
+        ds.split_dataset(10, fractions)
