@@ -133,6 +133,11 @@ class FactorizedReduce(nn.Module):
         return self.bn(out)
 
 
+def _is_channels_last(x) -> bool:
+    """A 4-d tensor laid out channels_last (and not also contiguous, as size-1 dimensions allow)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class _ReluGrids(torch.autograd.Function):
     """``relu(x[:, :, ::2, ::2]), relu(x[:, :, 1::2, 1::2])``, with a backward that writes the input
     gradient once (autograd's would zero-fill a full-size tensor per slice and add them up)."""
@@ -141,9 +146,8 @@ class _ReluGrids(torch.autograd.Function):
     def forward(ctx, x):
         even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
         ctx.save_for_backward(even, odd)
-        ctx.shape, ctx.format = x.shape, (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-                                          and x.is_contiguous(memory_format=torch.channels_last)
-                                          else torch.contiguous_format)
+        ctx.shape = x.shape
+        ctx.format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         return even, odd
 
     @staticmethod
@@ -174,7 +178,7 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
         even, odd = _ReluGrids.apply(x)
     else:  # inference, and what torch.jit.trace / ONNX export record (no Python autograd.Function)
         even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _is_channels_last(x):
         out = F.conv2d(torch.cat([even, odd], 1), torch.cat([weight_1, weight_2], 0), groups=2)
     else:
         out = torch.cat([F.conv2d(even, weight_1), F.conv2d(odd, weight_2)], 1)
