@@ -51,6 +51,7 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     space, table = result.space, result.table
     split = str(loaders.split)
     evaluated: Dict[str, Dict] = {}  # genotype JSON -> its evaluation (shared by equal architectures)
+    inherited: Dict[tuple, float] = {}  # (supernet, genotype JSON) -> accuracy with the supernet's weights
 
     def evaluate(d: Derived, supernet, do_retrain: bool, what: str) -> Dict:
         ev = evaluated.setdefault(d.genotype.to_json(), {})
@@ -58,7 +59,10 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             d.measured_ms, d.measured_iqr_ms = ev["measured_ms"], ev["measured_iqr_ms"]
         out = {}
         if supernet is not None:
-            out["inherited_acc"] = inherited_accuracy(supernet, space, d.genotype, loaders.test)
+            key = (id(supernet), d.genotype.to_json())
+            if key not in inherited:
+                inherited[key] = inherited_accuracy(supernet, space, d.genotype, loaders.test)
+            out["inherited_acc"] = inherited[key]
         if do_retrain and retrain_cfg is not None:
             if "retrain" not in ev:
                 log(f"retraining {what} ({retrain_cfg.epochs} epochs)")
