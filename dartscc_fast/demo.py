@@ -44,6 +44,7 @@ class DemoConfig:
     # of 42 edges); kappa 2 left A with 2 and B and C with 0-5; C kept 9-21 pools at every setting tried
     # (kappa 1-2, prior scale 1-4, 4-8 epochs, 1-2 warm-up epochs, S per batch or per sample).
     kappa: float = 1.0
+    normalise: str = "uniform"
     per_sample: bool = True
     fbnet_kappas: tuple = (0.5, 1.5, 4.0)   # fixed-kappa searches spanning several convolutions to none
     darts: bool = True
@@ -115,7 +116,8 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     times["profile"] = time.perf_counter() - t
 
     base = SearchConfig(space=cfg.space, limit=cfg.limit, split=tuple(cfg.split), epochs=cfg.epochs,
-                        warmup_epochs=cfg.warmup_epochs, kappa=cfg.kappa, per_sample=cfg.per_sample, seed=cfg.seed,
+                        warmup_epochs=cfg.warmup_epochs, kappa=cfg.kappa, normalise=cfg.normalise,
+                        per_sample=cfg.per_sample, seed=cfg.seed,
                         latency_table=table_path, out_dir=str(out / "search"),
                         max_steps_per_epoch=cfg.max_steps_per_epoch)
     if cfg.hypernet:
@@ -168,6 +170,8 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     p.add_argument("--kappa", type=float, default=d.kappa)
+    p.add_argument("--normalise", choices=["uniform", "cheapest", "type"], default=d.normalise,
+                   help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--per-batch", action="store_true", help="draw S once per batch (the paper) instead of per sample")
     p.add_argument("--fbnet-kappas", type=float, nargs="*", default=list(d.fbnet_kappas))
     p.add_argument("--no-darts", action="store_true", help="skip the DARTS baseline")
@@ -185,7 +189,8 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
-                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, per_sample=not args.per_batch,
+                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, normalise=args.normalise,
+                     per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,
                      threads=args.threads, profile_seconds=args.profile_seconds, latency_table=args.latency_table,

@@ -75,7 +75,7 @@ class SearchConfig:
     kappa: float = 1.0                 # weight of the normalised latency term (calibrated: see demo.py)
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
-    normalise: str = "uniform"         # reference architecture of the normalisation
+    normalise: str = "uniform"         # 'uniform' | 'cheapest': the plain latency; 'type': per operation type
 
     tau_start: float = 1.0
     tau_end: float = 0.2
@@ -102,7 +102,7 @@ class SearchConfig:
             raise ValueError(f"temperatures must be > 0, got {self.tau_start} -> {self.tau_end}")
         for name, allowed in (("tau_schedule", ("linear", "exp")), ("protocol", ("single", "bilevel")),
                               ("optimizer", ("adam", "sgd")), ("log", ("csv", "tensorboard", "none")),
-                              ("normalise", ("uniform", "cheapest"))):
+                              ("normalise", ("uniform", "cheapest", "type"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -571,6 +571,9 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--fixed-S", default=d.fixed_S, help="train for one fixed S instead of S ~ Dirichlet(1)")
     p.add_argument("--kappa", type=float, default=d.kappa, help="weight of the normalised latency term")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
+    p.add_argument("--normalise", choices=["uniform", "cheapest", "type"], default=d.normalise,
+                   help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
+                        "type's columns by that type's (S alone then prices a type)")
     p.add_argument("--latency-device", default=d.latency_device,
                    help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")
     p.add_argument("--tau", type=float, nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))
@@ -591,7 +594,7 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
         data_root=args.data_root, limit=args.limit, split=tuple(args.split), epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
-        fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table,
+        fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table, normalise=args.normalise,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
         tau_schedule=args.tau_schedule, hard=not args.soft, protocol=args.protocol, optimizer=args.optimizer,
         lr_w=args.lr_w, lr_a=args.lr_a, grad_clip=args.grad_clip, seed=args.seed, out_dir=out_dir, log=args.log)

@@ -235,8 +235,32 @@ def test_normalise():
         normalise(L, "median")
     t = sample_table(DARTS)
     raw = t.supernet_latency(DARTS)
-    for ref in ("uniform", "cheapest"):
+    for ref in ("uniform", "cheapest", "type"):
         torch.testing.assert_close(t.supernet_latency(DARTS, normalise_by=ref), normalise(raw, ref, ti))
+
+
+def test_normalise_per_type():
+    """'type': every operation type's own uniform architecture costs 1; ratios within a type stay."""
+    L = torch.rand(28, 8, dtype=torch.float64) + 0.1
+    ti = DARTS.type_index().tolist()
+    L[:, ti.index(-1)] = 0                                # 'none' costs nothing
+    n = normalise(L, "type", ti)
+    for t in set(ti) - {-1}:
+        cols = [m for m, u in enumerate(ti) if u == t]
+        assert n[:, cols].mean(-1).sum().item() == pytest.approx(1.0)
+        torch.testing.assert_close(n[:, cols] / n[0, cols[0]], L[:, cols] / L[0, cols[0]])
+    assert n[:, ti.index(-1)].abs().sum() == 0
+    # scaling one type's latencies (a device where pooling is 10x dearer) leaves the result unchanged
+    pool = [m for m, u in enumerate(ti) if u == 0]
+    L2 = L.clone()
+    L2[:, pool] *= 10
+    torch.testing.assert_close(normalise(L2, "type", ti), n)
+    with pytest.raises(ValueError, match="one type per candidate"):
+        normalise(L, "type")
+    L[:, pool] = 0
+    with pytest.raises(ValueError, match="operation type 0"):
+        normalise(L, "type", ti)
+
 
 
 def test_end_to_end_regulariser():

@@ -9,7 +9,7 @@ import torch
 
 from dartscc_fast import cli
 from dartscc_fast.derive import derive, export_model
-from dartscc_fast.evaluate import genotype_weights, inherited_accuracy
+from dartscc_fast.evaluate import baseline_config, genotype_weights, inherited_accuracy
 from dartscc_fast.search import SearchConfig, load_search, run_search, spawn_ddp, temperature
 from dartscc_fast.space import DiscreteNetwork, count_parameters
 
@@ -63,6 +63,22 @@ def test_search_variants_run(tmp_path, variant):
     assert r.epoch == 1 and len(r.history) == 1
     assert all(torch.isfinite(torch.tensor(v)) for v in r.history[0].values())
     assert (tmp_path / "log.csv").read_text().count("\n") == 1 + 2
+
+
+def test_type_normalised_search_prices_every_type_alike(tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, normalise="type", out_dir=str(tmp_path))
+    r = load_search(run_search(cfg))
+    ti = r.space.type_index().tolist()
+    for t in range(3):  # pool, identity, conv: each type's uniform architecture costs 1 in the search's L
+        cols = [m for m, u in enumerate(ti) if u == t]
+        assert r.L[:, cols].mean(-1).sum().item() == pytest.approx(1.0, rel=1e-5)
+    assert r.config.normalise == "type"
+    # the FBNet baseline keeps the plain latency, so its kappa means what it means without the hypernetwork
+    fb = baseline_config(cfg, "fbnet", 1.5)
+    assert fb.normalise == "uniform" and fb.kappa == 1.5
+    assert baseline_config(dataclasses.replace(cfg, normalise="cheapest"), "fbnet", 1.5).normalise == "cheapest"
+    with pytest.raises(ValueError, match="normalise"):
+        SearchConfig(normalise="median")
 
 
 def test_search_is_deterministic_and_resume_matches(tmp_path):

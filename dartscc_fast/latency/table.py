@@ -350,7 +350,7 @@ class LatencyTable:
                 architecture weights ``torch.cat([w_normal, w_reduce], -2)``.
             fallback: None (a missing configuration is an error), 'roofline' or
                 a function ``OpConfig -> ms`` (estimates, with a warning).
-            normalise_by: 'uniform' or 'cheapest': divide by that reference
+            normalise_by: 'uniform', 'cheapest' or 'type': divide by that reference
                 architecture's latency (:func:`normalise`).
         """
         if per not in ("edge", "cell_type"):
@@ -421,7 +421,28 @@ def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optiona
 
 def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:
     """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
-    so a regularisation weight kappa means the same everywhere."""
+    so a regularisation weight kappa means the same everywhere.
+
+    ``reference='type'`` divides each operation type's columns by the latency of
+    that type's own uniform architecture (every edge on the mean of the type's
+    candidates), so every type's architecture costs 1. Within a type the
+    measured ratios stay (stride, position, kernel); across types they go, and
+    S_t alone sets a type's price, as the seeds' experiment penalised it: with
+    the plain latency a type that is cheap on the device (pooling, identity) is
+    hardly penalised by any S. 'none' (type -1) keeps its cost of 0.
+    """
+    if reference == "type":
+        if type_index is None or len(type_index) != L.shape[-1]:
+            raise ValueError(f"reference='type' needs one type per candidate ({L.shape[-1]}), got {type_index}")
+        out = L.clone()
+        for t in sorted({int(t) for t in type_index if int(t) >= 0}):
+            cols = [m for m, u in enumerate(type_index) if int(u) == t]
+            d = L[..., cols].mean(dim=-1).sum()
+            if not bool(d > 0):
+                raise ValueError(f"operation type {t} has latency {float(d)} in every position; cannot normalise "
+                                 "by it")
+            out[..., cols] = L[..., cols] / d
+        return out
     d = reference_latency(L, reference, type_index)
     if not bool(d > 0):
         raise ValueError(f"the {reference} reference architecture has latency {float(d)}; cannot normalise by it")
