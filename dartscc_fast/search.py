@@ -72,10 +72,10 @@ class SearchConfig:
     fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
     prior_scale: float = 1.0           # start alpha(S) at -prior_scale * kappa / tau_end * S_type L (0: at 0)
 
-    kappa: float = 1.0                 # weight of the normalised latency term (calibrated: see demo.py)
+    kappa: float = 4.0                 # weight of the normalised latency term (calibrated: see demo.py)
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
-    normalise: str = "uniform"         # 'uniform' | 'cheapest': the plain latency; 'type': per operation type
+    normalise: str = "type"            # 'type': per operation type; 'uniform' | 'cheapest': the plain latency
 
     tau_start: float = 1.0
     tau_end: float = 0.2
