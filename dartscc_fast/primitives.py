@@ -188,8 +188,8 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
 class SubsampledFactorizedReduce(FactorizedReduce):
     """:class:`FactorizedReduce` through :func:`factorized_reduce_subsampled`: the same function,
     parameters and state_dict keys (so weights load both ways); on the 2-core CPU at batch 64,
-    1.2-4.2x faster in inference (``bench/bench_factorized_reduce.py``) and about 2x forward+backward. The derived networks and the search's
-    preprocessing use it."""
+    1.2-4.2x faster in inference (``bench/bench_factorized_reduce.py``) and about 2x forward+backward.
+    The derived networks and the search's preprocessing use it."""
 
     def forward(self, x):
         self.check_input(x)
