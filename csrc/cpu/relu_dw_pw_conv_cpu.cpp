@@ -97,34 +97,72 @@ struct Geometry {
   }
 };
 
-// Column range of phase px: padded columns S v + px that hold input column w = S v + px - pad in [0, W).
-struct PhaseCols {
-  int64_t v0, v1;  // v in [v0, v1)
-};
-inline PhaseCols phase_cols(int64_t px, int64_t S, int64_t pad, int64_t W) {
-  const int64_t v0 = std::max<int64_t>(0, (pad - px + S - 1) / S);
-  const int64_t last = W - 1 + pad - px;  // S v <= last; may be negative (W = 1, pad 0, px 1)
-  const int64_t v1 = last < 0 ? 0 : last / S + 1;
-  return {v0, std::max(v0, v1)};
+// Stride 2: input row x (W columns) <-> its two phase rows: padded column
+// w + pad is phase (w + pad) & 1, column (w + pad) >> 1. One contiguous pass
+// over the input row, column pairs at a time (stride-2 loops per phase were
+// scattered scalar stores, and integer divisions per row, most of the stride-2
+// backward's time). relu_to_phases writes relu(x) (NaN stays NaN);
+// masked_from_phases writes gx = x > 0 ? phase value : 0.
+template <typename T>
+DARTSCC_INLINE void relu_to_phases(T* __restrict r0, T* __restrict r1, const T* __restrict x, int64_t W,
+                                   int64_t pad) {
+  int64_t w = 0;
+  if (pad & 1) {  // column 0 is phase 1
+    r1[pad >> 1] = x[0] <= T(0) ? T(0) : x[0];
+    w = 1;
+  }
+  const int64_t base = (w + pad) >> 1;
+  const int64_t pairs = (W - w) / 2;
+  const T* __restrict xw = x + w;
+  T* __restrict a = r0 + base;
+  T* __restrict b = r1 + base;
+  for (int64_t j = 0; j < pairs; ++j) {
+    const T e = xw[2 * j], o = xw[2 * j + 1];
+    a[j] = e <= T(0) ? T(0) : e;
+    b[j] = o <= T(0) ? T(0) : o;
+  }
+  w += 2 * pairs;
+  if (w < W) r0[(w + pad) >> 1] = x[w] <= T(0) ? T(0) : x[w];
+}
+
+template <typename T>
+DARTSCC_INLINE void masked_from_phases(T* __restrict gx, const T* __restrict x, const T* __restrict r0,
+                                       const T* __restrict r1, int64_t W, int64_t pad) {
+  int64_t w = 0;
+  if (pad & 1) {
+    gx[0] = x[0] > T(0) ? r1[pad >> 1] : T(0);
+    w = 1;
+  }
+  const int64_t base = (w + pad) >> 1;
+  const int64_t pairs = (W - w) / 2;
+  const T* __restrict xw = x + w;
+  T* __restrict gw = gx + w;
+  const T* __restrict a = r0 + base;
+  const T* __restrict b = r1 + base;
+  for (int64_t j = 0; j < pairs; ++j) {
+    gw[2 * j] = xw[2 * j] > T(0) ? a[j] : T(0);
+    gw[2 * j + 1] = xw[2 * j + 1] > T(0) ? b[j] : T(0);
+  }
+  w += 2 * pairs;
+  if (w < W) gx[w] = x[w] > T(0) ? r0[(w + pad) >> 1] : T(0);
 }
 
 // Phase planes of relu(x_c), zero-padded (pad) and with zero margins.
 template <typename T>
 DARTSCC_INLINE void fill_phases(T* __restrict r, const T* __restrict x, const DwPwShape& s, const Geometry& g) {
   std::fill(r, r + g.S * g.S * g.plane, T(0));
-  for (int64_t h = 0; h < s.h; ++h) {
-    const int64_t hp = h + g.pad, py = hp % g.S, u = hp / g.S;
-    const T* __restrict xr = x + h * s.w;
-    for (int64_t px = 0; px < g.S; ++px) {
-      const PhaseCols pc = phase_cols(px, g.S, g.pad, s.w);
-      T* __restrict row = r + (py * g.S + px) * g.plane + u * g.wq;
-      const int64_t o = px - g.pad;  // input column = S v + o
-      if (g.S == 1) {
-        for (int64_t v = pc.v0; v < pc.v1; ++v) row[v] = xr[v + o] <= T(0) ? T(0) : xr[v + o];  // NaN stays NaN
-      } else {
-        for (int64_t v = pc.v0; v < pc.v1; ++v) row[v] = xr[2 * v + o] <= T(0) ? T(0) : xr[2 * v + o];
-      }
+  if (g.S == 1) {
+    for (int64_t h = 0; h < s.h; ++h) {
+      T* __restrict row = r + (h + g.pad) * g.wq + g.pad;
+      const T* __restrict xr = x + h * s.w;
+      for (int64_t w = 0; w < s.w; ++w) row[w] = xr[w] <= T(0) ? T(0) : xr[w];  // NaN stays NaN
     }
+    return;
+  }
+  for (int64_t h = 0; h < s.h; ++h) {
+    const int64_t hp = h + g.pad, py = hp & 1, u = hp >> 1;
+    T* row0 = r + (py * 2) * g.plane + u * g.wq;
+    relu_to_phases(row0, row0 + g.plane, x + h * s.w, s.w, g.pad);
   }
 }
 
@@ -368,18 +406,15 @@ DARTSCC_INLINE void backward_body(const DwPwShape& s, const T* grad, const T* x,
       const T* __restrict xc = x + (n * s.c + c) * s.h * s.w;
       T* __restrict gxc = gx + (n * s.c + c) * s.h * s.w;
       for (int64_t h = 0; h < s.h; ++h) {
-        const int64_t hp = h + g.pad, py = hp % g.S, u = hp / g.S;
-        for (int64_t px = 0; px < g.S; ++px) {
-          const PhaseCols pc = phase_cols(px, g.S, g.pad, s.w);
-          const T* __restrict src = b.gr.data() + (py * g.S + px) * g.plane + u * g.wq;
-          const T* __restrict xr = xc + h * s.w;
-          T* __restrict gr = gxc + h * s.w;
-          const int64_t o = px - g.pad;
-          if (g.S == 1) {
-            for (int64_t v = pc.v0; v < pc.v1; ++v) gr[v + o] = xr[v + o] > T(0) ? src[v] : T(0);
-          } else {
-            for (int64_t v = pc.v0; v < pc.v1; ++v) gr[2 * v + o] = xr[2 * v + o] > T(0) ? src[v] : T(0);
-          }
+        const T* __restrict xr = xc + h * s.w;
+        T* __restrict gr = gxc + h * s.w;
+        if (g.S == 1) {
+          const T* __restrict src = b.gr.data() + (h + g.pad) * g.wq + g.pad;
+          for (int64_t w = 0; w < s.w; ++w) gr[w] = xr[w] > T(0) ? src[w] : T(0);
+        } else {
+          const int64_t hp = h + g.pad, py = hp & 1, u = hp >> 1;
+          const T* src0 = b.gr.data() + (py * 2) * g.plane + u * g.wq;
+          masked_from_phases(gr, xr, src0, src0 + g.plane, s.w, g.pad);
         }
       }
     }
