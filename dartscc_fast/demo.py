@@ -43,7 +43,7 @@ class DemoConfig:
     # - 'uniform', kappa 1 (the plain latency): B kept 10 convolutions, the latency order was A > C > B
     #   (with pooling 1.4-3x cheaper than sep_conv_3x3 and identity free at stride 1, no S made pooling
     #   dear enough to matter, and C kept pools at every kappa 1-2 tried in earlier sessions);
-    # - 'type', kappa 1: C lost its pools, B kept 12 convolutions;
+    # - 'type', kappa 1: C lost its pools, convolutions stayed (12 of 42 even at S = conv 1);
     # - 'type', kappa 2: B 6 convolutions, C 2 pools, latency B < A < C;
     # - 'type', kappa 4: B 0 convolutions, C 0 pools, latency B < A < C, predicted and measured.
     kappa: float = 4.0
