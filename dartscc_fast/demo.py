@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 import torch
 
 from dartscc_fast.evaluate import RetrainConfig, baseline_config
+from dartscc_fast.latency import NORMALISATIONS
 from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -175,7 +176,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     p.add_argument("--kappa", type=float, default=d.kappa)
-    p.add_argument("--normalise", choices=["uniform", "cheapest", "type"], default=d.normalise,
+    p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--per-batch", action="store_true", help="draw S once per batch (the paper) instead of per sample")
     p.add_argument("--fbnet-kappas", type=float, nargs="*", default=list(d.fbnet_kappas))

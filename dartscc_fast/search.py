@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from dartscc_fast import ops
 from dartscc_fast.datasets import check_fractions, make_loaders
-from dartscc_fast.latency import LatencyTable, latency_reg, normalise, simulate_table
+from dartscc_fast.latency import NORMALISATIONS, LatencyTable, latency_reg, normalise, simulate_table
 from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
     sample_S
 from dartscc_fast.primitives import OP_TYPES
@@ -102,7 +102,7 @@ class SearchConfig:
             raise ValueError(f"temperatures must be > 0, got {self.tau_start} -> {self.tau_end}")
         for name, allowed in (("tau_schedule", ("linear", "exp")), ("protocol", ("single", "bilevel")),
                               ("optimizer", ("adam", "sgd")), ("log", ("csv", "tensorboard", "none")),
-                              ("normalise", ("uniform", "cheapest", "type"))):
+                              ("normalise", NORMALISATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
@@ -571,7 +571,7 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--fixed-S", default=d.fixed_S, help="train for one fixed S instead of S ~ Dirichlet(1)")
     p.add_argument("--kappa", type=float, default=d.kappa, help="weight of the normalised latency term")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
-    p.add_argument("--normalise", choices=["uniform", "cheapest", "type"], default=d.normalise,
+    p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
                         "type's columns by that type's (S alone then prices a type)")
     p.add_argument("--latency-device", default=d.latency_device,

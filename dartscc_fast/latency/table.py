@@ -419,6 +419,10 @@ def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optiona
     raise ValueError(f"reference must be 'uniform' or 'cheapest', got {reference!r}")
 
 
+#: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
+NORMALISATIONS = ("uniform", "cheapest", "type")
+
+
 def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:
     """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
     so a regularisation weight kappa means the same everywhere.
@@ -431,13 +435,16 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
     the plain latency a type that is cheap on the device (pooling, identity) is
     hardly penalised by any S. 'none' (type -1) keeps its cost of 0.
     """
+    if reference not in NORMALISATIONS:
+        raise ValueError(f"reference must be 'uniform' or 'cheapest' (or 'type', per operation type), "
+                         f"got {reference!r}")
     if reference == "type":
         if type_index is None or len(type_index) != L.shape[-1]:
             raise ValueError(f"reference='type' needs one type per candidate ({L.shape[-1]}), got {type_index}")
         out = L.clone()
         for t in sorted({int(t) for t in type_index if int(t) >= 0}):
             cols = [m for m, u in enumerate(type_index) if int(u) == t]
-            d = L[..., cols].mean(dim=-1).sum()
+            d = reference_latency(L[..., cols], "uniform")
             if not bool(d > 0):
                 raise ValueError(f"operation type {t} has latency {float(d)} in every position; cannot normalise "
                                  "by it")
