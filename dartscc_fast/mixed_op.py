@@ -273,6 +273,9 @@ class MixedOp(nn.Module):
     def _forward_hard(self, x: Tensor, weights: Tensor) -> Tensor:
         k = len(self._ops)
         if weights.dim() == 1:
+            m = _exact_one_hot(weights) if weights.dtype == x.dtype and weights.device == x.device else None
+            if m is not None:
+                return _DrawnOutput.apply(self._run_candidate(m, x), weights, m)
             m = int(weights.argmax())
             o = self._run_candidate(m, x)
             outputs = [o if j == m else o.new_empty((0,) + tuple(o.shape[1:])) for j in range(k)]
@@ -288,6 +291,49 @@ class MixedOp(nn.Module):
         ref = next(o for o in outputs if o is not None) if x.shape[0] else self._ops[0](x)
         outputs = [o if o is not None else ref.new_empty((0,) + tuple(ref.shape[1:])) for o in outputs]
         return ops.hard_mixed_sum(outputs, weights, index)
+
+
+def _exact_one_hot(weights: Tensor) -> Optional[int]:
+    """The index of the 1 when ``weights`` (one edge's) is exactly one-hot in value, else None."""
+    values = weights.tolist()
+    if values.count(1.0) == 1 and values.count(0.0) == len(values) - 1:
+        return values.index(1.0)
+    return None
+
+
+def _flat_dot(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> over all elements, through BLAS when both share a dense layout (no product tensor)."""
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) \
+            and b.is_contiguous(memory_format=torch.channels_last):
+        return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
+    return (a * b).sum()
+
+
+class _DrawnOutput(torch.autograd.Function):
+    """The per-edge hard sum for exactly one-hot weights (the package's hard
+    Gumbel-Softmax gives them): ``weights[m] * o + sum of the zero weights`` is
+    ``o`` itself, so the forward returns it without a pass over memory, and the
+    backward passes the gradient through and gives the weights
+    :func:`dartscc_fast.ops.hard_mixed_sum`'s straight-through gradient,
+    ``<g, o>`` for the drawn op and ``sum(g)`` for the others, from two reductions.
+    """
+
+    @staticmethod
+    def forward(ctx, o: Tensor, weights: Tensor, m: int) -> Tensor:
+        ctx.save_for_backward(o)
+        ctx.m, ctx.k = m, weights.shape[0]
+        return o.view_as(o)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        o, = ctx.saved_tensors
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = g.sum().expand(ctx.k).clone()
+            gw[ctx.m] = _flat_dot(g, o)
+        return g, gw, None
 
 
 @torch.no_grad()

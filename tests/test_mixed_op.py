@@ -96,6 +96,20 @@ def test_hard_each_drawn_candidate(stride, drawn):
     compare(ref, fast, x, w, hard=True)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("drawn", range(len(DARTS_PRIMITIVES)), ids=DARTS_PRIMITIVES)
+def test_hard_exact_one_hot(stride, drawn):
+    # the package's hard Gumbel-Softmax gives exact one-hot values: the drawn
+    # output is returned as it is, with the weights' straight-through gradient
+    ref, fast = pair(4, stride, DARTS_PRIMITIVES)
+    x = torch.randn(6, 4, 8, 8, dtype=torch.float64)
+    w = torch.nn.functional.one_hot(torch.tensor(drawn), 8).double()
+    compare(ref, fast, x, w, hard=True)
+    compare(ref, fast, x.contiguous(memory_format=torch.channels_last), w, hard=True)
+    ref.eval(), fast.eval()
+    compare(ref, fast, x, w, hard=True)
+
+
 def test_odd_sizes_and_channels_last():
     ref, fast = pair(3, 1, DARTS_PRIMITIVES)
     x = torch.randn(2, 3, 7, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
