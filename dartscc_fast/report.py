@@ -42,8 +42,9 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         baselines: ``{"darts": SearchResult, "fbnet": [SearchResult, ...]}`` (optional).
         grid_steps: the simplex grid has components in multiples of 1/grid_steps.
         retrain_cfg: retraining settings; None evaluates with inherited weights only.
-        front_retrain: retrain at most this many distinct grid architectures for the front
-            (spread over their predicted latency); the others keep inherited-weight accuracy.
+        front_retrain: retrain this many distinct grid architectures for the front, chosen by
+            :func:`front_picks` (one per baseline's latency budget, then spread over the predicted
+            latency); the others keep inherited-weight accuracy.
         measure: time every derived network here (the table's device and layout): all the distinct
             ones together, interleaved over ``profile_rounds`` rounds of 3 runs each.
     """
@@ -115,21 +116,22 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
                              **evaluate(d, result.supernet, True, f"profile {name}")))
         log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")
 
-    # the simplex grid (inherited weights; the front's spread retrained)
+    # the simplex grid (inherited weights), of which front_retrain distinct architectures are retrained for
+    # the front: first, for each baseline's predicted latency, the one a user with that budget would take
+    # from the family without retraining (front_picks), then others spread over the predicted latency
     seen = {}
     for d, _ in grid:
         seen.setdefault(d.genotype.to_json(), d)
-    distinct = sorted(seen.values(), key=lambda d: d.predicted_ms or 0.0)
-    if len(distinct) > front_retrain > 0:
-        idx = sorted({round(i * (len(distinct) - 1) / (front_retrain - 1)) for i in range(front_retrain)}) \
-            if front_retrain > 1 else [0]
-        to_retrain = {distinct[i].genotype.to_json() for i in idx}
-    else:
-        to_retrain = set(seen) if front_retrain > 0 else set()
+    budgets = [(d.label, d.predicted_ms) for runs in base_derived.values() for _, d in runs]
+    retrained_for = front_picks(result.supernet, space, list(seen.values()), budgets, loaders.val, front_retrain,
+                                already={d.genotype.to_json() for d in derived.values()})
+    log("retraining for the front: " + ("; ".join(f"S={seen[key].S_text} ({why})"
+                                                   for key, why in retrained_for.items()) or "none"))
     grid_rows = []
     for d, S in grid:
-        ev = evaluate(d, result.supernet, d.genotype.to_json() in to_retrain, f"S={format_S(S)}")
-        grid_rows.append(_row(d, "grid", **ev))
+        why = retrained_for.get(d.genotype.to_json())
+        ev = evaluate(d, result.supernet, why is not None, f"S={format_S(S)}")
+        grid_rows.append(_row(d, "grid", **ev, **({"retrained_for": why} if why else {})))
     log(f"grid: {len(grid_rows)} points, {len(seen)} distinct architectures")
 
     # baselines
@@ -197,24 +199,77 @@ def _pareto(points: Sequence[Dict], x: str) -> List[Dict]:
 LATENCY_TOLERANCE = 0.02
 
 
+def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence, val_loader, count: int,
+                already: Sequence[str] = ()) -> Dict[str, str]:
+    """Which of the family's distinct architectures to retrain for the front, and why.
+
+    For each (label, latency) budget, cheapest first: among the architectures
+    whose predicted latency is within the budget (plus LATENCY_TOLERANCE), the
+    one with the best accuracy on the validation part with the supernet's
+    weights, which is how a user picks from the family for a budget without
+    retraining (no test image is seen). Then architectures spread evenly over
+    the predicted latency, until ``count`` are chosen. Architectures in
+    ``already`` (the profiles, retrained anyway) are kept but take no place.
+
+    Returns ``{genotype JSON: reason}``.
+    """
+    if count <= 0:
+        return {}
+    distinct = sorted(distinct, key=lambda d: d.predicted_ms or 0.0)
+    val_acc: Dict[str, float] = {}
+    chosen: Dict[str, str] = {}
+
+    def used() -> int:
+        return sum(key not in already for key in chosen)
+
+    for label, budget in sorted((b for b in budgets if b[1] is not None), key=lambda b: b[1]):
+        if used() >= count:
+            break
+        cands = [d for d in distinct if d.predicted_ms is not None
+                 and d.predicted_ms <= budget * (1 + LATENCY_TOLERANCE)]
+        for d in cands:
+            key = d.genotype.to_json()
+            if key not in val_acc:
+                val_acc[key] = inherited_accuracy(supernet, space, d.genotype, val_loader)
+        if cands:
+            best = max(cands, key=lambda d: val_acc[d.genotype.to_json()])
+            chosen.setdefault(best.genotype.to_json(), f"budget of {label}")
+    n = len(distinct)
+    spread = [distinct[round(i * (n - 1) / (count - 1))] for i in range(count)] if count > 1 and n > 1 \
+        else distinct[:1]
+    for d in spread + distinct:
+        if used() >= count:
+            break
+        chosen.setdefault(d.genotype.to_json(), "spread over latency")
+    return chosen
+
+
 def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     """For each baseline search: the best family accuracy at no more latency (retrained points only).
 
     "No more" allows LATENCY_TOLERANCE (2 %) above the baseline's latency: the
-    table's own timing noise is of that order.
+    table's own timing noise is of that order. Each row also says whether a
+    shortfall is within the test set's noise: within two standard errors of
+    the difference of two accuracies on ``report["split"]["test"]`` images.
     """
     family = [r for r in report["grid"] + report["profiles"] if "retrain" in r]
+    n_test = (report.get("split") or {}).get("test")
     rows = []
     for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
         cands = [f for f in family if f[x] is not None and f[x] <= b[x] * (1 + LATENCY_TOLERANCE)]
         best = max(cands, key=lambda f: f["test_acc"]) if cands else None
-        rows.append({"baseline": b["label"], "latency": b[x], "acc": b["test_acc"],
-                     "family_acc": best["test_acc"] if best else None,
-                     "family_latency": best[x] if best else None,
-                     "family_at_least_as_good": bool(best and best["test_acc"] >= b["test_acc"] - 1e-9)})
+        row = {"baseline": b["label"], "latency": b[x], "acc": b["test_acc"],
+               "family_acc": best["test_acc"] if best else None,
+               "family_latency": best[x] if best else None,
+               "family_at_least_as_good": bool(best and best["test_acc"] >= b["test_acc"] - 1e-9)}
+        if best and n_test:
+            p, q = b["test_acc"], best["test_acc"]
+            row["difference_se"] = math.sqrt((p * (1 - p) + q * (1 - q)) / n_test)
+            row["within_noise"] = row["family_at_least_as_good"] or p - q <= 2 * row["difference_se"]
+        rows.append(row)
     n = len(rows)
     return {"latency": x, "rows": rows, "matched": sum(r["family_at_least_as_good"] for r in rows), "of": n,
-            "searches": report["searches"]}
+            "within_noise": sum(bool(r.get("within_noise")) for r in rows), "searches": report["searches"]}
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -250,9 +305,12 @@ def markdown(report: Dict) -> str:
     for kind in ("darts", "fbnet", "random"):
         lines += [line(r, r["label"]) for r in report["baselines"][kind]]
     lines += ["", f"### Grid over the simplex (step 1/{_grid_steps(report)})", "",
-              "(test acc: retrained where marked *, else inherited weights)", "", head.replace("profile", "#"), sep]
+              "(test acc: retrained where marked *, else inherited weights; * b: picked for a baseline's "
+              "latency budget by validation accuracy with inherited weights, * s: spread over latency)", "",
+              head.replace("profile", "#"), sep]
     for i, r in enumerate(report["grid"]):
-        lines.append(line(r, f"{i}{'*' if 'retrain' in r else ''}"))
+        mark = "" if "retrain" not in r else " * b" if r.get("retrained_for", "").startswith("budget") else " * s"
+        lines.append(line(r, f"{i}{mark}"))
     fr = report.get("front")
     if fr:
         s = fr["searches"]
@@ -260,13 +318,21 @@ def markdown(report: Dict) -> str:
                   f"Searches: hypernetwork {s.get('hypernet', 1)} (every S), FBNet-style {s.get('fbnet', 0)} "
                   f"(one per kappa), DARTS {s.get('darts', 0)}. The family is at least as accurate at no more "
                   f"predicted latency (within {LATENCY_TOLERANCE:.0%}) for {fr['matched']} of {fr['of']} baseline "
-                  "searches.", "",
+                  "searches. The family's points are its retrained architectures: the profiles, and for each "
+                  "baseline's latency the grid architecture with the best validation accuracy with the "
+                  "supernet's weights within it (what a user picks without retraining), then others spread "
+                  "over latency.", "",
                   f"| baseline | latency ms | acc | best family acc at <= latency (+{LATENCY_TOLERANCE:.0%}) "
-                  "| its latency ms |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| its latency ms | family - baseline, points (2 SE) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in fr["rows"]:
+            diff = "-" if r["family_acc"] is None else f"{(r['family_acc'] - r['acc']) * 100:+.1f}" + (
+                f" ({2 * r['difference_se'] * 100:.1f})" if "difference_se" in r else "")
             lines.append(f"| {r['baseline']} | {_fmt(r['latency'])} | {_fmt(r['acc'], True)} "
-                         f"| {_fmt(r['family_acc'], True)} | {_fmt(r['family_latency'])} |")
+                         f"| {_fmt(r['family_acc'], True)} | {_fmt(r['family_latency'])} | {diff} |")
+        if "within_noise" in fr:
+            lines += ["", f"Counting a shortfall within two standard errors of the difference (the test "
+                          f"images cannot tell it apart) as a match: {fr['within_noise']} of {fr['of']}."]
     c = report.get("claims")
     if c:
         lines += ["", "### The seeds' claim", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in c.items()]
