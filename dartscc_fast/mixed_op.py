@@ -275,7 +275,12 @@ class MixedOp(nn.Module):
         if weights.dim() == 1:
             m = _exact_one_hot(weights) if weights.dtype == x.dtype and weights.device == x.device else None
             if m is not None:
-                return _DrawnOutput.apply(self._run_candidate(m, x), weights, m)
+                o = self._run_candidate(m, x)
+                if torch.is_grad_enabled() and (o.requires_grad or weights.requires_grad):
+                    # autograd refuses in-place changes to the returned view
+                    return _DrawnOutput.apply(o, weights, m)
+                # without autograd, a drawn identity must not hand back the caller's own tensor
+                return o.clone() if o.data_ptr() == x.data_ptr() and o.numel() else o
             m = int(weights.argmax())
             o = self._run_candidate(m, x)
             outputs = [o if j == m else o.new_empty((0,) + tuple(o.shape[1:])) for j in range(k)]

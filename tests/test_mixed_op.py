@@ -110,6 +110,24 @@ def test_hard_exact_one_hot(stride, drawn):
     compare(ref, fast, x, w, hard=True)
 
 
+def test_hard_exact_one_hot_never_aliases_the_input():
+    # a drawn identity: the output is the input's values, but changing it must not change the input
+    ref, fast = pair(4, 1, DARTS_PRIMITIVES)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    w = torch.nn.functional.one_hot(torch.tensor(DARTS_PRIMITIVES.index("skip_connect")), 8).double()
+    with torch.no_grad():
+        y = fast(x, w, hard=True)
+        y.add_(1)
+    assert not torch.equal(y, x)
+    y = fast(x, w, hard=True)  # grad mode, but nothing requires a gradient
+    y.add_(1)
+    assert not torch.equal(y, x)
+    x.requires_grad_()
+    y = fast(x * 1, w, hard=True)
+    with pytest.raises(RuntimeError, match="view"):
+        y.add_(1)
+
+
 def test_odd_sizes_and_channels_last():
     ref, fast = pair(3, 1, DARTS_PRIMITIVES)
     x = torch.randn(2, 3, 7, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
