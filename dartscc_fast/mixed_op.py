@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from dartscc_fast import ops
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, \
-    SubsampledFactorizedReduce, Zero, check_primitives, factorized_reduce_subsampled, search_candidate
+    SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_subsampled, \
+    open_grid_scope, search_candidate
 
 __all__ = ["MixedOp", "replace_mixed_ops", "fuse_preprocessing"]
 
@@ -341,6 +342,14 @@ class _DrawnOutput(torch.autograd.Function):
         return g, gw, None
 
 
+def _open_grid_scope(module, args) -> None:
+    open_grid_scope()
+
+
+def _close_grid_scope(module, args, output) -> None:
+    close_grid_scope()
+
+
 @torch.no_grad()
 def _update_bn(bn: nn.BatchNorm2d, mean_var: Tensor, x: Tensor, stride: int) -> None:
     """Update bn's running statistics as nn.BatchNorm2d does, from the batch (mean, biased var) of a fused pool."""
@@ -412,12 +421,24 @@ class FusedReLUConvBN(ReLUConvBN):
 def fuse_preprocessing(model: nn.Module) -> int:
     """Run the preprocessing of `model` outside its MixedOps faster: every 1x1 ``ReLUConvBN`` as a
     fused unit (:func:`dartscc_fast.ops.relu_dw_pw_conv`, on the CPU) and every ``FactorizedReduce`` as
-    :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`.
+    :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`. Also, in every cell (a module whose
+    ``_ops`` holds MixedOps), the stride-2 skip_connects (FactorizedReduce) of edges leaving one state
+    share that state's ReLU grids (:func:`~dartscc_fast.primitives.open_grid_scope`, opened and closed
+    by forward hooks on the cell).
 
     In place: the modules keep their parameters, buffers and state_dict keys;
-    only their class changes to a subclass with another forward. Returns how many changed.
+    only their class changes to a subclass with another forward. Returns how many
+    preprocessing modules changed.
     """
     inside = {id(m) for mixed in model.modules() if isinstance(mixed, MixedOp) for m in mixed.modules()}
+    for mod in model.modules():
+        ops_ = getattr(mod, "_ops", None)
+        if isinstance(ops_, nn.ModuleList) and not isinstance(mod, MixedOp) \
+                and any(isinstance(m, MixedOp) for m in ops_) and not getattr(mod, "_dartscc_grid_scope", False):
+            # a cell: its edges' FactorizedReduces on one state share that state's grids
+            mod.register_forward_pre_hook(_open_grid_scope)
+            mod.register_forward_hook(_close_grid_scope, always_call=True)
+            mod._dartscc_grid_scope = True
     changed = 0
     for mod in model.modules():
         if id(mod) in inside:

@@ -7,11 +7,12 @@ regulariser; 'none' has no type and no cost.
 """
 from __future__ import annotations
 
+import threading
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 #: The full DARTS search space, in quark0/darts order.
 DARTS_PRIMITIVES: List[str] = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
@@ -163,6 +164,49 @@ class _ReluGrids(torch.autograd.Function):
         return gx
 
 
+_grid_scope = threading.local()
+
+
+def open_grid_scope() -> None:
+    """From here until :func:`close_grid_scope`, FactorizedReduce ops on the same tensor share its
+    subsampled ReLU grids (:func:`factorized_reduce_subsampled`): computed once, and in the backward
+    their gradients are summed on the grids before one scatter into the input's gradient.
+
+    In a DARTS cell each state feeds one FactorizedReduce (skip_connect at stride 2) per reduction edge
+    it starts; :func:`dartscc_fast.fuse_preprocessing` opens a scope around every cell's forward. A scope
+    must not span a backward pass (the shared grids' graph is freed by it). Scopes nest.
+    """
+    stack = getattr(_grid_scope, "stack", None)
+    if stack is None:
+        stack = _grid_scope.stack = []
+    stack.append({})
+
+
+def close_grid_scope() -> None:
+    """Close the innermost :func:`open_grid_scope` (a no-op when none is open)."""
+    stack = getattr(_grid_scope, "stack", None)
+    if stack:
+        stack.pop()
+
+
+def _fr_input(x: Tensor):
+    """The convolutions' input of :func:`factorized_reduce_subsampled`: the ReLU'd grids of pixels (2i, 2j)
+    and (2i+1, 2j+1), stacked on channels for channels_last x; shared within an open grid scope."""
+    stack = getattr(_grid_scope, "stack", None)
+    cache = stack[-1] if stack and not x.is_inference() else None  # inference tensors have no version counter
+    key = (id(x), x._version, torch.is_grad_enabled()) if cache is not None else None
+    if cache is not None and key in cache and cache[key][0] is x:
+        return cache[key][1]
+    if torch.is_grad_enabled() and x.requires_grad:
+        even, odd = _ReluGrids.apply(x)
+    else:  # inference, and what torch.jit.trace / ONNX export record (no Python autograd.Function)
+        even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
+    grids = torch.cat([even, odd], 1) if _is_channels_last(x) else (even, odd)
+    if cache is not None:
+        cache[key] = (x, grids)
+    return grids
+
+
 def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
     """What :class:`FactorizedReduce` computes, on the two pixel grids it reads.
 
@@ -175,14 +219,11 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
     convolved at once (``groups=2``), which also saves the concatenation of the
     outputs; oneDNN is fastest that way in that layout. H and W must be even.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        even, odd = _ReluGrids.apply(x)
-    else:  # inference, and what torch.jit.trace / ONNX export record (no Python autograd.Function)
-        even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
+    grids = _fr_input(x)
     if _is_channels_last(x):
-        out = F.conv2d(torch.cat([even, odd], 1), torch.cat([weight_1, weight_2], 0), groups=2)
+        out = F.conv2d(grids, torch.cat([weight_1, weight_2], 0), groups=2)
     else:
-        out = torch.cat([F.conv2d(even, weight_1), F.conv2d(odd, weight_2)], 1)
+        out = torch.cat([F.conv2d(grids[0], weight_1), F.conv2d(grids[1], weight_2)], 1)
     return bn(out)
 
 

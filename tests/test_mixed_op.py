@@ -197,6 +197,39 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
+    # each reduction cell's two states feed 4 stride-2 edges each: their skip_connects (FactorizedReduce)
+    # compute the state's ReLU grids once; values and gradients as quark0/darts's
+    from dartscc_fast import primitives
+    torch.manual_seed(0)
+    net = reference.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=MixedOp).double()
+    fast = copy.deepcopy(net)
+    dartscc_fast.replace_mixed_ops(fast)
+    dartscc_fast.fuse_preprocessing(fast)
+    dartscc_fast.fuse_preprocessing(fast)  # the cells' hooks are registered once
+    calls = []
+    apply = primitives._ReluGrids.apply
+    monkeypatch.setattr(primitives._ReluGrids, "apply", lambda x: calls.append(x) or apply(x))
+    x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    E, k = net.num_edges, len(FMNIST_PRIMITIVES)
+    wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+    wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+    a, b = net(x, wn, wr), fast(x, wn, wr)
+    # two reduction cells x two states, plus the last cell's FactorizedReduce preprocessing
+    assert len(calls) == 5
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(net.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(fast.parameters()))
+    for p, q in zip(gb, ga):
+        torch.testing.assert_close(p, q)
+    assert not primitives._grid_scope.stack  # every scope closed
+    fast(x, wn, wr)  # a second forward computes the grids anew
+    assert len(calls) == 10
+
+
 def test_checkpoint_of_darts_model_loads_into_fast_model():
     net = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=MixedOp)
     fast = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
