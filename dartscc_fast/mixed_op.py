@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dartscc_fast import ops
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, \
+from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
     SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_subsampled, \
     open_grid_scope, search_candidate
 
@@ -403,32 +403,21 @@ def replace_mixed_ops(model: nn.Module) -> int:
     return len(targets)
 
 
-class FusedReLUConvBN(ReLUConvBN):
-    """A 1x1 ``ReLUConvBN`` (a DARTS cell's preprocessing) run as one fused unit on the CPU.
-
-    Same submodules, parameters and state_dict keys as ``ReLUConvBN``; other
-    devices and dtypes run the modules.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, conv, bn = self.op
-        if not _unit_is_fused(x, 1, conv.stride[0], 1):
-            return super().forward(x)
-        ones = x.new_ones(x.shape[1], 1, 1, 1)
-        return bn(ops.relu_dw_pw_conv(x, ones, conv.weight, conv.stride[0], 1))
-
-
 def fuse_preprocessing(model: nn.Module) -> int:
-    """Run the preprocessing of `model` outside its MixedOps faster: every 1x1 ``ReLUConvBN`` as a
-    fused unit (:func:`dartscc_fast.ops.relu_dw_pw_conv`, on the CPU) and every ``FactorizedReduce`` as
-    :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`. Also, in every cell (a module whose
-    ``_ops`` holds MixedOps), the stride-2 skip_connects (FactorizedReduce) of edges leaving one state
-    share that state's ReLU grids (:func:`~dartscc_fast.primitives.open_grid_scope`, opened and closed
-    by forward hooks on the cell).
+    """Run the cells of `model` faster around their MixedOps: every ``FactorizedReduce`` outside them
+    (a cell's preprocessing after a reduction cell) as
+    :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`, and in every cell (a module whose
+    ``_ops`` holds MixedOps) the stride-2 skip_connects (FactorizedReduce) of the edges leaving one
+    state share that state's ReLU grids (:func:`~dartscc_fast.primitives.open_grid_scope`, opened and
+    closed by forward hooks on the cell).
+
+    The 1x1 ``ReLUConvBN`` preprocessing stays with torch: as a fused unit
+    (:func:`dartscc_fast.ops.relu_dw_pw_conv` with a 1x1 depthwise kernel) it was 0.58-0.93x as fast
+    forward+backward at the ``fmnist-paper`` shapes on a 2-core Xeon (48-128 input channels).
 
     In place: the modules keep their parameters, buffers and state_dict keys;
     only their class changes to a subclass with another forward. Returns how many
-    preprocessing modules changed.
+    FactorizedReduce modules changed.
     """
     inside = {id(m) for mixed in model.modules() if isinstance(mixed, MixedOp) for m in mixed.modules()}
     for mod in model.modules():
@@ -443,12 +432,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
     for mod in model.modules():
         if id(mod) in inside:
             continue
-        if type(mod) is ReLUConvBN:
-            conv = mod.op[1]
-            if type(mod.op[0]) is nn.ReLU and _is_pointwise(conv, conv.stride[0]) and conv.stride[0] in (1, 2):
-                mod.__class__ = FusedReLUConvBN
-                changed += 1
-        elif type(mod) is FactorizedReduce and _reduce_parts(mod) is not None:
+        if type(mod) is FactorizedReduce and _reduce_parts(mod) is not None:
             mod.__class__ = SubsampledFactorizedReduce
             changed += 1
     return changed
