@@ -11,7 +11,9 @@ and backward, CE + kappa * Lat_S, Adam on the supernet and the hypernetwork.
 
 Soft (every candidate runs) and hard (only the drawn candidate runs: GDAS).
 Goal: 2x soft, 4x hard. Run: pytest bench/bench_search_step.py -q
-(DARTSCC_BENCH_THREADS=2 on the 2-core machine).
+(DARTSCC_BENCH_THREADS=2 on the 2-core machine). The interleaved test runs the
+implementations in turn, round after round, and gives per-round ratios: on a
+shared machine whose load drifts, those are the figures to read.
 """
 import pytest
 import torch
@@ -69,3 +71,11 @@ def test_search_step(record, impl, hard):
         pytest.skip("the soft group's eager is already soft")
     record(f"search step fmnist-paper batch {N} {'hard' if hard else 'soft'}", impl, make_step(impl, hard),
            rounds=5)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_search_step_interleaved(interleave, hard):
+    # the same comparison, each round running every implementation once (the ratios the goals are read on)
+    impls = ["eager", "eager-soft", "ours"] if hard else ["eager", "ours"]
+    interleave(f"search step fmnist-paper batch {N} {'hard' if hard else 'soft'} (interleaved)",
+               {impl: make_step(impl, hard) for impl in impls}, rounds=6)

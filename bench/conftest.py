@@ -14,6 +14,7 @@ _RESULTS = defaultdict(dict)   # group -> impl -> median seconds
 _BYTES = {}                    # group -> bytes moved by one call (for GB/s)
 _BANDWIDTH = {}
 _SETTINGS = {}
+_INTERLEAVED = {}              # group -> impl -> per-round ratios impl / ours
 
 
 def pytest_configure(config):
@@ -83,10 +84,59 @@ def record(benchmark):
     return run
 
 
+@pytest.fixture
+def interleave():
+    """interleave(group, {impl: fn}, rounds): every round runs each implementation in turn, in an order
+    that rotates from round to round, and keeps each one's time over ours for that round.
+
+    On a shared machine the load drifts within a run, so implementations timed one after the other
+    (pytest-benchmark's groups) see different machines; per-round ratios of interleaved calls do not.
+    Each turn calls the implementation once untimed and then times one call, so it runs with its own
+    data in the caches, as a training loop does, not after another implementation flushed them.
+    """
+
+    def run(group, fns, rounds=6, device="cpu"):
+        names = list(fns)
+        if "ours" not in names:
+            raise ValueError("interleave: one implementation must be named 'ours'")
+        for name in names:  # warm-up
+            fns[name]()
+        sync(device)
+        times = {name: [] for name in names}
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                fns[name]()
+                sync(device)
+                t = time.perf_counter()
+                fns[name]()
+                sync(device)
+                times[name].append(time.perf_counter() - t)
+        _INTERLEAVED[group] = {name: [a / b for a, b in zip(times[name], times["ours"])]
+                               for name in names if name != "ours"}
+        _INTERLEAVED[group]["ours ms"] = [t * 1e3 for t in times["ours"]]
+        return _INTERLEAVED[group]
+
+    return run
+
+
+def _median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
 def pytest_terminal_summary(terminalreporter):
+    tr = terminalreporter
+    if _INTERLEAVED:
+        tr.section("dartscc_fast: interleaved, speed-up of ours per round (median, min-max over rounds)")
+        for group, res in sorted(_INTERLEAVED.items()):
+            parts = [f"{impl} {_median(r):5.2f}x ({min(r):.2f}-{max(r):.2f})" for impl, r in sorted(res.items())
+                     if impl != "ours ms"]
+            tr.write_line(f"{group:58s} ours {_median(res['ours ms']):8.3f} ms | " + " | ".join(parts)
+                          + f" | {len(res['ours ms'])} rounds")
     if not _RESULTS:
         return
-    tr = terminalreporter
     tr.section("dartscc_fast: speed-up of ours over each implementation (median times, one run)")
     tr.write_line(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads "
                   f"(set DARTSCC_BENCH_THREADS to change), CUDA: {torch.cuda.is_available()}, "
