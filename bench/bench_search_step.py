@@ -69,8 +69,9 @@ def make_step(impl: str, hard: bool):
 def test_search_step(record, impl, hard):
     if impl == "eager-soft" and not hard:
         pytest.skip("the soft group's eager is already soft")
+    # a hard step's time depends on the ops it draws (about +-15 %): more rounds, more draws
     record(f"search step fmnist-paper batch {N} {'hard' if hard else 'soft'}", impl, make_step(impl, hard),
-           rounds=5)
+           rounds=12 if hard else 5)
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
@@ -78,4 +79,4 @@ def test_search_step_interleaved(interleave, hard):
     # the same comparison, each round running every implementation once (the ratios the goals are read on)
     impls = ["eager", "eager-soft", "ours"] if hard else ["eager", "ours"]
     interleave(f"search step fmnist-paper batch {N} {'hard' if hard else 'soft'} (interleaved)",
-               {impl: make_step(impl, hard) for impl in impls}, rounds=6)
+               {impl: make_step(impl, hard) for impl in impls}, rounds=10 if hard else 6)
