@@ -4,6 +4,7 @@ bandwidth printed at the end against a copy bandwidth measured in the same run."
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections import defaultdict
 
@@ -120,20 +121,14 @@ def interleave():
     return run
 
 
-def _median(v):
-    v = sorted(v)
-    n = len(v)
-    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
-
-
 def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     if _INTERLEAVED:
         tr.section("dartscc_fast: interleaved, speed-up of ours per round (median, min-max over rounds)")
         for group, res in sorted(_INTERLEAVED.items()):
-            parts = [f"{impl} {_median(r):5.2f}x ({min(r):.2f}-{max(r):.2f})" for impl, r in sorted(res.items())
-                     if impl != "ours ms"]
-            tr.write_line(f"{group:58s} ours {_median(res['ours ms']):8.3f} ms | " + " | ".join(parts)
+            parts = [f"{impl} {statistics.median(r):5.2f}x ({min(r):.2f}-{max(r):.2f})"
+                     for impl, r in sorted(res.items()) if impl != "ours ms"]
+            tr.write_line(f"{group:58s} ours {statistics.median(res['ours ms']):8.3f} ms | " + " | ".join(parts)
                           + f" | {len(res['ours ms'])} rounds")
     if not _RESULTS:
         return

@@ -199,6 +199,11 @@ def _pareto(points: Sequence[Dict], x: str) -> List[Dict]:
 LATENCY_TOLERANCE = 0.02
 
 
+def _within(latency: Optional[float], budget: float) -> bool:
+    """A latency no more than the budget, allowing LATENCY_TOLERANCE above it (the table's timing noise)."""
+    return latency is not None and latency <= budget * (1 + LATENCY_TOLERANCE)
+
+
 def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence, val_loader, count: int,
                 already: Sequence[str] = ()) -> Dict[str, str]:
     """Which of the family's distinct architectures to retrain for the front, and why.
@@ -225,8 +230,7 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
     for label, budget in sorted((b for b in budgets if b[1] is not None), key=lambda b: b[1]):
         if used() >= count:
             break
-        cands = [d for d in distinct if d.predicted_ms is not None
-                 and d.predicted_ms <= budget * (1 + LATENCY_TOLERANCE)]
+        cands = [d for d in distinct if _within(d.predicted_ms, budget)]
         for d in cands:
             key = d.genotype.to_json()
             if key not in val_acc:
@@ -256,7 +260,7 @@ def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     n_test = (report.get("split") or {}).get("test")
     rows = []
     for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
-        cands = [f for f in family if f[x] is not None and f[x] <= b[x] * (1 + LATENCY_TOLERANCE)]
+        cands = [f for f in family if _within(f[x], b[x])]
         best = max(cands, key=lambda f: f["test_acc"]) if cands else None
         row = {"baseline": b["label"], "latency": b[x], "acc": b["test_acc"],
                "family_acc": best["test_acc"] if best else None,

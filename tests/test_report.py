@@ -23,7 +23,7 @@ def val_acc(monkeypatch):
     def inherited(supernet, space, genotype, loader):
         assert loader == "val", "the picks must never look at the test images"
         seen.append(genotype.name)
-        return {"a": 0.70, "b": 0.76, "c": 0.74, "d": 0.80, "e": 0.79}[genotype.name]
+        return next(d.val for d in FAMILY if d.genotype.name == genotype.name)
 
     monkeypatch.setattr(report, "inherited_accuracy", inherited)
     return seen
