@@ -35,6 +35,10 @@ struct Plane {  // the (n, c) plane of a 4-D strided tensor
   int64_t s0, s1, sh, sw;
   Plane(T* ptr, const at::Tensor& t) : p(ptr), s0(t.stride(0)), s1(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
   T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
+  // Prefetch the plane of sample n of channel c, if there is one (N samples).
+  DARTSCC_INLINE void prefetch(int64_t n, int64_t N, int64_t c, int64_t H, int64_t W) const {
+    if (n < N) cpu::prefetch_plane(at(n, c), H, W, sh, sw);
+  }
 };
 
 at::ScalarType stats_dtype(at::ScalarType t) { return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t; }
@@ -169,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
         // with Chan's formula (stable, no one-pass cancellation).
         if (P > 0 && (batch_stats || kept.on)) {
           for (int64_t n = 0; n < s.n; ++n) {
+            kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
             kr.load_x(n, c, t);
             for (int64_t p = 0; p < P; ++p) {
               acc_t* out = kept.on ? kept.pooled_at(s, p, n) : t.pooled.data();
@@ -196,7 +201,10 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
         for (int64_t n = 0; n < s.n && m > 0; ++n) {
           acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
           std::fill(buf, buf + m, acc_t(0));
-          if (has_identity || (P > 0 && !kept.on)) kr.load_x(n, c, t);
+          const bool reload = has_identity || (P > 0 && !kept.on);
+          if (reload) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
+          for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
+          if (reload) kr.load_x(n, c, t);
           int64_t param = 0, pool = 0;
           for (int64_t slot = 0; slot < s.k; ++slot) {
             const acc_t wm = kr.weight(n, slot);
@@ -279,6 +287,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
           for (int64_t p = 0; p < P; ++p) {
             const acc_t mu = mean[p * s.c + c], is = invstd[p];
             for (int64_t n = 0; n < s.n; ++n) {
+              kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
+              if (batch_terms) g.prefetch(n + 1, s.n, c, s.ho, s.wo);
               kr.load_x(n, c, t);
               acc_t* out = kept.on ? kept.pooled_at(s, p, n) : t.pooled.data();
               kr.pool(p, t, out, kept.on ? kept.arg_at(s, p, n) : nullptr);
@@ -303,8 +313,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
         for (int64_t n = 0; n < s.n; ++n) {
           const int64_t i = n * s.c + c;
           std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
+          const bool reload = has_identity || (P > 0 && !kept.on);
+          g.prefetch(n + 1, s.n, c, s.ho, s.wo);
+          if (reload) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
+          for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
           const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
-          if (has_identity || (P > 0 && !kept.on)) kr.load_x(n, c, t);
+          if (reload) kr.load_x(n, c, t);
           double* part = partial.data() + i * s.k;
           int64_t param = 0, pool = 0;
           for (int64_t slot = 0; slot < s.k; ++slot) {

@@ -62,6 +62,21 @@ DARTSCC_INLINE void store_plane(scalar_t* __restrict dst, const acc_t* __restric
     for (int64_t w = 0; w < W; ++w) dst[h * sh + w * sw] = static_cast<scalar_t>(src[h * W + w]);
 }
 
+// Ask for an H x W plane's cache lines before it is read. Loops that walk a
+// channel sample by sample jump N*C*H*W apart, a fresh stream every few KB that
+// the hardware prefetcher picks up late: prefetching the next sample's plane
+// while this one is worked on hides that. Planes with sw != 1 (channels_last)
+// interleave their channels and are left to the hardware.
+template <typename T>
+DARTSCC_INLINE void prefetch_plane(const T* p, int64_t H, int64_t W, int64_t sh, int64_t sw) {
+  if (sw != 1) return;
+  const int64_t rows = sh == W ? 1 : H, bytes = static_cast<int64_t>(sizeof(T)) * (sh == W ? H * W : W);
+  for (int64_t h = 0; h < rows; ++h) {
+    const char* r = reinterpret_cast<const char*>(p + h * sh);
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
+  }
+}
+
 // Sum of a * b over n elements, in independent lanes so the compiler vectorises
 // it without reassociating (no -ffast-math needed).
 template <typename acc_t>
