@@ -112,8 +112,20 @@ struct Kernel {
   DARTSCC_INLINE void channel_invstd(const std::vector<acc_t>& var, int64_t c, double eps, acc_t* out) const {
     for (int64_t p = 0; p < P; ++p) out[p] = acc_t(1) / std::sqrt(var[p * s.c + c] + static_cast<acc_t>(eps));
   }
-  // x's interior row h (stride 1, where the identity slot exists).
-  DARTSCC_INLINE const acc_t* x_row(const Scratch& t, int64_t h) const { return t.xb.data() + (h + 1) * (s.w + 2) + 1; }
+  // Whether the identity slot reads x's rows in place (dense rows of the
+  // accumulation type) rather than from the plane loaded into t.xb.
+  DARTSCC_INLINE bool x_in_place() const { return std::is_same_v<acc_t, scalar_t> && x.sw == 1; }
+  // Whether a second pass over sample n must load x's plane into t.xb again.
+  DARTSCC_INLINE bool reload_x(bool has_identity, bool kept_on) const {
+    return (has_identity && !x_in_place()) || (P > 0 && !kept_on);
+  }
+  // x's interior row h of sample n (stride 1, where the identity slot exists).
+  DARTSCC_INLINE const acc_t* x_row(const Scratch& t, int64_t n, int64_t c, int64_t h) const {
+    if constexpr (std::is_same_v<acc_t, scalar_t>) {
+      if (x.sw == 1) return x.at(n, c) + h * x.sh;
+    }
+    return t.xb.data() + (h + 1) * (s.w + 2) + 1;
+  }
 };
 
 template <typename acc_t>
@@ -201,8 +213,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
         for (int64_t n = 0; n < s.n && m > 0; ++n) {
           acc_t* __restrict buf = cpu::plane_or_buffer(t.buf.data(), yv.at(n, c), s.ho, s.wo, yv.sh, yv.sw);
           std::fill(buf, buf + m, acc_t(0));
-          const bool reload = has_identity || (P > 0 && !kept.on);
-          if (reload) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
+          const bool reload = kr.reload_x(has_identity, kept.on);
+          if (reload || has_identity) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
           for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
           if (reload) kr.load_x(n, c, t);
           int64_t param = 0, pool = 0;
@@ -215,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
               for (int64_t j = 0; j < m; ++j) buf[j] += wm * po[j];
             } else if (code == kIdentity) {
               for (int64_t h = 0; h < s.h; ++h) {
-                const acc_t* __restrict xr = kr.x_row(t, h);
+                const acc_t* __restrict xr = kr.x_row(t, n, c, h);
                 acc_t* __restrict br = buf + h * s.wo;
                 for (int64_t j = 0; j < s.w; ++j) br[j] += wm * xr[j];
               }
@@ -274,6 +286,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
       typename K::Kept kept(s, P, true);
       std::vector<acc_t> tmp(m), dp(m);
       std::vector<double> pa(s.n), pb(s.n);
+      std::vector<acc_t> sgs(P * s.n), sgps(P * s.n);  // pass 1's sum(g) and <g, pooled> per (pool, sample)
       std::vector<acc_t> mg(P), mgx(P), invstd(P);
       acc_t* __restrict gxb = t.gxb.data();
       for (int64_t c = begin; c < end; ++c) {
@@ -296,6 +309,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
               const acc_t* gp_ = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
               const acc_t wn = kr.weight(n, s.pool_slots[p]);
               const acc_t sg = cpu::sum(gp_, m), sgp = cpu::dot(gp_, out, m);
+              sgs[p * s.n + n] = sg;
+              sgps[p * s.n + n] = sgp;
               pa[n] = static_cast<double>(wn * sg);
               pb[n] = static_cast<double>(wn * is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
             }
@@ -313,9 +328,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
         for (int64_t n = 0; n < s.n; ++n) {
           const int64_t i = n * s.c + c;
           std::fill(t.gxb.begin(), t.gxb.end(), acc_t(0));
-          const bool reload = has_identity || (P > 0 && !kept.on);
+          const bool reload = kr.reload_x(has_identity, kept.on);
           g.prefetch(n + 1, s.n, c, s.ho, s.wo);
-          if (reload) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
+          if (reload || has_identity) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
           for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
           const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
           if (reload) kr.load_x(n, c, t);
@@ -341,7 +356,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
               for (int64_t h = 0; h < s.h; ++h) {
                 const acc_t* __restrict gr = gb + h * s.w;
                 acc_t* __restrict gxr = gxb + (h + 1) * (s.w + 2) + 1;
-                d += static_cast<double>(cpu::dot(gr, kr.x_row(t, h), s.w));
+                d += static_cast<double>(cpu::dot(gr, kr.x_row(t, n, c, h), s.w));
                 for (int64_t j = 0; j < s.w; ++j) gxr[j] += wm * gr[j];
               }
               part[slot] = d;
@@ -351,10 +366,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
               const acc_t* __restrict pooled = kr.pool_again(kept, pool, n, t, &arg);
               const acc_t mu = mean[pool * s.c + c], is = invstd[pool];
               const acc_t a = mg[pool], b = mgx[pool];
+              // <g, xhat> = is * (<g, pooled> - mu * sum(g)), the sums from pass 1 when it made them
+              const acc_t sgp = batch_terms ? sgps[pool * s.n + n] : cpu::dot(gb, pooled, m);
+              const acc_t sg = batch_terms ? sgs[pool * s.n + n] : cpu::sum(gb, m);
               ++pool;
-              // <g, xhat> = is * (<g, pooled> - mu * sum(g))
-              part[slot] = static_cast<double>(is) *
-                           (static_cast<double>(cpu::dot(gb, pooled, m)) - static_cast<double>(mu) * cpu::sum(gb, m));
+              part[slot] = static_cast<double>(is) * (static_cast<double>(sgp) - static_cast<double>(mu) * sg);
               if (stats_fixed) {
                 for (int64_t j = 0; j < m; ++j) dp[j] = wm * is * gb[j];
               } else {
