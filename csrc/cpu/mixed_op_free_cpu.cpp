@@ -36,8 +36,8 @@ struct Plane {  // the (n, c) plane of a 4-D strided tensor
   Plane(T* ptr, const at::Tensor& t) : p(ptr), s0(t.stride(0)), s1(t.stride(1)), sh(t.stride(2)), sw(t.stride(3)) {}
   T* at(int64_t n, int64_t c) const { return p + n * s0 + c * s1; }
   // Prefetch the plane of sample n of channel c, if there is one (N samples).
-  DARTSCC_INLINE void prefetch(int64_t n, int64_t N, int64_t c, int64_t H, int64_t W) const {
-    if (n < N) cpu::prefetch_plane(at(n, c), H, W, sh, sw);
+  DARTSCC_INLINE void prefetch(int64_t n, int64_t N, int64_t c, int64_t H, int64_t W, bool for_write = false) const {
+    if (n < N) cpu::prefetch_plane(at(n, c), H, W, sh, sw, for_write);
   }
 };
 
@@ -216,6 +216,7 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
           const bool reload = kr.reload_x(has_identity, kept.on);
           if (reload || has_identity) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
           for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
+          yv.prefetch(n + 1, s.n, c, s.ho, s.wo, true);
           if (reload) kr.load_x(n, c, t);
           int64_t param = 0, pool = 0;
           for (int64_t slot = 0; slot < s.k; ++slot) {
@@ -332,6 +333,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
           g.prefetch(n + 1, s.n, c, s.ho, s.wo);
           if (reload || has_identity) kr.x.prefetch(n + 1, s.n, c, s.h, s.w);
           for (const auto& pv : kr.params) pv.prefetch(n + 1, s.n, c, s.ho, s.wo);
+          for (const auto& gv : gpv) gv.prefetch(n + 1, s.n, c, s.ho, s.wo, true);
+          gxv.prefetch(n + 1, s.n, c, s.h, s.w, true);
           const acc_t* __restrict gb = cpu::plane_or_copy(t.gb.data(), g.at(n, c), s.ho, s.wo, g.sh, g.sw);
           if (reload) kr.load_x(n, c, t);
           double* part = partial.data() + i * s.k;

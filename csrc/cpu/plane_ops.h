@@ -67,13 +67,18 @@ DARTSCC_INLINE void store_plane(scalar_t* __restrict dst, const acc_t* __restric
 // the hardware prefetcher picks up late: prefetching the next sample's plane
 // while this one is worked on hides that. Planes with sw != 1 (channels_last)
 // interleave their channels and are left to the hardware.
+// `for_write` asks for the lines in a writable state (an output plane).
 template <typename T>
-DARTSCC_INLINE void prefetch_plane(const T* p, int64_t H, int64_t W, int64_t sh, int64_t sw) {
+DARTSCC_INLINE void prefetch_plane(const T* p, int64_t H, int64_t W, int64_t sh, int64_t sw, bool for_write = false) {
   if (sw != 1) return;
   const int64_t rows = sh == W ? 1 : H, bytes = static_cast<int64_t>(sizeof(T)) * (sh == W ? H * W : W);
   for (int64_t h = 0; h < rows; ++h) {
     const char* r = reinterpret_cast<const char*>(p + h * sh);
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
+    if (for_write) {
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b, 1);
+    } else {
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(r + b);
+    }
   }
 }
 
