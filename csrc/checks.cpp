@@ -202,7 +202,8 @@ FreeShape check_mixed_op_free(const char* op, const at::Tensor& x, at::TensorLis
   check_float_dtype(op, "x", x);
   TORCH_CHECK(x.dim() == 4, op, ": x must have shape [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0 (as torch's training-mode BatchNorm), got ",
+              eps);
   s.k = static_cast<int64_t>(prims.size());
   TORCH_CHECK(s.k >= 1 && s.k <= kMaxOps, op, ": prims must list between 1 and ", kMaxOps, " slots, got ", s.k);
   s.n = x.size(0); s.c = x.size(1); s.h = x.size(2); s.w = x.size(3); s.stride = stride;
@@ -252,6 +253,21 @@ void check_stats(const char* op, const char* name, const at::Tensor& stats, cons
               stats.sizes());
   check_float_dtype(op, name, stats);
   check_same_device(op, name, stats, x);
+}
+
+BnShape check_batch_norm_train(const char* op, const at::Tensor& x, double eps) {
+  TORCH_CHECK(x.dim() >= 2, op, ": x must have shape [N, C, *], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0 (as torch's training-mode BatchNorm), got ",
+              eps);
+  BnShape s;
+  s.n = x.size(0);
+  s.c = x.size(1);
+  for (int64_t d = 2; d < x.dim(); ++d) s.m *= x.size(d);
+  TORCH_CHECK(s.n * s.m > 1, op, ": expected more than 1 value per channel when training, got input of shape ",
+              x.sizes());
+  return s;
 }
 
 }  // namespace dartscc

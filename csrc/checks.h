@@ -39,6 +39,13 @@ struct DwPwShape {
 DwPwShape check_relu_dw_pw_conv(const char* op, const at::Tensor& x, const at::Tensor& dw_weight,
                                 const at::Tensor& pw_weight, int64_t stride, int64_t dilation);
 
+// batch_norm_train: x [N, C, *] float32/float64 with more than one value per
+// channel, eps > 0 and finite. Returns (N, C, plane size).
+struct BnShape {
+  int64_t n = 0, c = 0, m = 1;
+};
+BnShape check_batch_norm_train(const char* op, const at::Tensor& x, double eps);
+
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref);
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dartscc_fast import ops
+from dartscc_fast.batch_norm import batch_norm, update_running_stats, use_fast_batch_norm
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
     SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_subsampled, \
     open_grid_scope, search_candidate
@@ -96,9 +97,9 @@ def _run_units(x: Tensor, units: List[Unit]) -> Tensor:
     """SepConv / DilConv unit by unit: fused ReLU-depthwise-pointwise, or torch's, then the unit's BatchNorm module."""
     for dw, pw, bn, stride, dilation in units:
         if _unit_is_fused(x, dw.kernel_size[0], stride, dilation):
-            x = bn(ops.relu_dw_pw_conv(x, dw.weight, pw.weight, stride, dilation))
+            x = batch_norm(bn, ops.relu_dw_pw_conv(x, dw.weight, pw.weight, stride, dilation))
         else:
-            x = bn(pw(dw(torch.relu(x))))
+            x = batch_norm(bn, pw(dw(torch.relu(x))))
     return x
 
 
@@ -350,19 +351,11 @@ def _close_grid_scope(module, args, output) -> None:
     close_grid_scope()
 
 
-@torch.no_grad()
 def _update_bn(bn: nn.BatchNorm2d, mean_var: Tensor, x: Tensor, stride: int) -> None:
     """Update bn's running statistics as nn.BatchNorm2d does, from the batch (mean, biased var) of a fused pool."""
-    if not (bn.training and bn.track_running_stats and bn.running_mean is not None):
-        return
     mean, var = mean_var
     ho, wo = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
-    count = x.shape[0] * ho * wo
-    bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-    unbiased = var * (count / max(count - 1, 1))
-    bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean), alpha=momentum)
-    bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var), alpha=momentum)
+    update_running_stats(bn, mean, var, x.shape[0] * ho * wo)
 
 
 def _conv_stride(ops_: nn.ModuleList) -> int:
@@ -411,6 +404,10 @@ def fuse_preprocessing(model: nn.Module) -> int:
     state share that state's ReLU grids (:func:`~dartscc_fast.primitives.open_grid_scope`, opened and
     closed by forward hooks on the cell).
 
+    Every affine-free ``nn.BatchNorm2d`` becomes a :class:`~dartscc_fast.batch_norm.FastBatchNorm2d`
+    (:func:`~dartscc_fast.batch_norm.use_fast_batch_norm`): in training mode on the CPU it runs
+    :func:`dartscc_fast.ops.batch_norm_train`.
+
     The 1x1 ``ReLUConvBN`` preprocessing stays with torch: as a fused unit
     (:func:`dartscc_fast.ops.relu_dw_pw_conv` with a 1x1 depthwise kernel) it was 0.58-0.93x as fast
     forward+backward at the ``fmnist-paper`` shapes on a 2-core Xeon (48-128 input channels).
@@ -428,6 +425,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
             mod.register_forward_pre_hook(_open_grid_scope)
             mod.register_forward_hook(_close_grid_scope, always_call=True)
             mod._dartscc_grid_scope = True
+    use_fast_batch_norm(model)
     changed = 0
     for mod in model.modules():
         if id(mod) in inside:

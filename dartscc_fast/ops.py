@@ -21,6 +21,7 @@ PRIM_CODES = {"param": 0, "none": 1, "identity": 2, "max_pool": 3, "avg_pool": 4
 MAX_OPS = 16
 
 __all__ = ["mixed_sum", "gumbel_softmax", "hard_mixed_sum", "hard_groups", "mixed_op_free", "relu_dw_pw_conv",
+           "batch_norm_train",
            "PRIM_CODES", "MAX_OPS"]
 
 
@@ -378,3 +379,58 @@ def _dw_pw_backward(ctx, grad):
 
 
 torch.library.register_autograd("dartscc_fast::relu_dw_pw_conv", _dw_pw_backward, setup_context=_dw_pw_setup)
+
+
+# ---------------------------------------------------------------------- batch_norm_train
+def batch_norm_train(x: Tensor, eps: float = 1e-5) -> Tuple[Tensor, Tensor, Tensor]:
+    """Affine-free BatchNorm in training mode, the BatchNorm of DARTS's search cells.
+
+    ``y = (x - mean) / sqrt(var + eps)`` with each channel's batch mean and
+    biased variance, as ``F.batch_norm(x, None, None, training=True, eps=eps)``.
+    The statistics pass reads x's planes in memory order (torch's CPU kernel
+    visits a channel's planes N*C*H*W apart).
+
+    Args:
+        x: ``[N, C, *]``, float32 or float64, on the CPU, more than one value
+            per channel.
+        eps: added to the variance.
+    Returns:
+        ``(y, mean, var)``: y contiguous; ``mean`` and ``var`` (biased) ``[C]``,
+        for the caller's running-statistics update.
+
+    The compiled kernel is CPU-only: on other devices this is
+    :func:`dartscc_fast.reference.batch_norm_train` (torch's kernel).
+    """
+    if x.device.type != "cpu":
+        from dartscc_fast import reference
+        return reference.batch_norm_train(x, eps)
+    return _ops.batch_norm_train.default(x, float(eps))
+
+
+@torch.library.register_fake("dartscc_fast::batch_norm_train")
+def _batch_norm_train_fake(x, eps):
+    torch._check(x.dim() >= 2)
+    c = x.shape[1]
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device), x.new_empty((c,)), x.new_empty((c,)))
+
+
+@torch.library.register_fake("dartscc_fast::batch_norm_train_backward")
+def _batch_norm_train_backward_fake(grad, x, mean, var, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _bn_setup(ctx, inputs, output):
+    x, eps = inputs
+    ctx.eps = eps
+    ctx.mark_non_differentiable(output[1], output[2])  # statistics: for running averages, not for gradients
+    ctx.save_for_backward(x, output[1], output[2])
+
+
+def _bn_backward(ctx, grad_y, grad_mean, grad_var):
+    x, mean, var = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    return _ops.batch_norm_train_backward.default(grad_y, x, mean, var, ctx.eps), None
+
+
+torch.library.register_autograd("dartscc_fast::batch_norm_train", _bn_backward, setup_context=_bn_setup)

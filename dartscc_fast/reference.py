@@ -101,6 +101,13 @@ def relu_dw_pw_conv(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int
     return F.conv2d(t, pw_weight)
 
 
+def batch_norm_train(x: Tensor, eps: float = 1e-5):
+    """Affine-free training-mode BatchNorm: ``(y, batch mean, biased batch var)`` of each channel."""
+    dims = [0] + list(range(2, x.dim()))
+    var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)
+    return F.batch_norm(x, None, None, training=True, eps=eps), mean, var
+
+
 def mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor, prims: Sequence[str],
                   stride: int = 1, eps: float = 1e-5, bn_stats: Optional[Tensor] = None) -> Tensor:
     """The reference of :func:`dartscc_fast.ops.mixed_op_free` (its first output)."""

@@ -96,4 +96,17 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> relu_dw_pw_conv_backward(c
   return op.call(grad, x, dw, pw, stride, dilation);
 }
 
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_train(const at::Tensor& x, double eps) {
+  static const auto op = handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, double)>(
+      "dartscc_fast::batch_norm_train");
+  return op.call(x, eps);
+}
+
+inline at::Tensor batch_norm_train_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                            const at::Tensor& var, double eps) {
+  static const auto op = handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, double)>("dartscc_fast::batch_norm_train_backward");
+  return op.call(grad, x, mean, var, eps);
+}
+
 }  // namespace ops
