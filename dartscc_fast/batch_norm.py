@@ -5,8 +5,8 @@ DARTS's search cells normalise every candidate's output with an affine-free
 :class:`FastBatchNorm2d` compute that with the package's kernel (whose
 statistics pass streams the input in memory order) and update the module's
 running statistics exactly as ``nn.BatchNorm2d`` does; anything else (eval mode,
-affine modules, other devices and dtypes, non-contiguous or empty input) goes
-to ``nn.BatchNorm2d.forward``.
+affine modules, other devices and dtypes, non-contiguous or empty input, planes
+under ``FAST_MIN_PIXELS``) goes to ``nn.BatchNorm2d.forward``.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ pure-PyTorch reference in :mod:`dartscc_fast.reference`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,11 @@ def _autograd(name: str, setup: Callable, backward: Callable, lists: Tuple[int, 
     return _Spec(getattr(_ops, name).default, setup, backward, frozenset(lists))
 
 
+# Dispatch below the autograd keys, as torch.library's own autograd kernel does; where a torch
+# lacks this (private) guard, the op's registered autograd kernel redispatches instead.
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
+
+
 class _EagerAutograd(torch.autograd.Function):
     """The registered formula as a plain autograd.Function around the op called below autograd.
 
@@ -51,7 +57,7 @@ class _EagerAutograd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spec: _Spec, layout: Tuple[int, ...], *flat):
         inputs = _unflatten(layout, flat)
-        with torch._C._AutoDispatchBelowAutograd():
+        with _below_autograd():
             out = spec.op(*inputs)
         spec.setup(ctx, inputs, out)
         ctx.spec, ctx.layout = spec, layout
@@ -88,7 +94,7 @@ def _call(spec: _Spec, *args):
         return spec.op(*args)
     tensors = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,)) if isinstance(t, Tensor)]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-        with torch._C._AutoDispatchBelowAutograd():
+        with _below_autograd():
             return spec.op(*args)
     layout = tuple(len(a) if i in spec.lists else -1 for i, a in enumerate(args))
     flat = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,))]
