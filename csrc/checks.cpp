@@ -202,8 +202,7 @@ FreeShape check_mixed_op_free(const char* op, const at::Tensor& x, at::TensorLis
   check_float_dtype(op, "x", x);
   TORCH_CHECK(x.dim() == 4, op, ": x must have shape [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
-  TORCH_CHECK(std::isfinite(eps) && eps > 0, op, ": eps must be finite and > 0 (as torch's training-mode BatchNorm), got ",
-              eps);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
   s.k = static_cast<int64_t>(prims.size());
   TORCH_CHECK(s.k >= 1 && s.k <= kMaxOps, op, ": prims must list between 1 and ", kMaxOps, " slots, got ", s.k);
   s.n = x.size(0); s.c = x.size(1); s.h = x.size(2); s.w = x.size(3); s.stride = stride;

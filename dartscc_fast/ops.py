@@ -92,12 +92,11 @@ def _call(spec: _Spec, *args):
     :class:`_EagerAutograd` when a gradient is needed, else the op below autograd."""
     if torch.compiler.is_compiling():
         return spec.op(*args)
-    tensors = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,)) if isinstance(t, Tensor)]
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    flat = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,))]
+    if not (torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in flat)):
         with _below_autograd():
             return spec.op(*args)
     layout = tuple(len(a) if i in spec.lists else -1 for i, a in enumerate(args))
-    flat = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,))]
     return _EagerAutograd.apply(spec, layout, *flat)
 
 

@@ -36,16 +36,10 @@ void forward_kernel(const scalar_t* x, scalar_t* y, const BnShape& s, double eps
   // Per channel, the planes' partials merged in sample order.
   std::vector<acc_t> mean(s.c), invstd(s.c);
   for (int64_t c = 0; c < s.c; ++c) {
-    double cnt = 0, mu = 0, m2 = 0;
-    for (int64_t n = 0; n < s.n; ++n) {
-      const double d = pm[n * s.c + c] - mu, tot = cnt + m;
-      if (tot == 0) continue;
-      mu += d * m / tot;
-      m2 += pm2[n * s.c + c] + d * d * cnt * m / tot;
-      cnt = tot;
-    }
+    double mu, v;
+    cpu::merge_plane_stats(pm.data() + c, pm2.data() + c, s.c, s.n, m, mu, v);
     mean_out[c] = static_cast<scalar_t>(mu);
-    var_out[c] = static_cast<scalar_t>(m2 / cnt);
+    var_out[c] = static_cast<scalar_t>(v);
     mean[c] = static_cast<acc_t>(mean_out[c]);
     invstd[c] = static_cast<acc_t>(inv_std(static_cast<double>(var_out[c]), eps));
   }

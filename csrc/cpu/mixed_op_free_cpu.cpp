@@ -197,15 +197,10 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
             }
           }
           for (int64_t p = 0; p < P && batch_stats; ++p) {
-            double cnt = 0, mu = 0, m2 = 0;
-            for (int64_t n = 0; n < s.n; ++n) {
-              const double delta = pm[p * s.n + n] - mu, tot = cnt + m;
-              mu += delta * m / tot;
-              m2 += pm2[p * s.n + n] + delta * delta * cnt * m / tot;
-              cnt = tot;
-            }
+            double mu, v;
+            cpu::merge_plane_stats(pm.data() + p * s.n, pm2.data() + p * s.n, 1, s.n, m, mu, v);
             mean[p * s.c + c] = static_cast<acc_t>(mu);
-            var[p * s.c + c] = static_cast<acc_t>(cnt > 0 ? m2 / cnt : 0.0);
+            var[p * s.c + c] = static_cast<acc_t>(v);
           }
         }
         kr.channel_invstd(var, c, eps, invstd.data());

@@ -82,6 +82,23 @@ DARTSCC_INLINE void prefetch_plane(const T* p, int64_t H, int64_t W, int64_t sh,
   }
 }
 
+// Mean and biased variance of `count` planes of m values each, from their means
+// pm[i * stride] and sums of squared deviations pm2[i * stride], merged in plane
+// order (Chan et al.): no one-pass cancellation, and the same result however the
+// planes were split over threads.
+DARTSCC_INLINE void merge_plane_stats(const double* pm, const double* pm2, int64_t stride, int64_t count, int64_t m,
+                                      double& mean, double& var) {
+  double cnt = 0, mu = 0, m2 = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const double delta = pm[i * stride] - mu, tot = cnt + m;
+    mu += delta * m / tot;
+    m2 += pm2[i * stride] + delta * delta * cnt * m / tot;
+    cnt = tot;
+  }
+  mean = mu;
+  var = cnt > 0 ? m2 / cnt : 0.0;
+}
+
 // Sum of a * b over n elements, in independent lanes so the compiler vectorises
 // it without reassociating (no -ffast-math needed).
 template <typename acc_t>
