@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from dartscc_fast import ops
 from dartscc_fast.batch_norm import batch_norm, update_running_stats, use_fast_batch_norm
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
-    SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_subsampled, \
-    open_grid_scope, search_candidate
+    ReduceGroup, SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_grouped, \
+    factorized_reduce_subsampled, open_grid_scope, search_candidate
 
 __all__ = ["MixedOp", "replace_mixed_ops", "fuse_preprocessing"]
 
@@ -103,10 +103,14 @@ def _run_units(x: Tensor, units: List[Unit]) -> Tensor:
     return x
 
 
-def _run_reduce(x: Tensor, parts: Tuple[nn.Conv2d, nn.Conv2d, nn.Module]) -> Tensor:
-    """FactorizedReduce on the two pixel grids it reads (:func:`factorized_reduce_subsampled`)."""
+def _run_reduce(x: Tensor, parts: Tuple[nn.Conv2d, nn.Conv2d, nn.Module],
+                group: Optional[Tuple[ReduceGroup, int]] = None) -> Tensor:
+    """FactorizedReduce on the two pixel grids it reads (:func:`factorized_reduce_subsampled`), as
+    member ``group[1]`` of a :class:`~dartscc_fast.primitives.ReduceGroup` when given."""
     FactorizedReduce.check_input(x)
     conv_1, conv_2, bn = parts
+    if group is not None:
+        return factorized_reduce_grouped(x, group[0], group[1], bn)
     return factorized_reduce_subsampled(x, conv_1.weight, conv_2.weight, bn)
 
 
@@ -194,6 +198,8 @@ class MixedOp(nn.Module):
         # How each parametric candidate runs: fused conv units (CPU), a subsampled FactorizedReduce, or as its module.
         self._units = [_conv_units(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
         self._reduce = [_reduce_parts(op) if kind == "param" else None for op, kind in zip(ops_, self._kinds)]
+        # (group, member) of a FactorizedReduce that runs with those of its cell's other edges on the same state
+        self._reduce_group: List[Optional[Tuple[ReduceGroup, int]]] = [None] * len(ops_)
         self._cl = [kind == "param" and units is None and red is None
                     and not (stride == 2 and type(op).__name__ == "DilConv")
                     for op, kind, units, red in zip(ops_, self._kinds, self._units, self._reduce)]
@@ -218,7 +224,7 @@ class MixedOp(nn.Module):
             return self._forward_hard(x, weights)
         fused = _fusable(x)
         xp = self._param_input(x) if any(self._cl) else x
-        params = [self._run_param(m, x, xp if cl else x, fused)
+        params = [self._run_param(m, x, xp if cl else x, fused, grouped=True)
                   for m, (kind, cl) in enumerate(zip(self._kinds, self._cl)) if kind == "param"]
         if all(kind == "param" for kind in self._kinds):
             return ops.mixed_sum(params, weights)
@@ -228,13 +234,13 @@ class MixedOp(nn.Module):
             self._update_running_stats(stats, x)
         return y
 
-    def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool) -> Tensor:
+    def _run_param(self, m: int, x: Tensor, xp: Tensor, fused: bool, grouped: bool = False) -> Tensor:
         """Parametric candidate m: as ReLU-depthwise-pointwise units where it is made of them, a FactorizedReduce
-        on its two pixel grids, else the module."""
+        on its two pixel grids (with its group when ``grouped``: every edge of the group runs it), else the module."""
         if fused and self._units[m] is not None:
             return _run_units(x, self._units[m])
         if self._reduce[m] is not None:
-            return _run_reduce(x, self._reduce[m])
+            return _run_reduce(x, self._reduce[m], self._reduce_group[m] if grouped else None)
         return self._ops[m](xp)
 
     def _param_input(self, x: Tensor) -> Tensor:
@@ -396,13 +402,33 @@ def replace_mixed_ops(model: nn.Module) -> int:
     return len(targets)
 
 
+def _group_reduces(cell: nn.Module) -> None:
+    """Make the FactorizedReduce candidates of each input state's edges one ReduceGroup (see
+    fuse_preprocessing). Cells whose edge count does not match DARTS's layout are left alone."""
+    steps, ops_ = getattr(cell, "_steps", None), cell._ops
+    if not isinstance(steps, int) or len(ops_) != sum(2 + i for i in range(steps)):
+        return
+    sources = [j for i in range(steps) for j in range(2 + i)]
+    for state in (0, 1):
+        members = [(mixed, m) for mixed, j in zip(ops_, sources) if j == state and isinstance(mixed, MixedOp)
+                   for m, parts in enumerate(mixed._reduce) if parts is not None]
+        if len(members) < 2:
+            continue
+        group = ReduceGroup([mixed._reduce[m][:2] for mixed, m in members])
+        for i, (mixed, m) in enumerate(members):
+            mixed._reduce_group[m] = (group, i)
+
+
 def fuse_preprocessing(model: nn.Module) -> int:
     """Run the cells of `model` faster around their MixedOps: every ``FactorizedReduce`` outside them
     (a cell's preprocessing after a reduction cell) as
     :class:`~dartscc_fast.primitives.SubsampledFactorizedReduce`, and in every cell (a module whose
     ``_ops`` holds MixedOps) the stride-2 skip_connects (FactorizedReduce) of the edges leaving one
     state share that state's ReLU grids (:func:`~dartscc_fast.primitives.open_grid_scope`, opened and
-    closed by forward hooks on the cell).
+    closed by forward hooks on the cell). In a cell laid out as quark0/darts's (``_steps`` nodes, node
+    i's edges ``offset + j`` reading state j), the FactorizedReduces of the edges leaving state 0 and
+    of those leaving state 1 also form a :class:`~dartscc_fast.primitives.ReduceGroup` each: in the
+    soft forward one convolution per grid serves the whole group.
 
     Every affine-free ``nn.BatchNorm2d`` becomes a :class:`~dartscc_fast.batch_norm.FastBatchNorm2d`
     (:func:`~dartscc_fast.batch_norm.use_fast_batch_norm`): in training mode on the CPU it runs
@@ -425,6 +451,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
             mod.register_forward_pre_hook(_open_grid_scope)
             mod.register_forward_hook(_close_grid_scope, always_call=True)
             mod._dartscc_grid_scope = True
+            _group_reduces(mod)
     use_fast_batch_norm(model)
     changed = 0
     for mod in model.modules():

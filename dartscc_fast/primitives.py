@@ -8,7 +8,7 @@ regulariser; 'none' has no type and no cost.
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -226,6 +226,49 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
         out = torch.cat([F.conv2d(grids[0], weight_1), F.conv2d(grids[1], weight_2)], 1)
     from dartscc_fast.batch_norm import batch_norm  # here: batch_norm imports the compiled ops
     return batch_norm(bn, out)
+
+
+class ReduceGroup:
+    """The FactorizedReduces (skip_connect at stride 2) of the edges that read one cell state, run as one.
+
+    Each member is a pair of 1x1 convolutions (conv_1 on the pixel grid (2i, 2j), conv_2 on
+    (2i+1, 2j+1)); :func:`factorized_reduce_grouped` convolves each grid once with all the members'
+    weights stacked on the output channels, instead of once per member. In the ``fmnist-paper``
+    reduction cells (4 members per state), on the 2-core CPU at batch 64, forward+backward of the four
+    convolutions of one grid took 4.5 instead of 7.2 ms (32 channels at 14x14) and 2.5 instead of 4.8 ms
+    (64 channels at 7x7). :func:`dartscc_fast.fuse_preprocessing` builds the groups of a DARTS cell.
+    """
+
+    def __init__(self, convs: Sequence[Tuple[nn.Conv2d, nn.Conv2d]]):
+        self.convs = list(convs)
+        self.sizes = [c1.out_channels for c1, _ in self.convs]
+        self.sizes_2 = [c2.out_channels for _, c2 in self.convs]
+
+    def __len__(self) -> int:
+        return len(self.convs)
+
+
+def factorized_reduce_grouped(x: Tensor, group: ReduceGroup, i: int, bn: nn.Module) -> Tensor:
+    """Member ``i`` of ``group`` on x: :func:`factorized_reduce_subsampled` with that member's
+    weights, the same function. Within an open :func:`open_grid_scope` the group's convolutions run
+    once per grid for all members (kept in the scope for the others, the outputs split by member, so
+    the backward gathers the members' gradients in one concatenation); outside a scope, and for
+    channels_last x, the member runs alone."""
+    stack = getattr(_grid_scope, "stack", None)
+    cache = stack[-1] if stack and not x.is_inference() else None
+    conv_1, conv_2 = group.convs[i]
+    if cache is None or _is_channels_last(x) or len(group) < 2:
+        return factorized_reduce_subsampled(x, conv_1.weight, conv_2.weight, bn)
+    key = ("group", id(group), id(x), x._version, torch.is_grad_enabled())
+    if key in cache and cache[key][0] is x:
+        even_out, odd_out = cache[key][1]
+    else:
+        even, odd = _fr_input(x)
+        even_out = F.conv2d(even, torch.cat([c1.weight for c1, _ in group.convs])).split(group.sizes, 1)
+        odd_out = F.conv2d(odd, torch.cat([c2.weight for _, c2 in group.convs])).split(group.sizes_2, 1)
+        cache[key] = (x, (even_out, odd_out))
+    from dartscc_fast.batch_norm import batch_norm  # here: batch_norm imports the compiled ops
+    return batch_norm(bn, torch.cat([even_out[i], odd_out[i]], 1))
 
 
 class SubsampledFactorizedReduce(FactorizedReduce):

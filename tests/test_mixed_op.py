@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import dartscc_fast
@@ -228,6 +229,49 @@ def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
     assert not primitives._grid_scope.stack  # every scope closed
     fast(x, wn, wr)  # a second forward computes the grids anew
     assert len(calls) == 10
+
+
+def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch):
+    # the 4 stride-2 skip_connects (FactorizedReduce) leaving each input state of a reduction cell convolve
+    # each pixel grid once, all members' weights stacked; values and gradients as one by one
+    from dartscc_fast import primitives
+    torch.manual_seed(0)
+    net = reference.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=MixedOp).double()
+    dartscc_fast.replace_mixed_ops(net)
+    dartscc_fast.fuse_preprocessing(net)
+    groups = {id(g[0]) for cell in net.cells for mixed in cell._ops for g in mixed._reduce_group if g is not None}
+    assert len(groups) == 4  # two reduction cells x two states
+    for cell in net.cells:
+        for e, mixed in enumerate(cell._ops):
+            entry = mixed._reduce_group[FMNIST_PRIMITIVES.index("skip_connect")]
+            assert (entry is not None) == (cell.reduction and e in (0, 1, 2, 3, 5, 6, 9, 10))  # edges from states 0, 1
+    alone = copy.deepcopy(net)
+    for cell in alone.cells:
+        for mixed in cell._ops:
+            mixed._reduce_group = [None] * len(mixed._reduce_group)
+    convs = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: convs.append(w.shape) or conv2d(x, w, *a, **k))
+    x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
+    E, k = net.num_edges, len(FMNIST_PRIMITIVES)
+    wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+    wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
+    a = alone(x, wn, wr)
+    n_alone = len(convs)
+    b = net(x, wn, wr)
+    # 4 groups x 2 grids instead of 16 members x 2 grids
+    assert n_alone - (len(convs) - n_alone) == 32 - 8
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(alone.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(net.parameters()))
+    for p, q in zip(gb, ga):
+        torch.testing.assert_close(p, q)
+    # hard (drawn ops only): no group, every member alone
+    convs.clear()
+    one_hot = lambda w: F.one_hot(w.argmax(-1), k).to(w)  # noqa: E731
+    torch.testing.assert_close(net(x, one_hot(wn), one_hot(wr), hard=True),
+                               alone(x, one_hot(wn), one_hot(wr), hard=True))
+    assert not primitives._grid_scope.stack
 
 
 def test_checkpoint_of_darts_model_loads_into_fast_model():
