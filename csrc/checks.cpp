@@ -269,4 +269,18 @@ BnShape check_batch_norm_train(const char* op, const at::Tensor& x, double eps) 
   return s;
 }
 
+void check_node_sum(const char* op, at::TensorList xs) {
+  TORCH_CHECK(!xs.empty(), op, ": xs must hold at least one tensor");
+  const at::Tensor& x0 = xs[0];
+  TORCH_CHECK(x0.scalar_type() == at::kFloat || x0.scalar_type() == at::kDouble, op,
+              ": xs must be float32 or float64, got ", x0.scalar_type());
+  for (size_t i = 1; i < xs.size(); ++i) {
+    TORCH_CHECK(xs[i].sizes() == x0.sizes(), op, ": xs[", i, "] has shape ", xs[i].sizes(), ", xs[0] ",
+                x0.sizes());
+    TORCH_CHECK(xs[i].scalar_type() == x0.scalar_type(), op, ": xs[", i, "] has dtype ", xs[i].scalar_type(),
+                ", xs[0] ", x0.scalar_type());
+    check_same_device(op, "xs[i]", xs[i], x0);
+  }
+}
+
 }  // namespace dartscc

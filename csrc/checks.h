@@ -47,6 +47,9 @@ struct BnShape {
 BnShape check_batch_norm_train(const char* op, const at::Tensor& x, double eps);
 
 void check_float_dtype(const char* op, const char* name, const at::Tensor& t);
+// node_sum: one or more float32/float64 tensors of one shape on one device.
+void check_node_sum(const char* op, at::TensorList xs);
+
 void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref);
 
 }  // namespace dartscc

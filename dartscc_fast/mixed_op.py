@@ -16,13 +16,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from dartscc_fast import ops
+from dartscc_fast import ops, reference
 from dartscc_fast.batch_norm import batch_norm, update_running_stats, use_fast_batch_norm
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
     ReduceGroup, SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_grouped, \
     factorized_reduce_subsampled, open_grid_scope, search_candidate
 
-__all__ = ["MixedOp", "replace_mixed_ops", "fuse_preprocessing"]
+__all__ = ["MixedOp", "FastCell", "replace_mixed_ops", "fuse_preprocessing"]
 
 
 # One fused unit of a convolution candidate: (depthwise conv, pointwise conv, BatchNorm, stride, dilation).
@@ -402,6 +402,14 @@ def replace_mixed_ops(model: nn.Module) -> int:
     return len(targets)
 
 
+class FastCell(reference.Cell):
+    """The search cell with each node's sum in one pass (:func:`dartscc_fast.ops.node_sum`): the same
+    values, parameters and state_dict keys. :func:`fuse_preprocessing` makes the package's cells
+    (:class:`dartscc_fast.reference.Cell`) FastCells; other cell classes keep their own forward."""
+
+    node_sum = staticmethod(ops.node_sum)
+
+
 def _group_reduces(cell: nn.Module) -> None:
     """Make the FactorizedReduce candidates of each input state's edges one ReduceGroup (see
     fuse_preprocessing). Cells whose edge count does not match DARTS's layout are left alone."""
@@ -428,7 +436,9 @@ def fuse_preprocessing(model: nn.Module) -> int:
     closed by forward hooks on the cell). In a cell laid out as quark0/darts's (``_steps`` nodes, node
     i's edges ``offset + j`` reading state j), the FactorizedReduces of the edges leaving state 0 and
     of those leaving state 1 also form a :class:`~dartscc_fast.primitives.ReduceGroup` each: in the
-    soft forward one convolution per grid serves the whole group.
+    soft forward one convolution per grid serves the whole group. The package's own cells
+    (:class:`dartscc_fast.reference.Cell`) become :class:`FastCell`, whose nodes sum their edges in
+    one pass.
 
     Every affine-free ``nn.BatchNorm2d`` becomes a :class:`~dartscc_fast.batch_norm.FastBatchNorm2d`
     (:func:`~dartscc_fast.batch_norm.use_fast_batch_norm`): in training mode on the CPU it runs
@@ -452,6 +462,8 @@ def fuse_preprocessing(model: nn.Module) -> int:
             mod.register_forward_hook(_close_grid_scope, always_call=True)
             mod._dartscc_grid_scope = True
             _group_reduces(mod)
+            if type(mod) is reference.Cell:
+                mod.__class__ = FastCell
     use_fast_batch_norm(model)
     changed = 0
     for mod in model.modules():

@@ -22,7 +22,7 @@ PRIM_CODES = {"param": 0, "none": 1, "identity": 2, "max_pool": 3, "avg_pool": 4
 MAX_OPS = 16
 
 __all__ = ["mixed_sum", "gumbel_softmax", "hard_mixed_sum", "hard_groups", "mixed_op_free", "relu_dw_pw_conv",
-           "batch_norm_train",
+           "batch_norm_train", "node_sum",
            "PRIM_CODES", "MAX_OPS"]
 
 
@@ -507,3 +507,49 @@ def _bn_backward(ctx, grad_y, grad_mean, grad_var):
 
 
 _BATCH_NORM_TRAIN = _autograd("batch_norm_train", _bn_setup, _bn_backward)
+
+
+# ------------------------------------------------------------------------------ node_sum
+def node_sum(xs: Sequence[Tensor]) -> Tensor:
+    """``xs[0] + xs[1] + ... + xs[k-1]``, added in that order, in one pass over memory.
+
+    A DARTS cell node sums its incoming edges' outputs; Python's ``sum`` does
+    that as k additions, each reading and writing a full tensor (the first adds
+    the outputs to 0). The same values, each input read once and the output
+    written once.
+
+    Args:
+        xs: one or more tensors of one shape and dtype on one device.
+    Returns:
+        A new contiguous tensor (also for one input). Every input's gradient is
+        the output's gradient.
+
+    The compiled kernel is for contiguous float32/float64 CPU tensors; other
+    inputs get :func:`dartscc_fast.reference.node_sum`.
+    """
+    xs = list(xs)
+    if not xs:
+        raise ValueError("node_sum: xs must hold at least one tensor")
+    x0 = xs[0]
+    if x0.device.type != "cpu" or x0.dtype not in (torch.float32, torch.float64) \
+            or not all(x.is_contiguous() for x in xs):
+        from dartscc_fast import reference
+        return reference.node_sum(xs)
+    return _call(_NODE_SUM, xs)
+
+
+@torch.library.register_fake("dartscc_fast::node_sum")
+def _node_sum_fake(xs):
+    torch._check(len(xs) >= 1)
+    return torch.empty(xs[0].shape, dtype=xs[0].dtype, device=xs[0].device)
+
+
+def _node_sum_setup(ctx, inputs, output):
+    ctx.k = len(inputs[0])
+
+
+def _node_sum_backward(ctx, grad):
+    return [grad] * ctx.k,
+
+
+_NODE_SUM = _autograd("node_sum", _node_sum_setup, _node_sum_backward, lists=(0,))

@@ -108,6 +108,15 @@ def batch_norm_train(x: Tensor, eps: float = 1e-5):
     return F.batch_norm(x, None, None, training=True, eps=eps), mean, var
 
 
+def node_sum(xs: Sequence[Tensor]) -> Tensor:
+    """The reference of :func:`dartscc_fast.ops.node_sum`: pairwise additions in order, a new tensor."""
+    xs = list(xs)
+    out = xs[0].clone(memory_format=torch.contiguous_format)
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
 def mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor, prims: Sequence[str],
                   stride: int = 1, eps: float = 1e-5, bn_stats: Optional[Tensor] = None) -> Tensor:
     """The reference of :func:`dartscc_fast.ops.mixed_op_free` (its first output)."""
@@ -191,12 +200,17 @@ class Cell(nn.Module):
         offset = 0
         per_sample = weights.dim() == 3
         for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, weights[:, offset + j] if per_sample else weights[offset + j],
-                                           hard=hard)
-                    for j, h in enumerate(states))
+            s = self.node_sum([self._ops[offset + j](h, weights[:, offset + j] if per_sample else weights[offset + j],
+                                                     hard=hard)
+                               for j, h in enumerate(states)])
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self._multiplier:], dim=1)
+
+    @staticmethod
+    def node_sum(outputs):
+        """A node: the sum of its incoming edges' outputs (Python's sum, as quark0/darts)."""
+        return sum(outputs)
 
 
 def num_edges(steps: int) -> int:

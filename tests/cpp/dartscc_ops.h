@@ -109,4 +109,9 @@ inline at::Tensor batch_norm_train_backward(const at::Tensor& grad, const at::Te
   return op.call(grad, x, mean, var, eps);
 }
 
+inline at::Tensor node_sum(at::TensorList xs) {
+  static const auto op = handle<at::Tensor(at::TensorList)>("dartscc_fast::node_sum");
+  return op.call(xs);
+}
+
 }  // namespace ops
