@@ -350,11 +350,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> mixed_op_free_backwa
                 cpu::store_plane(gvp, tmp.data(), s.ho, s.wo, gv.sh, gv.sw);
               }
             } else if (code == kIdentity) {
-              double d = 0;
+              // <g, x>: one pass over the plane where x's rows lie back to back, else row by row
+              const bool dense = kr.x_in_place() && kr.x.sh == s.w;
+              double d = dense ? static_cast<double>(cpu::dot(gb, kr.x_row(t, n, c, 0), m)) : 0.0;
               for (int64_t h = 0; h < s.h; ++h) {
                 const acc_t* __restrict gr = gb + h * s.w;
                 acc_t* __restrict gxr = gxb + (h + 1) * (s.w + 2) + 1;
-                d += static_cast<double>(cpu::dot(gr, kr.x_row(t, n, c, h), s.w));
+                if (!dense) d += static_cast<double>(cpu::dot(gr, kr.x_row(t, n, c, h), s.w));
                 for (int64_t j = 0; j < s.w; ++j) gxr[j] += wm * gr[j];
               }
               part[slot] = d;

@@ -99,6 +99,15 @@ DARTSCC_INLINE void merge_plane_stats(const double* pm, const double* pm2, int64
   var = cnt > 0 ? m2 / cnt : 0.0;
 }
 
+// lanes[0] + ... + lanes[L-1] as a tree of halvings (vector adds; a chain of L
+// scalar additions was most of a short dot product's time). The order is fixed.
+template <typename acc_t, int L>
+DARTSCC_INLINE acc_t reduce_lanes(acc_t* lanes) {
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+  return lanes[0];
+}
+
 // Sum of a * b over n elements, in independent lanes so the compiler vectorises
 // it without reassociating (no -ffast-math needed).
 template <typename acc_t>
@@ -108,10 +117,8 @@ DARTSCC_INLINE acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, i
   int64_t i = 0;
   for (; i + L <= n; i += L)
     for (int l = 0; l < L; ++l) lanes[l] += a[i + l] * b[i + l];
-  acc_t s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int l = 0; l < L; ++l) s += lanes[l];
-  return s;
+  for (int64_t l = 0; i + l < n; ++l) lanes[l] += a[i + l] * b[i + l];
+  return reduce_lanes<acc_t, L>(lanes);
 }
 
 template <typename acc_t>
@@ -121,10 +128,8 @@ DARTSCC_INLINE acc_t sum(const acc_t* __restrict a, int64_t n) {
   int64_t i = 0;
   for (; i + L <= n; i += L)
     for (int l = 0; l < L; ++l) lanes[l] += a[i + l];
-  acc_t s = 0;
-  for (; i < n; ++i) s += a[i];
-  for (int l = 0; l < L; ++l) s += lanes[l];
-  return s;
+  for (int64_t l = 0; i + l < n; ++l) lanes[l] += a[i + l];
+  return reduce_lanes<acc_t, L>(lanes);
 }
 
 // Sum of (a - mu)^2, in independent lanes like dot().
@@ -135,10 +140,8 @@ DARTSCC_INLINE acc_t sq_dev_sum(const acc_t* __restrict a, acc_t mu, int64_t n) 
   int64_t i = 0;
   for (; i + L <= n; i += L)
     for (int l = 0; l < L; ++l) lanes[l] += (a[i + l] - mu) * (a[i + l] - mu);
-  acc_t s = 0;
-  for (; i < n; ++i) s += (a[i] - mu) * (a[i] - mu);
-  for (int l = 0; l < L; ++l) s += lanes[l];
-  return s;
+  for (int64_t l = 0; i + l < n; ++l) lanes[l] += (a[i + l] - mu) * (a[i + l] - mu);
+  return reduce_lanes<acc_t, L>(lanes);
 }
 
 // NaN-propagating max step: b replaces a when larger or NaN (torch's max_pool rule).

@@ -19,7 +19,7 @@ TEST_CASE(equals_pairwise_additions) {
 }
 
 TEST_CASE(bad_input_is_refused) {
-  REQUIRE_THROWS_WITH(ops::node_sum({}), "at least one tensor");
+  REQUIRE_THROWS_WITH(ops::node_sum({}), "no tensor arguments");  // the dispatcher refuses an empty list
   REQUIRE_THROWS_WITH(ops::node_sum({at::randn({2, 3}), at::randn({3, 2})}), "has shape");
   REQUIRE_THROWS_WITH(ops::node_sum({at::ones({2}, at::kLong)}), "float32 or float64");
 }
