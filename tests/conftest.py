@@ -15,3 +15,17 @@ def tol(dtype):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def assert_networks_agree(ref, net, x, num_edges, k):
+    """Random softmax weights for both cell types (float64, drawn here); the search networks ref and net
+    must agree in output and in the gradients of the weights and of every parameter. Returns the weights."""
+    wn = torch.softmax(torch.randn(num_edges, k, dtype=torch.float64), -1).requires_grad_()
+    wr = torch.softmax(torch.randn(num_edges, k, dtype=torch.float64), -1).requires_grad_()
+    a, b = ref(x, wn, wr), net(x, wn, wr)
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(ref.parameters()))
+    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(net.parameters()))
+    for p, q in zip(gb, ga):
+        torch.testing.assert_close(p, q)
+    return wn, wr

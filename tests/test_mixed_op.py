@@ -9,6 +9,7 @@ from torch import nn
 import dartscc_fast
 from dartscc_fast import reference
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, search_candidate
+from conftest import assert_networks_agree
 
 
 @pytest.fixture(autouse=True, params=["fused", "torch"])
@@ -186,14 +187,7 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
     E, k = net.num_edges, len(primitives)
     for _ in range(2):  # a second step checks the BatchNorm running statistics too
-        wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-        wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-        a, b = net(x, wn, wr), fast(x, wn, wr)
-        torch.testing.assert_close(b, a)
-        ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(net.parameters()))
-        gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(fast.parameters()))
-        for p, q in zip(gb, ga):
-            torch.testing.assert_close(p, q)
+        wn, wr = assert_networks_agree(net, fast, x, E, k)
     net.eval(), fast.eval()
     torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
 
@@ -215,17 +209,9 @@ def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
     x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    E, k = net.num_edges, len(FMNIST_PRIMITIVES)
-    wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    a, b = net(x, wn, wr), fast(x, wn, wr)
+    wn, wr = assert_networks_agree(net, fast, x, net.num_edges, len(FMNIST_PRIMITIVES))
     # two reduction cells x two states, plus the last cell's FactorizedReduce preprocessing
     assert len(calls) == 5
-    torch.testing.assert_close(b, a)
-    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(net.parameters()))
-    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(fast.parameters()))
-    for p, q in zip(gb, ga):
-        torch.testing.assert_close(p, q)
     assert not primitives._grid_scope.stack  # every scope closed
     fast(x, wn, wr)  # a second forward computes the grids anew
     assert len(calls) == 10
@@ -253,24 +239,22 @@ def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch)
     conv2d = F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: convs.append(w.shape) or conv2d(x, w, *a, **k))
     x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
-    E, k = net.num_edges, len(FMNIST_PRIMITIVES)
-    wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    a = alone(x, wn, wr)
-    n_alone = len(convs)
-    b = net(x, wn, wr)
-    # 4 groups x 2 grids instead of 16 members x 2 grids
-    assert n_alone - (len(convs) - n_alone) == 32 - 8
-    torch.testing.assert_close(b, a)
-    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(alone.parameters()))
-    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(net.parameters()))
-    for p, q in zip(gb, ga):
-        torch.testing.assert_close(p, q)
+    k = len(FMNIST_PRIMITIVES)
+    uniform = torch.full((net.num_edges, k), 1.0 / k, dtype=torch.float64)
+
+    def count_convs(model, w, hard=False):
+        convs.clear()
+        with torch.no_grad():
+            y = model(x, w, w, hard=hard)
+        return len(convs), y
+
+    assert count_convs(alone, uniform)[0] - count_convs(net, uniform)[0] == 32 - 8  # 4 groups x 2 grids, not 16 x 2
+    wn, wr = assert_networks_agree(alone, net, x, net.num_edges, k)
     # hard (drawn ops only): no group, every member alone
-    convs.clear()
-    one_hot = lambda w: F.one_hot(w.argmax(-1), k).to(w)  # noqa: E731
-    torch.testing.assert_close(net(x, one_hot(wn), one_hot(wr), hard=True),
-                               alone(x, one_hot(wn), one_hot(wr), hard=True))
+    one_hot = F.one_hot(wn.detach().argmax(-1), k).to(wn)
+    (n_net, y_net), (n_alone, y_alone) = count_convs(net, one_hot, True), count_convs(alone, one_hot, True)
+    assert n_net == n_alone
+    torch.testing.assert_close(y_net, y_alone)
     assert not primitives._grid_scope.stack
 
 

@@ -9,6 +9,7 @@ from dartscc_fast import ops, reference
 from dartscc_fast.mixed_op import FastCell
 from dartscc_fast.primitives import FMNIST_PRIMITIVES
 from dartscc_fast.space import get_space
+from conftest import assert_networks_agree
 
 SHAPES = [(64, 16, 28, 28), (3, 5, 7, 7), (2, 3), (1,), (4097,), (0, 3, 4, 4)]
 
@@ -87,15 +88,7 @@ def test_search_network_cells_become_fast_cells():
     for c in slow.cells:
         c.__class__ = reference.Cell
     x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
-    E, k = space.num_edges, space.k
-    wn = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    wr = torch.softmax(torch.randn(E, k, dtype=torch.float64), -1).requires_grad_()
-    a, b = slow(x, wn, wr), fast(x, wn, wr)
-    torch.testing.assert_close(b, a)
-    ga = torch.autograd.grad(a.square().sum(), [wn, wr] + list(slow.parameters()))
-    gb = torch.autograd.grad(b.square().sum(), [wn, wr] + list(fast.parameters()))
-    for p, q in zip(gb, ga):
-        torch.testing.assert_close(p, q)
+    assert_networks_agree(slow, fast, x, space.num_edges, space.k)
     assert list(fast.state_dict()) == list(slow.state_dict())
 
 
