@@ -420,7 +420,8 @@ def _group_reduces(cell: nn.Module) -> None:
     for state in (0, 1):
         members = [(mixed, m) for mixed, j in zip(ops_, sources) if j == state and isinstance(mixed, MixedOp)
                    for m, parts in enumerate(mixed._reduce) if parts is not None]
-        if len(members) < 2:
+        # stacked on output channels: the members must read the same channels
+        if len(members) < 2 or len({mixed._reduce[m][0].in_channels for mixed, m in members}) != 1:
             continue
         group = ReduceGroup([mixed._reduce[m][:2] for mixed, m in members])
         for i, (mixed, m) in enumerate(members):
