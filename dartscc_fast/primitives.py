@@ -189,22 +189,38 @@ def close_grid_scope() -> None:
         stack.pop()
 
 
-def _fr_input(x: Tensor):
-    """The convolutions' input of :func:`factorized_reduce_subsampled`: the ReLU'd grids of pixels (2i, 2j)
-    and (2i+1, 2j+1), stacked on channels for channels_last x; shared within an open grid scope."""
+def _scope_cache() -> Optional[dict]:
+    """The innermost open grid scope's cache, or None."""
     stack = getattr(_grid_scope, "stack", None)
-    cache = stack[-1] if stack and not x.is_inference() else None  # inference tensors have no version counter
-    key = (id(x), x._version, torch.is_grad_enabled()) if cache is not None else None
-    if cache is not None and key in cache and cache[key][0] is x:
+    return stack[-1] if stack else None
+
+
+def _scoped(x: Tensor, tag, make):
+    """``make()``, computed once per (tag, x and its version, grad mode) within the innermost open grid
+    scope; computed anew outside a scope and for inference tensors (they have no version counter)."""
+    cache = _scope_cache() if not x.is_inference() else None
+    if cache is None:
+        return make()
+    key = (tag, id(x), x._version, torch.is_grad_enabled())
+    if key in cache and cache[key][0] is x:
         return cache[key][1]
+    value = make()
+    cache[key] = (x, value)
+    return value
+
+
+def _relu_grids(x: Tensor):
     if torch.is_grad_enabled() and x.requires_grad:
         even, odd = _ReluGrids.apply(x)
     else:  # inference, and what torch.jit.trace / ONNX export record (no Python autograd.Function)
         even, odd = x[:, :, ::2, ::2].relu(), x[:, :, 1::2, 1::2].relu()
-    grids = torch.cat([even, odd], 1) if _is_channels_last(x) else (even, odd)
-    if cache is not None:
-        cache[key] = (x, grids)
-    return grids
+    return torch.cat([even, odd], 1) if _is_channels_last(x) else (even, odd)
+
+
+def _fr_input(x: Tensor):
+    """The convolutions' input of :func:`factorized_reduce_subsampled`: the ReLU'd grids of pixels (2i, 2j)
+    and (2i+1, 2j+1), stacked on channels for channels_last x; shared within an open grid scope."""
+    return _scoped(x, "grids", lambda: _relu_grids(x))
 
 
 def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
@@ -254,19 +270,16 @@ def factorized_reduce_grouped(x: Tensor, group: ReduceGroup, i: int, bn: nn.Modu
     once per grid for all members (kept in the scope for the others, the outputs split by member, so
     the backward gathers the members' gradients in one concatenation); outside a scope, and for
     channels_last x, the member runs alone."""
-    stack = getattr(_grid_scope, "stack", None)
-    cache = stack[-1] if stack and not x.is_inference() else None
     conv_1, conv_2 = group.convs[i]
-    if cache is None or _is_channels_last(x) or len(group) < 2:
+    if _scope_cache() is None or x.is_inference() or _is_channels_last(x) or len(group) < 2:
         return factorized_reduce_subsampled(x, conv_1.weight, conv_2.weight, bn)
-    key = ("group", id(group), id(x), x._version, torch.is_grad_enabled())
-    if key in cache and cache[key][0] is x:
-        even_out, odd_out = cache[key][1]
-    else:
+
+    def convolve():
         even, odd = _fr_input(x)
-        even_out = F.conv2d(even, torch.cat([c1.weight for c1, _ in group.convs])).split(group.sizes, 1)
-        odd_out = F.conv2d(odd, torch.cat([c2.weight for _, c2 in group.convs])).split(group.sizes_2, 1)
-        cache[key] = (x, (even_out, odd_out))
+        return (F.conv2d(even, torch.cat([c1.weight for c1, _ in group.convs])).split(group.sizes, 1),
+                F.conv2d(odd, torch.cat([c2.weight for _, c2 in group.convs])).split(group.sizes_2, 1))
+
+    even_out, odd_out = _scoped(x, ("group", id(group)), convolve)
     from dartscc_fast.batch_norm import batch_norm  # here: batch_norm imports the compiled ops
     return batch_norm(bn, torch.cat([even_out[i], odd_out[i]], 1))
 
