@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from dartscc_fast import ops
 from dartscc_fast.datasets import check_fractions, make_loaders
+from dartscc_fast.optim import adam
 from dartscc_fast.latency import NORMALISATIONS, LatencyTable, latency_reg, normalise, simulate_table
 from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
     sample_S
@@ -212,10 +213,10 @@ def _optimizers(cfg: SearchConfig, model: SearchModel):
     w_params = list(model.supernet.parameters())
     a_params = list(model.hypernet.parameters())
     if cfg.optimizer == "adam":
-        opt_w = torch.optim.Adam(w_params, lr=cfg.lr_w, weight_decay=cfg.wd_w)
+        opt_w = adam(w_params, lr=cfg.lr_w, weight_decay=cfg.wd_w)
     else:
         opt_w = torch.optim.SGD(w_params, lr=cfg.lr_w, momentum=cfg.momentum, weight_decay=cfg.wd_w)
-    opt_a = torch.optim.Adam(a_params, lr=cfg.lr_a, betas=(0.5, 0.999), weight_decay=cfg.wd_a)
+    opt_a = adam(a_params, lr=cfg.lr_a, betas=(0.5, 0.999), weight_decay=cfg.wd_a)
     return opt_w, opt_a
 
 

@@ -229,3 +229,38 @@ def test_demo_measures_busy_cores_now():
     from dartscc_fast.demo import busy_cores
     busy, how = busy_cores(0.2)
     assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9 and how
+
+
+def test_retraining_in_either_layout_trains_the_same_network():
+    """channels_last (the CPU default) only changes the layout: same outputs and gradients (float64: in
+    float32 the two layouts' different summation orders differ by ~1e-3 in a few gradients), same training."""
+    import torch.nn.functional as F
+    from dartscc_fast.datasets import make_loaders
+    from dartscc_fast.evaluate import RetrainConfig, accuracy, train_discrete
+    from dartscc_fast.latency.measure import in_format
+    from dartscc_fast.space import get_space, random_genotype
+    space = get_space("fmnist-paper", C=4)
+    g = random_genotype(space, torch.Generator().manual_seed(1))
+    loaders = make_loaders(limit=300, batch_size=16)
+    x, y = next(iter(loaders.train))
+    grads, outs = [], []
+    for fmt in ("channels_last", "contiguous"):
+        torch.manual_seed(0)
+        net = in_format(DiscreteNetwork(space, g).double(), fmt)
+        xf = in_format(x.double(), fmt)
+        s1 = net.cells[0](net.stem(xf), net.stem(xf))
+        assert s1.is_contiguous(memory_format=torch.channels_last) != s1.is_contiguous()
+        out = net(xf)
+        F.cross_entropy(out, y).backward()
+        outs.append(out)
+        grads.append({k: p.grad for k, p in net.named_parameters()})
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-9, atol=1e-12)
+    cfg = RetrainConfig(epochs=2, max_steps_per_epoch=6, progress=False)
+    cl = train_discrete(space, g, loaders, cfg)
+    nchw = train_discrete(space, g, loaders, dataclasses.replace(cfg, memory_format="contiguous"))
+    assert accuracy(cl, loaders.test, "channels_last") == pytest.approx(accuracy(nchw, loaders.test), abs=0.03)
+    with pytest.raises(ValueError, match="memory_format must be one of"):
+        train_discrete(space, g, loaders, dataclasses.replace(cfg, memory_format="nhwc"))
