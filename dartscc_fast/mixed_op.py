@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from dartscc_fast import ops, reference
 from dartscc_fast.batch_norm import batch_norm, update_running_stats, use_fast_batch_norm
+from dartscc_fast.conv1x1 import use_conv1x1
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
     ReduceGroup, SubsampledFactorizedReduce, Zero, check_primitives, close_grid_scope, factorized_reduce_grouped, \
     factorized_reduce_subsampled, open_grid_scope, search_candidate
@@ -447,7 +448,10 @@ def fuse_preprocessing(model: nn.Module) -> int:
 
     The 1x1 ``ReLUConvBN`` preprocessing stays with torch: as a fused unit
     (:func:`dartscc_fast.ops.relu_dw_pw_conv` with a 1x1 depthwise kernel) it was 0.58-0.93x as fast
-    forward+backward at the ``fmnist-paper`` shapes on a 2-core Xeon (48-128 input channels).
+    forward+backward at the ``fmnist-paper`` shapes on a 2-core Xeon (48-128 input channels). Its
+    convolution, like every 1x1 stride-1 bias-free ``nn.Conv2d``, becomes a
+    :class:`~dartscc_fast.conv1x1.Conv1x1` (:func:`~dartscc_fast.conv1x1.use_conv1x1`): the backward
+    of planes of 14x14 and more as two batched matrix products instead of oneDNN's.
 
     In place: the modules keep their parameters, buffers and state_dict keys;
     only their class changes to a subclass with another forward. Returns how many
@@ -466,6 +470,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
             if type(mod) is reference.Cell:
                 mod.__class__ = FastCell
     use_fast_batch_norm(model)
+    use_conv1x1(model)
     changed = 0
     for mod in model.modules():
         if id(mod) in inside:
