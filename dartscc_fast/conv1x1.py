@@ -54,7 +54,8 @@ MIN_PIXELS = 196
 
 
 def _applies(conv: nn.Conv2d, x: Tensor) -> bool:
-    return (x.dim() == 4 and x.shape[2] * x.shape[3] >= MIN_PIXELS and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
+    return (x.dim() == 4 and x.shape[2] * x.shape[3] >= MIN_PIXELS
+            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
             and conv.padding_mode == "zeros" and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64) and x.dtype == conv.weight.dtype
