@@ -53,14 +53,19 @@ class _Conv1x1(torch.autograd.Function):
 MIN_PIXELS = 196
 
 
-def _applies(conv: nn.Conv2d, x: Tensor) -> bool:
-    return (x.dim() == 4 and x.shape[2] * x.shape[3] >= MIN_PIXELS
-            and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
+def _eligible(conv: nn.Conv2d) -> bool:
+    """The convolution is a plain product over channels: 1x1, stride 1, no padding, dilation 1, one
+    group, no bias."""
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None
-            and conv.padding_mode == "zeros" and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64) and x.dtype == conv.weight.dtype
-            and x.is_contiguous() and x.numel() > 0 and torch.is_grad_enabled()
-            and (x.requires_grad or conv.weight.requires_grad))
+            and conv.padding_mode == "zeros")
+
+
+def _applies(conv: nn.Conv2d, x: Tensor) -> bool:
+    return (x.dim() == 4 and x.shape[2] * x.shape[3] >= MIN_PIXELS and _eligible(conv)
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.dtype == conv.weight.dtype and x.is_contiguous() and x.numel() > 0
+            and torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
 
 
 def conv1x1(x: Tensor, weight: Tensor) -> Tensor:
@@ -86,8 +91,7 @@ def use_conv1x1(model: nn.Module) -> int:
     (only the class changes). Returns how many modules changed."""
     changed = 0
     for mod in model.modules():
-        if type(mod) is nn.Conv2d and mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1 \
-                and mod.bias is None and mod.dilation == (1, 1) and mod.padding in ((0, 0), "valid"):
+        if type(mod) is nn.Conv2d and _eligible(mod):
             mod.__class__ = Conv1x1
             changed += 1
     return changed
