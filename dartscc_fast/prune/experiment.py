@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from dartscc_fast.datasets import make_loaders
+from dartscc_fast.evaluate import accuracy
 from dartscc_fast.latency.measure import num_threads
 from dartscc_fast.ops import gumbel_softmax
 from dartscc_fast.progress import Progress
@@ -146,16 +147,6 @@ def _atomic_save(obj, path: Path) -> None:
         raise
 
 
-@torch.inference_mode()
-def _accuracy(model, loader) -> float:
-    model.eval()
-    correct = n = 0
-    for x, y in loader:
-        correct += int((model(x).argmax(1) == y).sum())
-        n += y.numel()
-    return correct / max(n, 1)
-
-
 def pretrain(cfg: PruneConfig, loaders, log: Callable = print) -> Tuple[ResNet, Dict]:
     """The pretrained ResNet, from the cache when a run with the same settings saved one."""
     x0 = loaders.train.dataset.tensors[0]
@@ -194,7 +185,7 @@ def pretrain(cfg: PruneConfig, loaders, log: Callable = print) -> Tuple[ResNet, 
             bar.update()
     bar.close()
     meta = {"epochs": cfg.pretrain_epochs, "seconds": time.perf_counter() - t0,
-            "val_acc": _accuracy(model, loaders.val), "test_acc": _accuracy(model, loaders.test),
+            "val_acc": accuracy(model, loaders.val), "test_acc": accuracy(model, loaders.test),
             "split": str(loaders.split)}
     if cfg.use_cache:
         _atomic_save({"config": model.config, "state_dict": model.state_dict(), "meta": meta}, path)
