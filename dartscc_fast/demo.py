@@ -58,7 +58,8 @@ class DemoConfig:
     # - kappa 4, seed 0: A no convolutions, C 8 pools; kappa 6, seeds 0-2: A no convolutions each time;
     # - kappa 5 with 6 epochs, or with S per batch (seeds 0 and 2): no better.
     # - kappa 5, 5 epochs of which 2 warm-up: seeds 0, 1 held, seeds 2, 3 A without convolutions (C 0-4 pools);
-    #   kappa 4, the same: seeds 0, 1 held, seed 2 C 8 pools; kappa 5, 6 epochs of which 3: seeds 1, 2 held, seed 0 A == B;
+    #   kappa 4, the same: seeds 0, 1 held, seed 2 C 8 pools;
+    #   kappa 5, 6 epochs of which 3: seeds 1, 2 held, seed 0 A == B;
     # - identity dropped out at p 0.3 while searching (P-DARTS; a trial patch, not in the package): kappa 5 seeds
     #   0, 1 held, seed 2 A == B; kappa 4 seeds 0, 1, 3 held, seed 2 A without convolutions and C 6 pools.
     # No kappa holds the whole claim on every machine and seed: the window is narrow and moves with the table.
