@@ -39,30 +39,10 @@ class DemoConfig:
     epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
     warmup_epochs: int = 1             # of which the weights train alone on uniform architectures
     # The latency term: each operation type's columns of L normalised by that type's uniform architecture
-    # ('type': every type's all-that-type network costs 1, so S_t alone prices type t), kappa 4, S drawn per
-    # sample (DARTS-CC). Measured on a 2-core Xeon, 4-epoch searches on 1,400 training images, one run each:
-    # - 'uniform', kappa 1 (the plain latency): B kept 10 convolutions, the latency order was A > C > B
-    #   (with pooling 1.4-3x cheaper than sep_conv_3x3 and identity free at stride 1, no S made pooling
-    #   dear enough to matter, and C kept pools at every kappa 1-2 tried in earlier sessions);
-    # - 'type', kappa 1: C lost its pools, convolutions stayed (12 of 42 even at S = conv 1);
-    # - 'type', kappa 2: B 6 convolutions, C 2 pools, latency B < A < C;
-    # - 'type', kappa 4: B 0 convolutions, C 0 pools, latency B < A < C, predicted and measured.
-    # On a 2-core AMD EPYC (its own table, whose pooling and stride-2 skip_connects cost relatively more),
-    # searches alone, pool-identity-conv of A / B / C, seeds 0-3:
-    # - kappa 4: C kept 6 and 8 pools (seeds 0, 2; 2 with seed 1): pooling stays in the reduction cells;
-    # - kappa 5: every part of the claim held with seeds 0-2 (C 0-4 pools, B 0 convolutions, B < A < C);
-    #   with seed 3 A came out equal to B (18-24-0);
-    # - kappa 6 and 8: C 0-2 pools, but A lost its convolutions: equal to B, or cheaper than it.
-    # On a 2-core Xeon with AVX-512 (its own table), the same searches:
-    # - kappa 5: seed 0 C kept 6 pools (A 16-24-2, B 18-24-0, C 6-26-10); seed 1 every part held; seed 2 A == B;
-    # - kappa 4, seed 0: A no convolutions, C 8 pools; kappa 6, seeds 0-2: A no convolutions each time;
-    # - kappa 5 with 6 epochs, or with S per batch (seeds 0 and 2): no better.
-    # - kappa 5, 5 epochs of which 2 warm-up: seeds 0, 1 held, seeds 2, 3 A without convolutions (C 0-4 pools);
-    #   kappa 4, the same: seeds 0, 1 held, seed 2 C 8 pools;
-    #   kappa 5, 6 epochs of which 3: seeds 1, 2 held, seed 0 A == B;
-    # - identity dropped out at p 0.3 while searching (P-DARTS; a trial patch, not in the package): kappa 5 seeds
-    #   0, 1 held, seed 2 A == B; kappa 4 seeds 0, 1, 3 held, seed 2 A without convolutions and C 6 pools.
-    # No kappa holds the whole claim on every machine and seed: the window is narrow and moves with the table.
+    # ('type': every type's all-that-type network costs 1, so S_t alone prices type t), kappa 5, S drawn per
+    # sample (DARTS-CC). Chosen by searches on two 2-core machines' tables, seeds 0-3 (docs/demo_runs.md):
+    # kappa 4 left C with pools in some seeds, kappa 6-8 left A without convolutions, kappa 5 held the whole
+    # claim in 3 of 4 seeds on one machine and 1 of 3 on the other. No kappa holds it in every seed.
     kappa: float = 5.0
     normalise: str = "type"
     per_sample: bool = True
