@@ -217,6 +217,49 @@ def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
     assert len(calls) == 10
 
 
+@pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, FMNIST_PRIMITIVES])
+def test_cells_pool_each_state_once(monkeypatch, primitives):
+    # in training, the edges leaving one state share its pooling + BatchNorm (SHARE_POOLS): 5 states feed
+    # edges in each of 3 cells, so 15 pools per pooling kind instead of 42; values, gradients and every
+    # pool BatchNorm's running statistics as quark0/darts's, soft and hard; off, every edge pools
+    torch.manual_seed(0)
+    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
+    fast = copy.deepcopy(net)
+    dartscc_fast.replace_mixed_ops(fast)
+    dartscc_fast.fuse_preprocessing(fast)
+    pools = []
+    free, pool_slots = dartscc_fast.ops.mixed_op_free, dartscc_fast.ops.prim_codes(["max_pool", "avg_pool"])
+    monkeypatch.setattr(dartscc_fast.ops, "mixed_op_free",
+                        lambda x, p, w, prims, *a, **k: pools.extend(
+                            q for q in dartscc_fast.ops.prim_codes(prims) if q in pool_slots)
+                        or free(x, p, w, prims, *a, **k))
+    kinds = sum(p in ("max_pool_3x3", "avg_pool_3x3") for p in primitives)
+    x = torch.randn(4, 1, 12, 12, dtype=torch.float64)
+    E, k = net.num_edges, len(primitives)
+    wn, wr = assert_networks_agree(net, fast, x, E, k)
+    assert len(pools) == 15 * kinds
+    monkeypatch.setattr(dartscc_fast.mixed_op, "SHARE_POOLS", False)
+    pools.clear()
+    assert_networks_agree(net, fast, x, E, k)
+    assert len(pools) == 3 * E * kinds
+    for a, b in zip(net.modules(), fast.modules()):
+        if isinstance(a, nn.BatchNorm2d):
+            torch.testing.assert_close(b.running_mean, a.running_mean)
+            torch.testing.assert_close(b.running_var, a.running_var)
+            assert int(b.num_batches_tracked) == int(a.num_batches_tracked) == 2
+    monkeypatch.setattr(dartscc_fast.mixed_op, "SHARE_POOLS", True)
+    net.eval(), fast.eval()  # running statistics: each edge's own, no sharing
+    pools.clear()
+    torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
+    assert len(pools) == 3 * E * kinds
+    net.train(), fast.train()
+    # hard: every edge draws the max pool
+    one_hot = F.one_hot(torch.full((E,), primitives.index("max_pool_3x3")), k).double()
+    pools.clear()
+    torch.testing.assert_close(fast(x, one_hot, one_hot, hard=True), net(x, one_hot, one_hot))
+    assert len(pools) == 15
+
+
 def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch):
     # the 4 stride-2 skip_connects (FactorizedReduce) leaving each input state of a reduction cell convolve
     # each pixel grid once, all members' weights stacked; values and gradients as one by one
