@@ -192,16 +192,22 @@ def test_replace_mixed_ops_in_darts_network(primitives):
     torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
 
 
+def darts_and_fast(primitives):
+    """A quark0/darts-style network (float64) and a copy with the fast MixedOps and fuse_preprocessing."""
+    torch.manual_seed(0)
+    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
+    fast = copy.deepcopy(net)
+    dartscc_fast.replace_mixed_ops(fast)
+    dartscc_fast.fuse_preprocessing(fast)
+    return net, fast
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
     # each reduction cell's two states feed 4 stride-2 edges each: their skip_connects (FactorizedReduce)
     # compute the state's ReLU grids once; values and gradients as quark0/darts's
     from dartscc_fast import primitives
-    torch.manual_seed(0)
-    net = reference.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=MixedOp).double()
-    fast = copy.deepcopy(net)
-    dartscc_fast.replace_mixed_ops(fast)
-    dartscc_fast.fuse_preprocessing(fast)
+    net, fast = darts_and_fast(FMNIST_PRIMITIVES)
     dartscc_fast.fuse_preprocessing(fast)  # the cells' hooks are registered once
     calls = []
     apply = primitives._ReluGrids.apply
@@ -220,13 +226,10 @@ def test_cells_share_each_states_reduce_grids(monkeypatch, channels_last):
 @pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, FMNIST_PRIMITIVES])
 def test_cells_pool_each_state_once(monkeypatch, primitives):
     # in training, the edges leaving one state share its pooling + BatchNorm (SHARE_POOLS): 5 states feed
-    # edges in each of 3 cells, so 15 pools per pooling kind instead of 42; values, gradients and every
-    # pool BatchNorm's running statistics as quark0/darts's, soft and hard; off, every edge pools
-    torch.manual_seed(0)
-    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
-    fast = copy.deepcopy(net)
-    dartscc_fast.replace_mixed_ops(fast)
-    dartscc_fast.fuse_preprocessing(fast)
+    # edges in each of 3 cells, so 15 pools per pooling kind instead of 42; values and gradients as
+    # quark0/darts's (soft and hard), and so is every BatchNorm's running statistics; off, and in eval
+    # mode, every edge pools
+    net, fast = darts_and_fast(primitives)
     pools = []
     free, pool_slots = dartscc_fast.ops.mixed_op_free, dartscc_fast.ops.prim_codes(["max_pool", "avg_pool"])
     monkeypatch.setattr(dartscc_fast.ops, "mixed_op_free",
