@@ -298,8 +298,9 @@ class MixedOp(nn.Module):
             _update_bn(bn, mean_var, x, self.stride)
 
     # -- hard path -------------------------------------------------------------------
-    def _run_candidate(self, m: int, x: Tensor) -> Tensor:
-        """Candidate m on x: a fused pool + BatchNorm runs through the kernel, never torch's pooling."""
+    def _run_candidate(self, m: int, x: Tensor, share: bool = False) -> Tensor:
+        """Candidate m on x: a fused pool + BatchNorm runs through the kernel, never torch's pooling; with
+        ``share``, a pool computed once per (x, pool, stride) in the open grid scope (see SHARE_POOLS)."""
         kind = self._kinds[m]
         if kind == "param" and x.shape[0]:
             return self._run_param(m, x, x, _fusable(x))
@@ -307,7 +308,7 @@ class MixedOp(nn.Module):
             return self._ops[m](x)
         bn = self._ops[m][1]
         batch_stats = bn.training or not bn.track_running_stats or bn.running_mean is None
-        if SHARE_POOLS and batch_stats and not x.is_inference() and _scope_cache() is not None:
+        if share and SHARE_POOLS and batch_stats and not x.is_inference() and _scope_cache() is not None:
             return self._shared_pool(m, x)
         bn_stats = None if batch_stats else torch.stack([bn.running_mean, bn.running_var])[None]
         y, stats = ops.mixed_op_free(x, [], x.new_ones(1), [kind], self.stride, bn.eps, bn_stats)
@@ -320,7 +321,10 @@ class MixedOp(nn.Module):
         if weights.dim() == 1:
             m = _exact_one_hot(weights) if weights.dtype == x.dtype and weights.device == x.device else None
             if m is not None:
-                o = self._run_candidate(m, x)
+                # under autograd the edge returns a view of a shared pool (_DrawnOutput), which autograd
+                # keeps from being changed in place; without, edges would return the very same tensor
+                recorded = torch.is_grad_enabled() and (x.requires_grad or weights.requires_grad)
+                o = self._run_candidate(m, x, share=recorded)
                 if torch.is_grad_enabled() and (o.requires_grad or weights.requires_grad):
                     # autograd refuses in-place changes to the returned view
                     return _DrawnOutput.apply(o, weights, m)

@@ -256,11 +256,16 @@ def test_cells_pool_each_state_once(monkeypatch, primitives):
     torch.testing.assert_close(fast(x, wn, wr), net(x, wn, wr))
     assert len(pools) == 3 * E * kinds
     net.train(), fast.train()
-    # hard: every edge draws the max pool
-    one_hot = F.one_hot(torch.full((E,), primitives.index("max_pool_3x3")), k).double()
+    # hard: every edge draws the max pool; shared under autograd (each edge returns a view of the state's
+    # pool), not without it, where the edges would hand back one tensor
+    one_hot = F.one_hot(torch.full((E,), primitives.index("max_pool_3x3")), k).double().requires_grad_()
     pools.clear()
     torch.testing.assert_close(fast(x, one_hot, one_hot, hard=True), net(x, one_hot, one_hot))
     assert len(pools) == 15
+    pools.clear()
+    with torch.no_grad():
+        fast(x, one_hot, one_hot, hard=True)
+    assert len(pools) == 3 * E
 
 
 def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch):
