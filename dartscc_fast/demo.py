@@ -22,6 +22,7 @@ import torch
 
 from dartscc_fast.evaluate import RetrainConfig, baseline_config
 from dartscc_fast.latency import NORMALISATIONS
+from dartscc_fast.latency.measure import busy_cores
 from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -60,30 +61,6 @@ class DemoConfig:
     hypernet: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None
     measure: bool = True
-
-
-def busy_cores(window: float = 1.0) -> tuple:
-    """How many CPUs other work keeps busy now: (cores, how it was measured).
-
-    Sampled from /proc/stat over `window` seconds (what runs now, unlike the
-    load average, which still counts work that ended a minute ago); the
-    1-minute load average where /proc/stat is missing.
-    """
-    def ticks():
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return sum(v), idle
-
-    try:
-        t0, i0 = ticks()
-        time.sleep(window)
-        t1, i1 = ticks()
-    except (OSError, ValueError, IndexError):
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        return load, "load average"
-    busy = 1.0 - (i1 - i0) / max(t1 - t0, 1)
-    return busy * (os.cpu_count() or 1), f"/proc/stat over {window:g} s"
 
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict:

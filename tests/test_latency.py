@@ -3,6 +3,7 @@ lookup against a Python dict, normalisation, the roofline presets, the microbenc
 import copy
 import json
 import math
+import os
 import random
 
 import pytest
@@ -415,3 +416,22 @@ def test_roofline_formula():
     assert roofline.estimate(c, p) == pytest.approx(expect)
     half = OpConfig("max_pool_3x3", 32, 32, 28, 28, 2, 64, "float16", "sim:edge-gpu")
     assert roofline.estimate(half, p) < roofline.estimate(c, p)  # half the bytes
+
+
+def test_busy_warning_needs_the_cores_busy_now(monkeypatch):
+    # a high load average alone (work that ended up to a minute ago, such as the build before a fresh
+    # install's demo) does not warn; cores busy now, sampled from /proc/stat, do
+    import warnings
+    from dartscc_fast.latency import measure
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(measure.os, "getloadavg", lambda: (cpus + 3.0, 0.0, 0.0))
+    monkeypatch.setattr(measure, "busy_cores", lambda window=1.0: (0.1, "stub"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert measure._warn_if_busy(torch.device("cpu"), cpus, "wall") == cpus + 3.0
+    monkeypatch.setattr(measure, "busy_cores", lambda window=1.0: (float(cpus), "stub"))
+    with pytest.warns(UserWarning, match=r"the machine is busy \(\d+\.\d of \d+ CPUs, stub; load average"):
+        measure._warn_if_busy(torch.device("cpu"), cpus, "wall")
+    with warnings.catch_warnings():  # the thread clock does not care
+        warnings.simplefilter("error")
+        measure._warn_if_busy(torch.device("cpu"), 1, "thread")

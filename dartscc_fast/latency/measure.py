@@ -300,17 +300,47 @@ def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="c
     return timings
 
 
+def busy_cores(window: float = 1.0) -> tuple:
+    """How many CPUs other work keeps busy now: (cores, how it was measured).
+
+    Sampled from /proc/stat over `window` seconds (what runs now, unlike the
+    load average, which still counts work that ended a minute ago); the
+    1-minute load average where /proc/stat is missing.
+    """
+    def ticks():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v), idle
+
+    try:
+        t0, i0 = ticks()
+        time.sleep(window)
+        t1, i1 = ticks()
+    except (OSError, ValueError, IndexError):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return load, "load average"
+    busy = 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    return busy * (os.cpu_count() or 1), f"/proc/stat over {window:g} s"
+
+
 def _warn_if_busy(device: torch.device, threads: int, clock: str) -> Optional[float]:
-    """The 1-minute load average; warns when other processes want the cores a wall-clock CPU run needs."""
+    """The 1-minute load average (recorded with the table); warns when other processes want the cores a
+    wall-clock CPU run needs. A high load average is confirmed by :func:`busy_cores` first: it still
+    counts work that ended up to a minute ago, such as the build just before a fresh install's demo."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
     cpus = os.cpu_count() or 1
-    if device.type == "cpu" and clock == "wall" and load > cpus - threads + 0.5:
-        warnings.warn(f"the machine is busy (load average {load:.1f} on {cpus} CPUs) and the profile uses {threads} "
-                      f"thread(s): wall-clock timings will be inflated and erratic. Profile on an idle machine, or "
-                      f"use threads=1 with clock='thread' (CLI: --threads 1 --clock thread)", stacklevel=3)
+    limit = cpus - threads + 0.5
+    if device.type == "cpu" and clock == "wall" and load > limit:
+        busy, how = busy_cores(0.5)
+        if busy > limit:
+            warnings.warn(f"the machine is busy ({busy:.1f} of {cpus} CPUs, {how}; load average {load:.1f}) and "
+                          f"the profile uses {threads} thread(s): wall-clock timings will be inflated and "
+                          f"erratic. Profile on an idle machine, or use threads=1 with clock='thread' (CLI: "
+                          f"--threads 1 --clock thread)", stacklevel=3)
     return round(load, 2)
 
 
