@@ -164,7 +164,7 @@ def latency_table_for(cfg: SearchConfig, space: SearchSpace) -> LatencyTable:
 def supernet_L(table, space: SearchSpace, cfg: SearchConfig) -> Tuple[Tensor, Tensor]:
     """``(L_ms, L_norm)``: ``[2E, k]`` per cell type (normal rows, then reduction rows)."""
     L = table.supernet_latency(space, per="cell_type")
-    return L.float(), normalise(L, cfg.normalise, space.type_index().tolist()).float()
+    return L.float(), normalise(L, cfg.normalise, space.type_index().tolist(), space.row_strides()).float()
 
 
 # -------------------------------------------------------------------------------- model
@@ -574,7 +574,8 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
-                        "type's columns by that type's (S alone then prices a type)")
+                        "type's columns by that type's (S alone then prices a type); type-stride: type, then "
+                        "pooling and convolution given the same total on each stride's edges")
     p.add_argument("--latency-device", default=d.latency_device,
                    help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")
     p.add_argument("--tau", type=float, nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))

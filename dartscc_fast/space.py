@@ -80,6 +80,10 @@ class SearchSpace:
         """(src, dst) of each edge of a cell, in logit-row order."""
         return [(j, i + 2) for i in range(self.steps) for j in range(2 + i)]
 
+    def row_strides(self) -> List[int]:
+        """The stride of each row of ``[2E, k]`` per-cell-type tensors (normal rows, then reduction rows)."""
+        return [1] * self.num_edges + [2 if src < 2 else 1 for src, _ in self.edge_pairs()]
+
     def edges(self) -> List[EdgeSpec]:
         """Every mixed-op edge of the supernet, cell by cell, in the network's order."""
         out = []

@@ -11,6 +11,7 @@ import torch
 
 from dartscc_fast import reference
 from dartscc_fast.cli import main
+from dartscc_fast.primitives import OP_TYPES
 from dartscc_fast.latency import BaseConfig, LatencyTable, LatencyTableError, OpConfig, edge_configs, \
     normalise, profile_space, reference_latency, simulate_table, space_configs, time_genotype
 from dartscc_fast.latency import roofline
@@ -232,12 +233,47 @@ def test_normalise():
     # the cheapest reference leaves out 'none', which costs 0
     L[:, 0] = 0
     assert reference_latency(L, "cheapest", ti) > 0
-    with pytest.raises(ValueError, match="uniform' or 'cheapest"):
+    with pytest.raises(ValueError, match="must be one of .*'type-stride'"):
         normalise(L, "median")
     t = sample_table(DARTS)
     raw = t.supernet_latency(DARTS)
     for ref in ("uniform", "cheapest", "type"):
         torch.testing.assert_close(t.supernet_latency(DARTS, normalise_by=ref), normalise(raw, ref, ti))
+    torch.testing.assert_close(t.supernet_latency(DARTS, normalise_by="type-stride"),
+                               normalise(raw, "type-stride", ti, DARTS.row_strides()))
+    per_edge = t.supernet_latency(DARTS, per="edge")
+    torch.testing.assert_close(t.supernet_latency(DARTS, per="edge", normalise_by="type-stride"),
+                               normalise(per_edge, "type-stride", ti, [e.stride for e in DARTS.edges()]))
+
+
+def test_normalise_per_type_and_stride():
+    """'type-stride': 'type', then on each stride's rows pooling and convolution get the same total (their
+    mean), each keeping its ratios within those rows; identity and 'none' keep their 'type' prices."""
+    L = torch.rand(28, 8, dtype=torch.float64) + 0.1
+    ti = DARTS.type_index().tolist()
+    L[:, ti.index(-1)] = 0
+    strides = DARTS.row_strides()
+    assert strides.count(2) == 8 and strides[:14] == [1] * 14
+    n, by_type = normalise(L, "type-stride", ti, strides), normalise(L, "type", ti)
+    cols = {t: [m for m, u in enumerate(ti) if u == t] for t in set(ti)}
+    pool, identity, conv = (cols[OP_TYPES.index(t)] for t in ("pool", "identity", "conv"))
+    for s in (1, 2):
+        rows = [r for r, v in enumerate(strides) if v == s]
+        tp, tc = (n[rows][:, c].mean(-1).sum() for c in (pool, conv))
+        torch.testing.assert_close(tp, tc)
+        torch.testing.assert_close(tp, (by_type[rows][:, pool].mean(-1).sum()
+                                        + by_type[rows][:, conv].mean(-1).sum()) / 2)
+        for c in (pool, conv):
+            torch.testing.assert_close(n[rows][:, c] / n[rows[0], c[0]], L[rows][:, c] / L[rows[0], c[0]])
+    torch.testing.assert_close(n[:, identity + cols[-1]], by_type[:, identity + cols[-1]])
+    with pytest.raises(ValueError, match="one stride per row of L"):
+        normalise(L, "type-stride", ti)
+    # the search passes the space's row strides
+    from dartscc_fast.search import SearchConfig, supernet_L
+    t = sample_table(DARTS)
+    _, Ln = supernet_L(t, DARTS, SearchConfig(space="darts-cifar", normalise="type-stride"))
+    torch.testing.assert_close(Ln, normalise(t.supernet_latency(DARTS, per="cell_type"), "type-stride", ti,
+                                             strides).float())
 
 
 def test_normalise_per_type():

@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor
 
+from dartscc_fast.primitives import OP_TYPES
 from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, \
     edge_configs, genotype_configs, node_sums, parse_key
 
@@ -350,8 +351,8 @@ class LatencyTable:
                 architecture weights ``torch.cat([w_normal, w_reduce], -2)``.
             fallback: None (a missing configuration is an error), 'roofline' or
                 a function ``OpConfig -> ms`` (estimates, with a warning).
-            normalise_by: 'uniform', 'cheapest' or 'type': divide by that reference
-                architecture's latency (:func:`normalise`).
+            normalise_by: 'uniform', 'cheapest', 'type' or 'type-stride': divide by that
+                reference architecture's latency (:func:`normalise`).
         """
         if per not in ("edge", "cell_type"):
             raise ValueError(f"per must be 'edge' or 'cell_type', got {per!r}")
@@ -368,7 +369,10 @@ class LatencyTable:
         L = self.compiled().gather(slots, space.k, fb)
         if per == "cell_type":
             L = L.new_zeros(2 * space.num_edges, space.k).index_add_(0, index, L)
-        return L if normalise_by is None else normalise(L, normalise_by, space.type_index().tolist())
+        if normalise_by is None:
+            return L
+        strides = space.row_strides() if per == "cell_type" else [e.stride for e in space.edges()]
+        return normalise(L, normalise_by, space.type_index().tolist(), strides)
 
     def base(self, space, genotype=None, batch: Optional[int] = None, dtype=None, device=None) -> float:
         """The time of the fixed part of a network of the space (0 if the table has no base entry).
@@ -420,10 +424,11 @@ def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optiona
 
 
 #: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
-NORMALISATIONS = ("uniform", "cheapest", "type")
+NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
 
 
-def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:
+def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None,
+              row_strides: Optional[Sequence[int]] = None) -> Tensor:
     """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
     so a regularisation weight kappa means the same everywhere.
 
@@ -434,10 +439,37 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
     S_t alone sets a type's price, as the seeds' experiment penalised it: with
     the plain latency a type that is cheap on the device (pooling, identity) is
     hardly penalised by any S. 'none' (type -1) keeps its cost of 0.
+
+    ``reference='type-stride'`` is 'type', then, among the rows of each stride
+    (``row_strides``, one per row of L: the edge's stride), the pooling and the
+    convolution columns are rescaled to the same total, their mean. At the
+    uniform S a pool and a convolution on one edge then cost about the same,
+    and S alone decides between them: with 'type', a type's price on an edge
+    also carries how that edge's stride compares with the type's other edges
+    (a stride-2 pool is cheap against pooling at stride 1, a stride-2
+    separable convolution dear against convolution at stride 1), which tilts
+    the uniform S towards pooling on the reduction edges. Identity keeps its
+    'type' price (free at stride 1, a FactorizedReduce at stride 2).
     """
     if reference not in NORMALISATIONS:
-        raise ValueError(f"reference must be 'uniform' or 'cheapest' (or 'type', per operation type), "
-                         f"got {reference!r}")
+        raise ValueError(f"reference must be one of {NORMALISATIONS}, got {reference!r}")
+    if reference == "type-stride":
+        if row_strides is None or len(row_strides) != L.shape[0]:
+            raise ValueError(f"reference='type-stride' needs one stride per row of L ({L.shape[0]}), "
+                             f"got {None if row_strides is None else len(row_strides)}")
+        out = normalise(L, "type", type_index)
+        cols = [[m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)] for t in ("pool", "conv")]
+        if not all(cols):
+            return out  # one of the two types is not in the space: nothing to balance
+        for stride in sorted({int(v) for v in row_strides}):
+            rows = torch.tensor([r for r, v in enumerate(row_strides) if int(v) == stride])
+            blocks = [out[rows[:, None], torch.tensor(c)[None, :]] for c in cols]
+            totals = [b.mean(dim=-1).sum() for b in blocks]
+            target = sum(totals) / len(totals)
+            for c, block, total in zip(cols, blocks, totals):
+                if bool(total > 0):
+                    out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total)
+        return out
     if reference == "type":
         if type_index is None or len(type_index) != L.shape[-1]:
             raise ValueError(f"reference='type' needs one type per candidate ({L.shape[-1]}), got {type_index}")
