@@ -49,9 +49,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor
 
-from dartscc_fast.primitives import OP_TYPES
 from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, \
     edge_configs, genotype_configs, node_sums, parse_key
+from dartscc_fast.primitives import OP_TYPES
 
 SCHEMA = "dartscc_fast.latency_table"
 VERSION = 1
