@@ -92,6 +92,11 @@ SHARE_POOLS = True
 _POOLS = ("max_pool", "avg_pool")
 
 
+def _pools_shareable(x: Tensor) -> bool:
+    """SHARE_POOLS is on and a grid scope is open to share x's pools in (inference tensors are never cached)."""
+    return SHARE_POOLS and not x.is_inference() and _scope_cache() is not None
+
+
 def _fusable(x: Tensor) -> bool:
     """The compiled relu_dw_pw_conv kernel exists for CPU float32/float64."""
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
@@ -205,7 +210,7 @@ class MixedOp(nn.Module):
         # A candidate whose own stride disagrees runs as a module, not fused.
         self._kinds: List[str] = [k if (s is None or s == stride) and not (k == "identity" and stride != 1)
                                   else "param" for k, _, s in slots]
-        self._bns = [bn for (k, bn, _), kind in zip(slots, self._kinds) if kind in ("max_pool", "avg_pool")]
+        self._bns = [bn for (k, bn, _), kind in zip(slots, self._kinds) if kind in _POOLS]
         self._codes = ops.prim_codes(self._kinds)
         # the codes when the pools come in shared (SHARE_POOLS): each pool slot is then an input, like a param
         self._codes_shared = ops.prim_codes(["param" if k in _POOLS else k for k in self._kinds])
@@ -221,7 +226,7 @@ class MixedOp(nn.Module):
         self.primitives = list(primitives) if primitives is not None else [type(o).__name__ for o in ops_]
         eps = {bn.eps for bn in self._bns}
         if len(eps) > 1:
-            self._kinds = ["param" if k in ("max_pool", "avg_pool") else k for k in self._kinds]
+            self._kinds = ["param" if k in _POOLS else k for k in self._kinds]
             self._codes, self._bns = ops.prim_codes(self._kinds), []
             self._codes_shared = self._codes
         self._eps = eps.pop() if len(eps) == 1 else 1e-5
@@ -266,8 +271,7 @@ class MixedOp(nn.Module):
 
     def _shares_pools(self, x: Tensor) -> bool:
         """Whether this forward takes its pools from the open grid scope (see SHARE_POOLS)."""
-        return SHARE_POOLS and bool(self._bns) and self._bn_uses_batch_stats() and not x.is_inference() \
-            and _scope_cache() is not None
+        return bool(self._bns) and self._bn_uses_batch_stats() and _pools_shareable(x)
 
     def _shared_pool(self, m: int, x: Tensor) -> Tensor:
         """Pool candidate m's output, BatchNorm'd on batch statistics, computed once per (x, pool, stride)
@@ -304,11 +308,11 @@ class MixedOp(nn.Module):
         kind = self._kinds[m]
         if kind == "param" and x.shape[0]:
             return self._run_param(m, x, x, _fusable(x))
-        if kind not in ("max_pool", "avg_pool") or x.shape[0] == 0:
+        if kind not in _POOLS or x.shape[0] == 0:
             return self._ops[m](x)
         bn = self._ops[m][1]
         batch_stats = bn.training or not bn.track_running_stats or bn.running_mean is None
-        if share and SHARE_POOLS and batch_stats and not x.is_inference() and _scope_cache() is not None:
+        if share and batch_stats and _pools_shareable(x):
             return self._shared_pool(m, x)
         bn_stats = None if batch_stats else torch.stack([bn.running_mean, bn.running_var])[None]
         y, stats = ops.mixed_op_free(x, [], x.new_ones(1), [kind], self.stride, bn.eps, bn_stats)

@@ -464,7 +464,7 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
         for stride in sorted({int(v) for v in row_strides}):
             rows = torch.tensor([r for r, v in enumerate(row_strides) if int(v) == stride])
             blocks = [out[rows[:, None], torch.tensor(c)[None, :]] for c in cols]
-            totals = [b.mean(dim=-1).sum() for b in blocks]
+            totals = [reference_latency(b, "uniform") for b in blocks]
             target = sum(totals) / len(totals)
             for c, block, total in zip(cols, blocks, totals):
                 if bool(total > 0):
