@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import torch
 
 from dartscc_fast.evaluate import RetrainConfig, baseline_config
-from dartscc_fast.latency import NORMALISATIONS
+from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE
 from dartscc_fast.latency.measure import busy_cores
 from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
 
@@ -39,13 +39,16 @@ class DemoConfig:
     split: tuple = (0.35, 0.075, 0.575)
     epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
     warmup_epochs: int = 1             # of which the weights train alone on uniform architectures
-    # The latency term: each operation type's columns of L normalised by that type's uniform architecture
-    # ('type': every type's all-that-type network costs 1, so S_t alone prices type t), kappa 5, S drawn per
-    # sample (DARTS-CC). Chosen by searches on two 2-core machines' tables, seeds 0-3 (docs/demo_runs.md):
-    # kappa 4 left C with pools in some seeds, kappa 6-8 left A without convolutions, kappa 5 held the whole
-    # claim in 3 of 4 seeds on one machine and 1 of 3 on the other. No kappa holds it in every seed.
+    # The latency term: each operation type's columns of L normalised by that type's uniform architecture,
+    # then pooling and convolution drawn half-way (in log ratio) to one price on each stride's edges
+    # ('type-stride', stride_balance 0.5), kappa 5, S drawn per sample (DARTS-CC). Chosen by searches on four
+    # tables of a 2-core Xeon, seeds 0-3 (docs/demo_runs.md): with 'type' alone, the uniform S priced a
+    # stride-2 convolution above a pool by more than most edges' cross-entropy favoured it, and A came out
+    # equal to B in 1 search of 4 or more; with the prices made equal (balance 1), A came out equal to C once;
+    # with 0.5, A fell between B and C in all 16 searches at kappa 5, and in 4 of 4 at kappa 4 and 6.
     kappa: float = 5.0
-    normalise: str = "type"
+    normalise: str = "type-stride"
+    stride_balance: float = STRIDE_BALANCE
     per_sample: bool = True
     fbnet_kappas: tuple = (0.5, 1.5, 4.0)   # fixed-kappa searches spanning several convolutions to none
     darts: bool = True
@@ -96,7 +99,7 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
 
     base = SearchConfig(space=cfg.space, limit=cfg.limit, split=tuple(cfg.split), epochs=cfg.epochs,
                         warmup_epochs=cfg.warmup_epochs, kappa=cfg.kappa, normalise=cfg.normalise,
-                        per_sample=cfg.per_sample, seed=cfg.seed,
+                        stride_balance=cfg.stride_balance, per_sample=cfg.per_sample, seed=cfg.seed,
                         latency_table=table_path, out_dir=str(out / "search"),
                         max_steps_per_epoch=cfg.max_steps_per_epoch)
     if cfg.hypernet:
@@ -151,6 +154,9 @@ def register(sub) -> None:
     p.add_argument("--kappa", type=float, default=d.kappa)
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
+    p.add_argument("--stride-balance", type=float, default=d.stride_balance,
+                   help="with --normalise type-stride: 0 keeps type's prices, 1 gives pooling and convolution "
+                        "the same total on each stride's edges")
     p.add_argument("--per-batch", action="store_true", help="draw S once per batch (the paper) instead of per sample")
     p.add_argument("--fbnet-kappas", type=float, nargs="*", default=list(d.fbnet_kappas))
     p.add_argument("--no-darts", action="store_true", help="skip the DARTS baseline")
@@ -169,7 +175,7 @@ def register(sub) -> None:
 def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
                      warmup_epochs=args.warmup_epochs, kappa=args.kappa, normalise=args.normalise,
-                     per_sample=not args.per_batch,
+                     stride_balance=args.stride_balance, per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,
                      threads=args.threads, profile_seconds=args.profile_seconds, latency_table=args.latency_table,

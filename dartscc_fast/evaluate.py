@@ -162,7 +162,7 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
 
     kind 'darts': S-independent logits, no latency term; 'fbnet': S-independent
     logits, the plain latency (every type weighted alike, and normalised by the
-    uniform architecture when `base` prices types by 'type') with this fixed kappa.
+    uniform architecture when `base` prices types by 'type' or 'type-stride') with this fixed kappa.
     Both draw their Gumbel noise once per batch, as DARTS and FBNet do (one fixed
     S leaves nothing to draw per sample).
     """
@@ -171,7 +171,7 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
                                    out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
     if kind == "fbnet":
         return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=float(kappa), per_sample=False,
-                                   normalise="uniform" if base.normalise == "type" else base.normalise,
+                                   normalise="uniform" if base.normalise.startswith("type") else base.normalise,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))
     raise ValueError(f"baseline kind must be 'darts' or 'fbnet', got {kind!r}")
 

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from dartscc_fast import ops
 from dartscc_fast.datasets import check_fractions, make_loaders
 from dartscc_fast.optim import adam
-from dartscc_fast.latency import NORMALISATIONS, LatencyTable, latency_reg, normalise, simulate_table
+from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, latency_reg, normalise, \
+    simulate_table
 from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
     sample_S
 from dartscc_fast.primitives import OP_TYPES
@@ -73,10 +74,13 @@ class SearchConfig:
     fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
     prior_scale: float = 1.0           # start alpha(S) at -prior_scale * kappa / tau_end * S_type L (0: at 0)
 
-    kappa: float = 4.0                 # weight of the normalised latency term (calibrated: see demo.py)
+    kappa: float = 5.0                 # weight of the normalised latency term (calibrated: see demo.py)
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
-    normalise: str = "type"            # 'type': per operation type; 'uniform' | 'cheapest': the plain latency
+    # 'type': per operation type; 'type-stride': and pool and conv drawn towards one price on each stride's
+    # edges (stride_balance); 'uniform' | 'cheapest': the plain latency
+    normalise: str = "type-stride"
+    stride_balance: float = STRIDE_BALANCE
 
     tau_start: float = 1.0
     tau_end: float = 0.2
@@ -111,6 +115,8 @@ class SearchConfig:
         check_fractions(self.split, "split")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0.0 <= self.stride_balance <= 1.0:
+            raise ValueError(f"stride_balance must be in [0, 1], got {self.stride_balance}")
         if self.kappa < 0:
             raise ValueError(f"kappa must be >= 0, got {self.kappa}")
         if self.fixed_S is not None:
@@ -164,7 +170,8 @@ def latency_table_for(cfg: SearchConfig, space: SearchSpace) -> LatencyTable:
 def supernet_L(table, space: SearchSpace, cfg: SearchConfig) -> Tuple[Tensor, Tensor]:
     """``(L_ms, L_norm)``: ``[2E, k]`` per cell type (normal rows, then reduction rows)."""
     L = table.supernet_latency(space, per="cell_type")
-    return L.float(), normalise(L, cfg.normalise, space.type_index().tolist(), space.row_strides()).float()
+    return L.float(), normalise(L, cfg.normalise, space.type_index().tolist(), space.row_strides(),
+                                cfg.stride_balance).float()
 
 
 # -------------------------------------------------------------------------------- model
@@ -575,7 +582,10 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
                         "type's columns by that type's (S alone then prices a type); type-stride: type, then "
-                        "pooling and convolution given the same total on each stride's edges")
+                        "pooling and convolution drawn towards the same total on each stride's edges")
+    p.add_argument("--stride-balance", type=float, default=d.stride_balance,
+                   help="type-stride: 0 keeps type's prices, 1 gives pooling and convolution the same total "
+                        "on each stride's edges")
     p.add_argument("--latency-device", default=d.latency_device,
                    help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")
     p.add_argument("--tau", type=float, nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))
@@ -597,6 +607,7 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
         fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table, normalise=args.normalise,
+        stride_balance=args.stride_balance,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
         tau_schedule=args.tau_schedule, hard=not args.soft, protocol=args.protocol, optimizer=args.optimizer,
         lr_w=args.lr_w, lr_a=args.lr_a, grad_clip=args.grad_clip, seed=args.seed, out_dir=out_dir, log=args.log)

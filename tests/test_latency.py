@@ -12,8 +12,8 @@ import torch
 from dartscc_fast import reference
 from dartscc_fast.cli import main
 from dartscc_fast.primitives import OP_TYPES
-from dartscc_fast.latency import BaseConfig, LatencyTable, LatencyTableError, OpConfig, edge_configs, \
-    normalise, profile_space, reference_latency, simulate_table, space_configs, time_genotype
+from dartscc_fast.latency import STRIDE_BALANCE, BaseConfig, LatencyTable, LatencyTableError, OpConfig, \
+    edge_configs, normalise, profile_space, reference_latency, simulate_table, space_configs, time_genotype
 from dartscc_fast.latency import roofline
 from dartscc_fast.space import get_space, random_genotype
 
@@ -247,33 +247,45 @@ def test_normalise():
 
 
 def test_normalise_per_type_and_stride():
-    """'type-stride': 'type', then on each stride's rows pooling and convolution get the same total (their
-    mean), each keeping its ratios within those rows; identity and 'none' keep their 'type' prices."""
+    """'type-stride': 'type', then on each stride's rows pooling and convolution are drawn towards the same
+    total (their mean), each keeping its ratios within those rows; identity and 'none' keep their 'type'
+    prices. ``balance`` 1 makes the totals equal, 0 leaves 'type', the default 0.5 halves the log ratio."""
     L = torch.rand(28, 8, dtype=torch.float64) + 0.1
     ti = DARTS.type_index().tolist()
     L[:, ti.index(-1)] = 0
     strides = DARTS.row_strides()
     assert strides.count(2) == 8 and strides[:14] == [1] * 14
-    n, by_type = normalise(L, "type-stride", ti, strides), normalise(L, "type", ti)
+    by_type = normalise(L, "type", ti)
     cols = {t: [m for m, u in enumerate(ti) if u == t] for t in set(ti)}
     pool, identity, conv = (cols[OP_TYPES.index(t)] for t in ("pool", "identity", "conv"))
-    for s in (1, 2):
-        rows = [r for r, v in enumerate(strides) if v == s]
-        tp, tc = (n[rows][:, c].mean(-1).sum() for c in (pool, conv))
-        torch.testing.assert_close(tp, tc)
-        torch.testing.assert_close(tp, (by_type[rows][:, pool].mean(-1).sum()
-                                        + by_type[rows][:, conv].mean(-1).sum()) / 2)
-        for c in (pool, conv):
-            torch.testing.assert_close(n[rows][:, c] / n[rows[0], c[0]], L[rows][:, c] / L[rows[0], c[0]])
-    torch.testing.assert_close(n[:, identity + cols[-1]], by_type[:, identity + cols[-1]])
+    for balance in (1.0, STRIDE_BALANCE, 0.25, 0.0):
+        n = normalise(L, "type-stride", ti, strides, balance)
+        for s in (1, 2):
+            rows = [r for r, v in enumerate(strides) if v == s]
+            tp, tc = (n[rows][:, c].mean(-1).sum() for c in (pool, conv))
+            bp, bc = (by_type[rows][:, c].mean(-1).sum() for c in (pool, conv))
+            torch.testing.assert_close(tc / tp, (bc / bp) ** (1 - balance))
+            torch.testing.assert_close(tp, bp * ((bp + bc) / 2 / bp) ** balance)
+            for c in (pool, conv):
+                torch.testing.assert_close(n[rows][:, c] / n[rows[0], c[0]], L[rows][:, c] / L[rows[0], c[0]])
+        torch.testing.assert_close(n[:, identity + cols[-1]], by_type[:, identity + cols[-1]])
+    assert STRIDE_BALANCE == 0.5
+    torch.testing.assert_close(normalise(L, "type-stride", ti, strides, 0.0), by_type)
+    torch.testing.assert_close(normalise(L, "type-stride", ti, strides), normalise(L, "type-stride", ti, strides, 0.5))
     with pytest.raises(ValueError, match="one stride per row of L"):
         normalise(L, "type-stride", ti)
-    # the search passes the space's row strides
+    with pytest.raises(ValueError, match=r"balance must be in \[0, 1\]"):
+        normalise(L, "type-stride", ti, strides, 1.5)
+    # the search passes the space's row strides and its balance
     from dartscc_fast.search import SearchConfig, supernet_L
     t = sample_table(DARTS)
-    _, Ln = supernet_L(t, DARTS, SearchConfig(space="darts-cifar", normalise="type-stride"))
-    torch.testing.assert_close(Ln, normalise(t.supernet_latency(DARTS, per="cell_type"), "type-stride", ti,
-                                             strides).float())
+    for balance in (0.5, 1.0):
+        _, Ln = supernet_L(t, DARTS, SearchConfig(space="darts-cifar", normalise="type-stride",
+                                                  stride_balance=balance))
+        torch.testing.assert_close(Ln, normalise(t.supernet_latency(DARTS, per="cell_type"), "type-stride", ti,
+                                                 strides, balance).float())
+    with pytest.raises(ValueError, match="stride_balance must be in"):
+        SearchConfig(space="darts-cifar", stride_balance=-0.1)
 
 
 def test_normalise_per_type():

@@ -76,6 +76,7 @@ def test_type_normalised_search_prices_every_type_alike(tmp_path):
     # the FBNet baseline keeps the plain latency, so its kappa means what it means without the hypernetwork
     fb = baseline_config(cfg, "fbnet", 1.5)
     assert fb.normalise == "uniform" and fb.kappa == 1.5
+    assert baseline_config(dataclasses.replace(cfg, normalise="type-stride"), "fbnet", 1.5).normalise == "uniform"
     assert baseline_config(dataclasses.replace(cfg, normalise="cheapest"), "fbnet", 1.5).normalise == "cheapest"
     with pytest.raises(ValueError, match="normalise"):
         SearchConfig(normalise="median")

@@ -17,12 +17,13 @@ Typical use in a search::
     lat = latency_reg(torch.cat([w_normal, w_reduce], -2), L, S, space.type_index().tolist())
 """
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, edge_configs, genotype_configs, space_configs
-from dartscc_fast.latency.table import NORMALISATIONS, LatencyTable, LatencyTableError, normalise, \
-    reference_latency
+from dartscc_fast.latency.table import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, LatencyTableError, \
+    normalise, reference_latency
 from dartscc_fast.latency.measure import Timing, profile_space, time_callable, time_genotype
 from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset, simulate_table
 from dartscc_fast.latency_ops import latency_reg
 
-__all__ = ["BaseConfig", "NORMALISATIONS", "LatencyTable", "LatencyTableError", "OpConfig", "edge_configs", "genotype_configs",
-           "normalise", "reference_latency", "space_configs", "Timing", "profile_space", "time_callable",
-           "time_genotype", "DEVICE_PRESETS", "DevicePreset", "simulate_table", "latency_reg"]
+__all__ = ["BaseConfig", "NORMALISATIONS", "STRIDE_BALANCE", "LatencyTable", "LatencyTableError", "OpConfig",
+           "edge_configs", "genotype_configs", "normalise", "reference_latency", "space_configs", "Timing",
+           "profile_space", "time_callable", "time_genotype", "DEVICE_PRESETS", "DevicePreset", "simulate_table",
+           "latency_reg"]

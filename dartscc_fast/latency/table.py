@@ -57,6 +57,14 @@ SCHEMA = "dartscc_fast.latency_table"
 VERSION = 1
 UNIT = "ms"
 
+#: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
+NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
+#: How far 'type-stride' draws pooling and convolution to the same price on each stride's edges (0: 'type',
+#: 1: the same total). In searches on four tables profiled on a 2-core Xeon, seeds 0-3 (docs/demo_runs.md),
+#: 1 left the uniform S (A) with every convolution of the pool-penalised one (C) in one, 0 ('type') with none
+#: in several (A == B); 0.5 left A between B and C in every one.
+STRIDE_BALANCE = 0.5
+
 
 class LatencyTableError(ValueError):
     """A latency table that is corrupt, of another version, or does not fit the request."""
@@ -338,7 +346,7 @@ class LatencyTable:
 
     def supernet_latency(self, space, per: str = "cell_type", batch: Optional[int] = None, dtype=None,
                          device=None, fallback: Union[None, str, Callable] = None,
-                         normalise_by: Optional[str] = None) -> Tensor:
+                         normalise_by: Optional[str] = None, balance: float = STRIDE_BALANCE) -> Tensor:
         """The ``L`` of the regulariser for a whole supernet, float64 on the CPU.
 
         The configurations are those of the table's target (its meta's device,
@@ -352,7 +360,7 @@ class LatencyTable:
             fallback: None (a missing configuration is an error), 'roofline' or
                 a function ``OpConfig -> ms`` (estimates, with a warning).
             normalise_by: 'uniform', 'cheapest', 'type' or 'type-stride': divide by that
-                reference architecture's latency (:func:`normalise`).
+                reference architecture's latency (:func:`normalise`, which ``balance`` is passed to).
         """
         if per not in ("edge", "cell_type"):
             raise ValueError(f"per must be 'edge' or 'cell_type', got {per!r}")
@@ -372,7 +380,7 @@ class LatencyTable:
         if normalise_by is None:
             return L
         strides = space.row_strides() if per == "cell_type" else [e.stride for e in space.edges()]
-        return normalise(L, normalise_by, space.type_index().tolist(), strides)
+        return normalise(L, normalise_by, space.type_index().tolist(), strides, balance)
 
     def base(self, space, genotype=None, batch: Optional[int] = None, dtype=None, device=None) -> float:
         """The time of the fixed part of a network of the space (0 if the table has no base entry).
@@ -423,12 +431,8 @@ def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optiona
     raise ValueError(f"reference must be 'uniform' or 'cheapest', got {reference!r}")
 
 
-#: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
-NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
-
-
 def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None,
-              row_strides: Optional[Sequence[int]] = None) -> Tensor:
+              row_strides: Optional[Sequence[int]] = None, balance: float = STRIDE_BALANCE) -> Tensor:
     """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
     so a regularisation weight kappa means the same everywhere.
 
@@ -442,14 +446,17 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
 
     ``reference='type-stride'`` is 'type', then, among the rows of each stride
     (``row_strides``, one per row of L: the edge's stride), the pooling and the
-    convolution columns are rescaled to the same total, their mean. At the
-    uniform S a pool and a convolution on one edge then cost about the same,
-    and S alone decides between them: with 'type', a type's price on an edge
-    also carries how that edge's stride compares with the type's other edges
-    (a stride-2 pool is cheap against pooling at stride 1, a stride-2
+    convolution columns are drawn towards the same total, their mean m: each
+    is scaled by ``(m / total) ** balance``. With 'type', a type's price on an
+    edge also carries how that edge's stride compares with the type's other
+    edges (a stride-2 pool is cheap against pooling at stride 1, a stride-2
     separable convolution dear against convolution at stride 1), which tilts
-    the uniform S towards pooling on the reduction edges. Identity keeps its
-    'type' price (free at stride 1, a FactorizedReduce at stride 2).
+    the uniform S towards pooling on the reduction edges. ``balance`` 1 gives
+    the two types the same total, so that at the uniform S a pool and a
+    convolution on one edge cost about the same and the cross-entropy alone
+    decides between them; 0 is 'type'; the default 0.5 takes the square root
+    of 'type''s convolution-to-pooling price ratio. Identity keeps its 'type'
+    price (free at stride 1, a FactorizedReduce at stride 2).
     """
     if reference not in NORMALISATIONS:
         raise ValueError(f"reference must be one of {NORMALISATIONS}, got {reference!r}")
@@ -457,6 +464,8 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
         if row_strides is None or len(row_strides) != L.shape[0]:
             raise ValueError(f"reference='type-stride' needs one stride per row of L ({L.shape[0]}), "
                              f"got {None if row_strides is None else len(row_strides)}")
+        if not 0.0 <= float(balance) <= 1.0:
+            raise ValueError(f"balance must be in [0, 1], got {balance}")
         out = normalise(L, "type", type_index)
         cols = [[m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)] for t in ("pool", "conv")]
         if not all(cols):
@@ -468,7 +477,7 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
             target = sum(totals) / len(totals)
             for c, block, total in zip(cols, blocks, totals):
                 if bool(total > 0):
-                    out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total)
+                    out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total) ** float(balance)
         return out
     if reference == "type":
         if type_index is None or len(type_index) != L.shape[-1]:
