@@ -287,8 +287,29 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def random_genotype(space: SearchSpace, generator: Optional[torch.Generator] = None,
-                    top2: bool = False) -> Genotype:
-    """A uniformly random architecture of the space (random logits, then :func:`derive_genotype`)."""
-    wn = torch.rand(space.num_edges, space.k, generator=generator)
-    wr = torch.rand(space.num_edges, space.k, generator=generator)
-    return derive_genotype(space, wn, wr, top2=top2)
+                    top2: bool = False, op_probs: Optional[Tensor] = None) -> Genotype:
+    """A random architecture of the space (random logits, then :func:`derive_genotype`).
+
+    Uniform by default. With ``op_probs`` (non-negative weights broadcastable to
+    ``[2, E, k]``: the normal cell's edges, then the reduction cell's; ``[k]``
+    for one mix everywhere), each edge takes primitive m with probability
+    proportional to its weight (the argmax of ``U_m ** (1 / p_m)``, U uniform;
+    its value, the edge's strength for ``top2``, stays random).
+    """
+    if op_probs is None:
+        wn = torch.rand(space.num_edges, space.k, generator=generator)
+        wr = torch.rand(space.num_edges, space.k, generator=generator)
+        return derive_genotype(space, wn, wr, top2=top2)
+    shape = (2, space.num_edges, space.k)
+    p = torch.as_tensor(op_probs, dtype=torch.float64)
+    try:
+        p = p.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"op_probs must broadcast to {list(shape)}, got shape {list(p.shape)}") from None
+    if bool((p < 0).any()) or not bool((p.sum(-1) > 0).all()):
+        raise ValueError("op_probs must be non-negative, with a positive weight on every edge")
+    p = p / p.sum(-1, keepdim=True)
+    # the exponential race: argmax_m U_m ** (1 / p_m) is m with probability p_m; p_m = 0 is never drawn
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    w = torch.where(p > 0, u.pow(1 / p.clamp_min(1e-12)), torch.zeros(()))
+    return derive_genotype(space, w[0], w[1], top2=top2)

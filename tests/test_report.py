@@ -68,3 +68,58 @@ def test_front_comparison_tells_a_shortfall_within_noise_from_a_loss():
     assert got == {"k1": (0.790, True, True), "k2": (0.790, False, True), "k3": (0.790, False, False),
                    "k4": (None, False, None)}
     assert (fr["matched"], fr["within_noise"], fr["of"]) == (1, 2, 4)
+
+
+def _ops(cell):
+    return [op for node in cell for op, _ in node]
+
+
+def test_random_genotype_draws_each_edge_from_its_mix():
+    import torch
+    from dartscc_fast.space import get_space, random_genotype
+    space = get_space("fmnist-paper")
+    E, k = space.num_edges, space.k
+    gen = torch.Generator().manual_seed(0)
+    # one primitive only: every edge takes it, in both cell types
+    for m, name in enumerate(space.primitives):
+        g = random_genotype(space, gen, op_probs=torch.eye(k)[m])
+        assert set(_ops(g.normal) + _ops(g.reduce)) == {name}
+    # per cell type and edge: normal edges all pooling, reduction edges all convolution
+    probs = torch.zeros(2, E, k)
+    probs[0, :, space.primitives.index("max_pool_3x3")] = 1
+    probs[1, :, space.primitives.index("sep_conv_3x3")] = 1
+    g = random_genotype(space, gen, op_probs=probs)
+    assert set(_ops(g.normal)) == {"max_pool_3x3"} and set(_ops(g.reduce)) == {"sep_conv_3x3"}
+    # frequencies follow the weights (2000 edges: 4 standard errors about 0.04)
+    w = torch.tensor([1.0, 3.0, 0.0])
+    ops = [op for _ in range(2000 // (2 * E) + 1) for g in [random_genotype(space, gen, op_probs=w)]
+           for op in _ops(g.normal) + _ops(g.reduce)]
+    freq = torch.tensor([ops.count(p) / len(ops) for p in space.primitives])
+    torch.testing.assert_close(freq, w / w.sum(), atol=0.04, rtol=0)
+    for bad in (torch.ones(k + 1), -torch.ones(k), torch.zeros(k)):
+        with pytest.raises(ValueError, match="op_probs"):
+            random_genotype(space, gen, op_probs=bad)
+
+
+def test_random_baselines_match_the_profiles_latency():
+    """Random architectures are matched to A, B and C even at the cheap corner (pooling at stride 2,
+    identity elsewhere), which uniformly random architectures never reach."""
+    import torch
+    from dartscc_fast.evaluate import random_matched
+    from dartscc_fast.space import Genotype, get_space, random_genotype
+    from dartscc_fast.latency import simulate_table
+    space = get_space("fmnist-paper")
+    table = simulate_table(space, "sim:mobile-cpu", batch=64)
+    cheap = Genotype(**{c: [[("skip_connect" if src >= 2 or c == "normal" else "max_pool_3x3", src)
+                             for src in range(i + 2)] for i in range(space.steps)] for c in ("normal", "reduce")},
+                     normal_concat=list(range(2, space.steps + 2)), reduce_concat=list(range(2, space.steps + 2)))
+    dear = random_genotype(space, op_probs=torch.tensor([1.0, 0.0, 0.0]))   # all sep_conv_3x3
+    targets = [float(table.predict(space, g)) for g in (cheap, dear)]
+    uniform = [float(table.predict(space, random_genotype(space, torch.Generator().manual_seed(i))))
+               for i in range(300)]
+    assert min(uniform) > targets[0] * 1.05 and max(uniform) < targets[1] * 0.95
+    picks = random_matched(space, table, targets, seed=0)
+    for (g, pred), t in zip(picks, targets):
+        assert pred == pytest.approx(float(table.predict(space, g))) and pred == pytest.approx(t, rel=0.05)
+    assert picks[0][0].to_json() != picks[1][0].to_json()
+    assert random_matched(space, table, targets, seed=0)[0][0].to_json() == picks[0][0].to_json()
