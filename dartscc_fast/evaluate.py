@@ -177,8 +177,9 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
 
 
 def random_matched(space: SearchSpace, table, targets_ms: Sequence[float], candidates: int = 300,
-                   seed: int = 0, top2: bool = False) -> List[Tuple[Genotype, float]]:
-    """For each target latency, the random architecture (of `candidates` drawn) predicted closest to it.
+                   seed: int = 0, top2: bool = False, exclude: Sequence[str] = ()) -> List[Tuple[Genotype, float]]:
+    """For each target latency, the random architecture (of `candidates` drawn) predicted closest to it,
+    a different one per target and none of ``exclude`` (genotype JSONs: the architectures compared with).
 
     Each candidate draws its own mix of primitives for the stride-1 edges and
     another for the stride-2 edges, then every edge's primitive from its mix. A
@@ -197,7 +198,7 @@ def random_matched(space: SearchSpace, table, targets_ms: Sequence[float], candi
         mix = torch.rand(2, space.k, generator=gen, dtype=torch.float64).log().square()
         g = random_genotype(space, gen, top2=top2, op_probs=torch.where(stride2, mix[1], mix[0]))
         pool.append((g, float(table.predict(space, g))))
-    out, used = [], set()
+    out, used = [], set(exclude)
     for t in targets_ms:
         best = min((p for p in pool if p[0].to_json() not in used), key=lambda p: abs(p[1] - t))
         used.add(best[0].to_json())

@@ -92,7 +92,10 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     random_derived = []
     if random_baselines and table is not None:
         targets = [derived[name].predicted_ms for name in PROFILES]
-        for (g, pred), name in zip(random_matched(space, table, targets, seed=result.config.seed), PROFILES):
+        # distinct from the profiles: on one table the draw closest to C was C itself
+        profiles = [derived[name].genotype.to_json() for name in PROFILES]
+        for (g, pred), name in zip(random_matched(space, table, targets, seed=result.config.seed,
+                                                  exclude=profiles), PROFILES):
             d = derive_from_alphas(space, *_onehot(space, g), PROFILES["A"], table, label=f"random ~{name}")
             d.genotype = g
             random_derived.append((name, d))

@@ -123,3 +123,8 @@ def test_random_baselines_match_the_profiles_latency():
         assert pred == pytest.approx(float(table.predict(space, g))) and pred == pytest.approx(t, rel=0.05)
     assert picks[0][0].to_json() != picks[1][0].to_json()
     assert random_matched(space, table, targets, seed=0)[0][0].to_json() == picks[0][0].to_json()
+    # the architectures compared with are never picked: here the cheap corner itself is among the draws
+    drawn = random_matched(space, table, [targets[0]], candidates=2000, seed=0)[0][0]
+    assert drawn.to_json() == cheap.to_json()
+    assert random_matched(space, table, [targets[0]], candidates=2000, seed=0,
+                          exclude=[cheap.to_json()])[0][0].to_json() != cheap.to_json()
