@@ -44,8 +44,8 @@ class DemoConfig:
     # ('type-stride', stride_balance 0.5), kappa 5, S drawn per sample (DARTS-CC). Chosen by searches on four
     # tables of a 2-core Xeon, seeds 0-3 (docs/demo_runs.md): with 'type' alone, the uniform S priced a
     # stride-2 convolution above a pool by more than most edges' cross-entropy favoured it, and A came out
-    # equal to B in 1 search of 4 or more; with the prices made equal (balance 1), A came out equal to C once;
-    # with 0.5, A fell between B and C in all 16 searches at kappa 5, and in 4 of 4 at kappa 4 and 6.
+    # equal to B in about 1 search of 4; with the prices made equal (balance 1), A came out equal to C in 1 of
+    # 8; with 0.5, A fell between B and C in all 16 searches at kappa 5, and in 4 of 4 at kappa 4 and 6.
     kappa: float = 5.0
     normalise: str = "type-stride"
     stride_balance: float = STRIDE_BALANCE
