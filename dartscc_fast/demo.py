@@ -65,6 +65,18 @@ class DemoConfig:
     max_steps_per_epoch: Optional[int] = None
     measure: bool = True
 
+    def __post_init__(self):
+        self.search_config()  # the search's own checks (kappa, normalisation, split, ...) before any profiling
+
+    def search_config(self, latency_table: Optional[str] = None) -> SearchConfig:
+        """The hypernetwork search's configuration (writing under ``out_dir``/search)."""
+        base = SearchConfig(space=self.space, limit=self.limit, split=tuple(self.split), epochs=self.epochs,
+                            warmup_epochs=self.warmup_epochs, kappa=self.kappa, normalise=self.normalise,
+                            stride_balance=self.stride_balance, per_sample=self.per_sample, seed=self.seed,
+                            latency_table=latency_table, out_dir=str(Path(self.out_dir) / "search"),
+                            max_steps_per_epoch=self.max_steps_per_epoch)
+        return dataclasses.replace(base, hypernet=self.hypernet) if self.hypernet else base
+
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict:
     """Run the demo; returns the report dict (also written under ``cfg.out_dir``)."""
@@ -97,13 +109,7 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
         table.save(table_path)
     times["profile"] = time.perf_counter() - t
 
-    base = SearchConfig(space=cfg.space, limit=cfg.limit, split=tuple(cfg.split), epochs=cfg.epochs,
-                        warmup_epochs=cfg.warmup_epochs, kappa=cfg.kappa, normalise=cfg.normalise,
-                        stride_balance=cfg.stride_balance, per_sample=cfg.per_sample, seed=cfg.seed,
-                        latency_table=table_path, out_dir=str(out / "search"),
-                        max_steps_per_epoch=cfg.max_steps_per_epoch)
-    if cfg.hypernet:
-        base = dataclasses.replace(base, hypernet=cfg.hypernet)
+    base = cfg.search_config(table_path)
     loaders = base.loaders()
     log(f"      data: {loaders.split}")
 

@@ -265,3 +265,25 @@ def test_retraining_in_either_layout_trains_the_same_network():
     assert accuracy(cl, loaders.test, "channels_last") == pytest.approx(accuracy(nchw, loaders.test), abs=0.03)
     with pytest.raises(ValueError, match="memory_format must be one of"):
         train_discrete(space, g, loaders, dataclasses.replace(cfg, memory_format="nhwc"))
+
+
+def test_demo_checks_its_search_settings_before_profiling(tmp_path, monkeypatch):
+    """A bad setting fails at once, before the minutes of profiling (which must not start)."""
+    import dartscc_fast.latency as latency
+    from dartscc_fast.demo import DemoConfig
+    monkeypatch.setattr(latency, "profile_space", lambda *a, **k: pytest.fail("profiled before checking"))
+    for bad, words in (({"stride_balance": 2.0}, "stride_balance"), ({"normalise": "median"}, "normalise"),
+                       ({"kappa": -1.0}, "kappa"), ({"epochs": 1, "warmup_epochs": 1}, "warmup_epochs")):
+        with pytest.raises(ValueError, match=words):
+            DemoConfig(out_dir=str(tmp_path), **bad)
+        argv = ["demo", "--out", str(tmp_path)] + [f"--{k.replace('_', '-')}={v}" for k, v in bad.items()]
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:  # argparse's own checks (choices)
+            rc = e.code
+        assert rc == 2
+    assert not any(tmp_path.iterdir())
+    cfg = DemoConfig(out_dir=str(tmp_path), stride_balance=0.25, hypernet="mlp")
+    s = cfg.search_config("table.json")
+    assert (s.stride_balance, s.hypernet, s.latency_table, s.normalise) == (0.25, "mlp", "table.json", "type-stride")
+    assert s.out_dir == str(tmp_path / "search")
