@@ -27,6 +27,11 @@ class EdgeSpec:
     stride: int
 
 
+def edge_stride(reduction: bool, src: int) -> int:
+    """The stride of an edge from state ``src``: 2 from a reduction cell's two inputs, else 1 (DARTS)."""
+    return 2 if reduction and src < 2 else 1
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A DARTS search space: cells of `steps` nodes over `primitives`.
@@ -82,7 +87,7 @@ class SearchSpace:
 
     def row_strides(self) -> List[int]:
         """The stride of each row of ``[2E, k]`` per-cell-type tensors (normal rows, then reduction rows)."""
-        return [1] * self.num_edges + [2 if src < 2 else 1 for src, _ in self.edge_pairs()]
+        return [edge_stride(red, src) for red in (False, True) for src, _ in self.edge_pairs()]
 
     def edges(self) -> List[EdgeSpec]:
         """Every mixed-op edge of the supernet, cell by cell, in the network's order."""
@@ -95,7 +100,7 @@ class SearchSpace:
                 C_curr *= 2
             Ho, Wo = ((H - 1) // 2 + 1, (W - 1) // 2 + 1) if red else (H, W)
             for e, (src, dst) in enumerate(self.edge_pairs()):
-                stride = 2 if red and src < 2 else 1
+                stride = edge_stride(red, src)
                 h, w = (H, W) if src < 2 else (Ho, Wo)
                 out.append(EdgeSpec(cell, red, e, src, dst, C_curr, h, w, stride))
             H, W = Ho, Wo
@@ -228,8 +233,7 @@ class _DiscreteCell(nn.Module):
         self._ops = nn.ModuleList()
         for node in nodes:
             for prim, j in node:
-                stride = 2 if reduction and j < 2 else 1
-                self._ops.append(derived_op(prim, C, stride))
+                self._ops.append(derived_op(prim, C, edge_stride(reduction, j)))
         self._C = C
 
     def forward(self, s0, s1):
