@@ -27,7 +27,8 @@ from dartscc_fast.space import get_space
 N = 64
 
 
-def make_step(impl: str, hard: bool):
+def make_step(impl: str, hard: bool, device: str = "cpu", n: int = N):
+    """One search step of ``impl`` at batch n on device (bench/gpu_check.py runs it on a GPU)."""
     if impl == "eager-soft":  # what quark0/darts runs: every candidate, whatever the sample
         impl, hard = "eager", False
     space = get_space("fmnist-paper")
@@ -37,13 +38,14 @@ def make_step(impl: str, hard: bool):
         fast = space.supernet(fast=True)
         fast.load_state_dict(net.state_dict())
         net = fast
-    hyper = build_hypernet("linear", space.num_edges, space.k)
-    L = normalise(simulate_table(space, "sim:mobile-cpu").supernet_latency(space)).float()
+    net.to(device)
+    hyper = build_hypernet("linear", space.num_edges, space.k).to(device)
+    L = normalise(simulate_table(space, "sim:mobile-cpu").supernet_latency(space)).float().to(device)
     types = space.type_index().tolist()
     opt = torch.optim.Adam(list(net.parameters()) + list(hyper.parameters()), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(N, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (N,), generator=g)
+    x = torch.randn(n, 1, 28, 28, generator=g).to(device)
+    y = torch.randint(0, 10, (n,), generator=g).to(device)
 
     def gumbel(a):
         if impl == "ours":
@@ -53,7 +55,7 @@ def make_step(impl: str, hard: bool):
     reg = latency_reg if impl == "ours" else reference.latency_reg
 
     def step():
-        S = sample_S(3, None, g)
+        S = sample_S(3, None, g).to(device)
         an, ar = hyper(S)
         gn, gr = gumbel(an), gumbel(ar)
         loss = F.cross_entropy(net(x, gn, gr, hard=hard), y) + 4.0 * reg(torch.cat([gn, gr]), L, S, types)

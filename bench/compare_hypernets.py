@@ -73,7 +73,7 @@ def main():
     for kind in args.kinds:
         cfg = dataclasses.replace(base, hypernet=kind, out_dir=f"{args.out}/{kind}")
         t = time.perf_counter()
-        r = load_search(run_search(cfg, loaders=loaders))
+        r = load_search(run_search(cfg, loaders=loaders, force=True))  # a rerun replaces the last one's searches
         out[kind] = {**score(r, loaders), "search_s": time.perf_counter() - t}
         print(kind, json.dumps(out[kind]), flush=True)
     print(f"\nsplit: {loaders.split}")

@@ -10,5 +10,6 @@ from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing, replace_mixed_ops
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
 from dartscc_fast.latency import LatencyTable, OpConfig, latency_reg, normalise, profile_space
 from dartscc_fast.prune import PrunableNet, find_edges, run_prune, theorem1_lambda
+from dartscc_fast import selftest  # a callable module: dartscc_fast.selftest(device="cpu", quick=False)
 
 __version__ = BUILD_INFO["version"]

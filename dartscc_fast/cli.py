@@ -18,11 +18,13 @@ _COMMAND_MODULES: List[str] = [
     "dartscc_fast.evaluate",
     "dartscc_fast.report",
     "dartscc_fast.demo",
+    "dartscc_fast.reproduce",
     "dartscc_fast.prune.cli",
+    "dartscc_fast.selftest",
 ]
 
 # Commands that train: they keep freed memory in the process (see dartscc_fast/allocator.py).
-_TRAINING_COMMANDS = {"search", "evaluate", "demo", "prune", "profile", "report", "derive"}
+_TRAINING_COMMANDS = {"search", "evaluate", "demo", "reproduce", "prune", "profile", "report", "derive"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from dartscc_fast.evaluate import RetrainConfig, baseline_config
 from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE
 from dartscc_fast.latency.measure import busy_cores
 from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
+from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, Int, check_fields
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -42,11 +43,13 @@ class DemoConfig:
     # The latency term: each operation type's columns of L normalised by that type's uniform architecture,
     # then pooling and convolution drawn half-way (in log ratio) to one price on each stride's edges
     # ('type-stride', stride_balance 0.5), kappa 5, S drawn per sample (DARTS-CC). Chosen by searches on four
-    # tables of a 2-core Xeon, seeds 0-3 (docs/demo_runs.md): with 'type' alone, the uniform S priced a
+    # tables of a 2-core Xeon, seeds 0-3 (docs/runs/demo_runs.md): with 'type' alone, the uniform S priced a
     # stride-2 convolution above a pool by more than most edges' cross-entropy favoured it, and A came out
     # equal to B in about 1 search of 4; with the prices made equal (balance 1), A came out equal to C in 1 of
     # 8; with 0.5, A fell between B and C in all 16 searches at kappa 5, and in 4 of 4 at kappa 4 and 6.
-    kappa: float = 5.0
+    kappa: float = SearchConfig.kappa          # the profiles' trade-off on the strength axis
+    kappa_max: float = SearchConfig.kappa_max  # the strength axis's strongest latency weight
+    strength: bool = True                      # False: one fixed kappa, as the seeds (docs/design.md)
     normalise: str = "type-stride"
     stride_balance: float = STRIDE_BALANCE
     per_sample: bool = True
@@ -58,6 +61,12 @@ class DemoConfig:
     grid: int = 4
     front_retrain: int = 4
     threads: Optional[int] = None      # None: 2 on an idle machine, 1 when other work keeps a core busy (busy_cores)
+    table_threads: Optional[int] = None  # threads the latency table is profiled and networks timed at (None: threads)
+    retrain_max_steps: Optional[int] = None  # cap on each retraining epoch's steps (tiny runs, CI)
+    resume: bool = False               # reuse out_dir's latency table and continue its searches from their checkpoints
+    # with the strength axis: also report the profiles at these trade-offs (under out_dir/kappa<k>), from the
+    # same searches, retraining only the architectures the main report did not
+    extra_kappas: tuple = ()
     profile_seconds: float = 0.15      # per op configuration
     latency_table: Optional[str] = None  # reuse a table instead of profiling
     seed: int = 0
@@ -66,12 +75,21 @@ class DemoConfig:
     measure: bool = True
 
     def __post_init__(self):
-        self.search_config()  # the search's own checks (kappa, normalisation, split, ...) before any profiling
+        check_fields(self, {"retrain_epochs": NON_NEGATIVE_INT, "grid": POSITIVE_INT, "front_retrain": NON_NEGATIVE_INT,
+                            "threads": Int(1, optional=True, none="by the machine's load"),
+                            "table_threads": Int(1, optional=True, none="threads"), "retrain_max_steps": STEPS,
+                            "profile_seconds": POSITIVE})
+        for k in self.fbnet_kappas:
+            NON_NEGATIVE("DemoConfig.fbnet_kappas (each)", k)
+        base = self.search_config()  # the search's own checks (kappa, normalisation, split, ...) before any profiling
+        for k in self.extra_kappas:
+            dataclasses.replace(base, kappa=float(k))  # each on the strength axis
 
     def search_config(self, latency_table: Optional[str] = None) -> SearchConfig:
         """The hypernetwork search's configuration (writing under ``out_dir``/search)."""
         base = SearchConfig(space=self.space, limit=self.limit, split=tuple(self.split), epochs=self.epochs,
-                            warmup_epochs=self.warmup_epochs, kappa=self.kappa, normalise=self.normalise,
+                            warmup_epochs=self.warmup_epochs, kappa=self.kappa, kappa_max=self.kappa_max,
+                            strength=self.strength, normalise=self.normalise,
                             stride_balance=self.stride_balance, per_sample=self.per_sample, seed=self.seed,
                             latency_table=latency_table, out_dir=str(Path(self.out_dir) / "search"),
                             max_steps_per_epoch=self.max_steps_per_epoch)
@@ -97,15 +115,18 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     space = get_space(cfg.space)
 
     t = time.perf_counter()
-    if cfg.latency_table:
-        table = LatencyTable.load(cfg.latency_table)
-        table_path = cfg.latency_table
+    table_threads = cfg.table_threads or cfg.threads
+    own_table = out / "latency_table.json"
+    if cfg.latency_table or (cfg.resume and own_table.is_file()):
+        table_path = cfg.latency_table or str(own_table)
+        table = LatencyTable.load(table_path)
         log(f"[1/5] latency table: {table_path} ({len(table)} entries, device {table.device})")
     else:
-        log(f"[1/5] profiling {space.name} on this CPU ({cfg.threads} threads, batch {TABLE_BATCH})")
-        table = profile_space(space, "cpu", batch=TABLE_BATCH, threads=cfg.threads,
+        log(f"[1/5] profiling {space.name} on this CPU ({table_threads} threads, batch {TABLE_BATCH})")
+        table = profile_space(space, "cpu", batch=TABLE_BATCH, threads=table_threads,
                               max_seconds=cfg.profile_seconds, min_runs=5)
-        table_path = str(out / "latency_table.json")
+        torch.set_num_threads(cfg.threads)
+        table_path = str(own_table)
         table.save(table_path)
     times["profile"] = time.perf_counter() - t
 
@@ -114,9 +135,11 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     log(f"      data: {loaders.split}")
 
     t = time.perf_counter()
-    log(f"[2/5] hypernetwork search ({base.hypernet}, kappa {base.kappa:g}, {base.epochs} epochs, "
+    axis = f"kappa 0-{base.kappa_max:g}, profiles at {base.kappa:g}" if base.strength else f"kappa {base.kappa:g}"
+    log(f"[2/5] hypernetwork search ({base.hypernet}, {axis}, {base.epochs} epochs, "
         f"S per {'sample' if base.per_sample else 'batch'})")
-    result = load_search(run_search(base, loaders=loaders, table=table))
+    # without --resume, a demo replaces the searches of the last one in out_dir (as it redoes all the rest)
+    result = load_search(run_search(base, resume=cfg.resume, loaders=loaders, table=table, force=not cfg.resume))
     times["search"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -125,17 +148,29 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     for i, (kind, kappa) in enumerate(plans):
         bc = baseline_config(base, kind, kappa)
         log(f"[3/5] baseline search {i + 1}/{len(plans)}: {kind}" + (f" kappa {kappa:g}" if kind == "fbnet" else ""))
-        runs[kind].append(load_search(run_search(bc, loaders=loaders, table=table)))
+        runs[kind].append(load_search(run_search(bc, resume=cfg.resume, loaders=loaders, table=table,
+                                                 force=not cfg.resume)))
     times["baselines"] = time.perf_counter() - t
 
     t = time.perf_counter()
     log(f"[4/5] deriving and evaluating A, B, C, the simplex grid (1/{cfg.grid}) and the baselines")
-    rc = RetrainConfig(epochs=cfg.retrain_epochs, seed=cfg.seed) if cfg.retrain_epochs > 0 else None
+    rc = RetrainConfig(epochs=cfg.retrain_epochs, seed=cfg.seed, max_steps_per_epoch=cfg.retrain_max_steps) \
+        if cfg.retrain_epochs > 0 else None
+    cache: Dict = {}
     report = make_report(result, loaders, runs, cfg.grid, rc, cfg.front_retrain, measure=cfg.measure,
-                         threads=cfg.threads, log=lambda m: log("      " + m))
+                         threads=table_threads, log=lambda m: log("      " + m), cache=cache)
+    extra = {}
+    for kappa in cfg.extra_kappas if result.has_strength else ():
+        log(f"      the profiles at kappa {kappa:g} as well")
+        at = dataclasses.replace(result, config=dataclasses.replace(result.config, kappa=float(kappa)))
+        extra[f"{kappa:g}"] = make_report(at, loaders, runs, cfg.grid, rc, cfg.front_retrain, measure=cfg.measure,
+                                          threads=table_threads, log=lambda m: log("      " + m), cache=cache)
+        write_report(extra[f"{kappa:g}"], out / f"kappa{kappa:g}")
     times["evaluate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
     report["demo"] = {"config": dataclasses.asdict(cfg), "seconds": times, "latency_table_path": table_path}
+    if extra:
+        report["at_kappa"] = extra
 
     log("[5/5] report")
     paths = write_report(report, out)
@@ -157,7 +192,10 @@ def register(sub) -> None:
                    help="fractions of the images in the seeded train / validation / test split")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
-    p.add_argument("--kappa", type=float, default=d.kappa)
+    p.add_argument("--kappa", type=float, default=d.kappa,
+                   help="the profiles' trade-off (with --no-strength: the one weight searched with)")
+    p.add_argument("--kappa-max", type=float, default=d.kappa_max, help="the strength axis's strongest weight")
+    p.add_argument("--no-strength", action="store_true", help="search one fixed --kappa instead of the axis")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--stride-balance", type=float, default=d.stride_balance,
@@ -180,7 +218,8 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
-                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, normalise=args.normalise,
+                     warmup_epochs=args.warmup_epochs, kappa=args.kappa, kappa_max=args.kappa_max,
+                     strength=not args.no_strength, normalise=args.normalise,
                      stride_balance=args.stride_balance, per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,

@@ -13,17 +13,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from dartscc_fast.evaluate import genotype_weights
 from dartscc_fast.hypernet import PROFILES, SLike, format_S, parse_S
 from dartscc_fast.latency import LatencyTable, time_genotype
 from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, count_parameters, derive_genotype
+from dartscc_fast.validate import POSITIVE_INT, arg
 
 __all__ = ["Derived", "derive", "derive_from_alphas", "describe", "export_model", "measure_latency",
-           "predicted_latency"]
+           "predicted_latency", "table_only_alphas", "table_only", "edges_changed"]
 
 
 @dataclass
@@ -83,16 +85,49 @@ def derive_from_alphas(space: SearchSpace, alpha_normal: Tensor, alpha_reduce: T
 
 
 def derive(result, S: SLike, top2: bool = False, measure: bool = False, threads: Optional[int] = None,
-           label: str = "") -> Derived:
+           label: str = "", kappa: Optional[float] = None) -> Derived:
     """The architecture of a search (:class:`~dartscc_fast.search.SearchResult`) for this S.
 
-    Deterministic: the same search and S always give the same genotype.
+    ``kappa``: the trade-off on a search's strength axis (default: the search's
+    ``kappa``); a search without the axis gives its one kappa only.
+    Deterministic: the same search, S and kappa always give the same genotype.
     """
     S_t = parse_S(S)
-    an, ar = result.alphas(S_t)
+    kappa = result.check_kappa(kappa)
+    an, ar = result.alphas(S_t, kappa)
     d = derive_from_alphas(result.space, an, ar, S_t, result.table, top2, measure, threads=threads, label=label)
-    d.extra["expected_latency"] = result.expected_latency(S_t)
+    d.extra["expected_latency"] = result.expected_latency(S_t, kappa)
+    d.extra["kappa"] = result.config.kappa if kappa is None else kappa
     return d
+
+
+def table_only_alphas(L: Tensor, S: SLike, type_index) -> Tuple[Tensor, Tensor]:
+    """The logits the latency term alone favours for S, with no data: ``-S_type(m) * L[e, m]``.
+
+    ``L [2E, k]`` is the search's normalised latency (normal rows, then
+    reduction rows); the argmax of each row is the op of least S-weighted
+    latency, which is what any search with a strong enough latency term ends
+    at. 'none' (type -1) is never picked (the genotype rule skips it).
+    """
+    S_t = parse_S(S)
+    ti = torch.as_tensor(list(type_index), dtype=torch.long)
+    price = torch.where(ti >= 0, S_t[ti.clamp_min(0)], torch.zeros(()))
+    alpha = -(L.float() * price)
+    E = L.shape[0] // 2
+    return alpha[:E], alpha[E:]
+
+
+def table_only(result, S: SLike, top2: bool = False, label: str = "") -> Derived:
+    """The table-only architecture for S of a search's latency table (:func:`table_only_alphas`)."""
+    an, ar = table_only_alphas(result.L, S, result.space.type_index().tolist())
+    return derive_from_alphas(result.space, an, ar, S, result.table, top2, label=label)
+
+
+def edges_changed(space: SearchSpace, a: Genotype, b: Genotype) -> int:
+    """How many of the 2E rows (normal and reduction cell edges) pick a different op, or keep a different
+    set of edges, in genotype ``a`` than in ``b``."""
+    wa, wb = torch.cat(genotype_weights(space, a)), torch.cat(genotype_weights(space, b))
+    return int((wa != wb).any(-1).sum())
 
 
 def export_model(model: nn.Module, space: SearchSpace, path: Union[str, os.PathLike], fmt: str = "torchscript",
@@ -122,7 +157,8 @@ def export_model(model: nn.Module, space: SearchSpace, path: Union[str, os.PathL
 def describe(d: Derived) -> str:
     """A few lines a person reads."""
     ops = ", ".join(f"{k} {v}" for k, v in d.op_counts.items())
-    lines = [f"S = {d.S_text}" + (f"  ({d.label})" if d.label else ""),
+    kappa = f", kappa = {d.extra['kappa']:g}" if d.extra.get("kappa") is not None else ""
+    lines = [f"S = {d.S_text}{kappa}" + (f"  ({d.label})" if d.label else ""),
              f"  parameters: {d.params:,}", f"  ops by type (whole network): {ops}"]
     if d.predicted_ms is not None:
         lines.append(f"  predicted latency: {d.predicted_ms:.2f} ms (latency table)")
@@ -143,9 +179,11 @@ def register(sub) -> None:
     p.add_argument("--search", default="runs/search", help="search output directory or checkpoint")
     p.add_argument("--S", dest="S", action="append", required=True,
                    help="pool=..,identity=..,conv=.. (or a profile A, B, C); repeat for several")
+    p.add_argument("--kappa", type=float, default=None,
+                   help="the trade-off on the search's strength axis, in [0, kappa_max] (default: the search's)")
     p.add_argument("--top2", action="store_true", help="keep the 2 strongest incoming edges per node (DARTS)")
     p.add_argument("--measure", action="store_true", help="also time the network on this device")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the timing")
+    p.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="torch threads for the timing")
     p.add_argument("--out", default=None, help="directory for genotype JSON (and exports)")
     p.add_argument("--export", choices=["torchscript", "onnx"], default=None, help="export the discrete model")
     p.set_defaults(func=_main)
@@ -157,7 +195,8 @@ def _main(args) -> int:
     out = Path(args.out) if args.out else None
     for i, S in enumerate(args.S):
         label = S.upper() if S.strip().upper() in PROFILES else ""
-        d = derive(result, S, top2=args.top2, measure=args.measure, threads=args.threads, label=label)
+        d = derive(result, S, top2=args.top2, measure=args.measure, threads=args.threads, label=label,
+                   kappa=args.kappa)
         print(describe(d))
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from dartscc_fast.latency.measure import check_memory_format, in_format
 from dartscc_fast.optim import adam
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, random_genotype
+from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, arg, check_fields
 
 __all__ = ["genotype_weights", "inherited_accuracy", "train_discrete", "retrain", "baseline_config", "random_matched",
            "UNIFORM_S"]
@@ -74,7 +75,9 @@ def inherited_accuracy(supernet: nn.Module, space: SearchSpace, genotype: Genoty
         logits = net(x, wn, wr, hard=True)
         correct += int((logits.argmax(1) == y).sum())
         total += int(y.numel())
-    return correct / max(total, 1)
+    if total == 0:
+        raise _empty(loader, "inherited_accuracy")
+    return correct / total
 
 
 # --------------------------------------------------------------------------- retraining
@@ -92,15 +95,28 @@ class RetrainConfig:
     # profiles train 1.3-1.75x faster per step than in NCHW, 2 threads, batch 64)
     memory_format: Optional[str] = None
 
+    def __post_init__(self):
+        # epochs >= 1: to evaluate with the supernet's weights only, retrain nothing (no RetrainConfig)
+        check_fields(self, {"epochs": POSITIVE_INT, "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+                            "grad_clip": POSITIVE, "seed": NON_NEGATIVE_INT, "max_steps_per_epoch": STEPS})
+
+
+def _empty(loader, what: str) -> ValueError:
+    return ValueError(f"{what}: the split holds no images ({len(loader.dataset)} in its dataset, "
+                      f"batch size {loader.batch_size}); give it a share with --split, or raise --limit")
+
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader, memory_format: str = "contiguous") -> float:
+    """Top-1 accuracy over ``loader``; ValueError for an empty one (no accuracy to report)."""
     model.eval()
     correct = total = 0
     for x, y in loader:
         correct += int((model(in_format(x, memory_format)).argmax(1) == y).sum())
         total += int(y.numel())
-    return correct / max(total, 1)
+    if total == 0:
+        raise _empty(loader, "accuracy")
+    return correct / total
 
 
 def train_discrete(space: SearchSpace, genotype: Genotype, loaders, cfg: RetrainConfig = RetrainConfig(),
@@ -118,6 +134,9 @@ def train_discrete(space: SearchSpace, genotype: Genotype, loaders, cfg: Retrain
     train = DataLoader(loaders.train.dataset, batch_size=loaders.train.batch_size,
                        sampler=RandomSampler(loaders.train.dataset, generator=gen), drop_last=True)
     steps = len(train) if cfg.max_steps_per_epoch is None else min(len(train), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"{desc}: the train split ({len(loaders.train.dataset)} images) has fewer than one batch "
+                         f"of {loaders.train.batch_size}; nothing would be trained")
     total = max(steps * cfg.epochs, 1)
     step = 0
     for epoch in range(cfg.epochs):
@@ -145,13 +164,14 @@ def retrain(space: SearchSpace, genotype: Genotype, loaders, cfg: RetrainConfig 
             desc: str = "retrain") -> Dict:
     """Train the discrete network from scratch (:func:`train_discrete`); test accuracy on the test split.
 
-    Returns ``{"test_acc", "val_acc", "epochs", "memory_format", "seconds", "split"}``; the
-    split text belongs next to the accuracy.
+    Returns ``{"test_acc", "val_acc", "epochs", "memory_format", "seconds", "split"}`` (``val_acc`` None
+    when the split gives validation no images); the split text belongs next to the accuracy.
     """
     t0 = time.perf_counter()
     fmt = check_memory_format(cfg.memory_format, "cpu")
     model = train_discrete(space, genotype, loaders, cfg, desc)
-    return {"test_acc": accuracy(model, loaders.test, fmt), "val_acc": accuracy(model, loaders.val, fmt),
+    val_acc = accuracy(model, loaders.val, fmt) if len(loaders.val.dataset) else None  # a split may give val none
+    return {"test_acc": accuracy(model, loaders.test, fmt), "val_acc": val_acc,
             "epochs": cfg.epochs, "memory_format": fmt, "seconds": time.perf_counter() - t0,
             "split": str(loaders.split)}
 
@@ -167,10 +187,12 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
     S leaves nothing to draw per sample).
     """
     if kind == "darts":
-        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=0.0, per_sample=False,
+        return dataclasses.replace(base, hypernet="constant", strength=False, fixed_S=UNIFORM_S, kappa=0.0,
+                                   per_sample=False,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
     if kind == "fbnet":
-        return dataclasses.replace(base, hypernet="constant", fixed_S=UNIFORM_S, kappa=float(kappa), per_sample=False,
+        return dataclasses.replace(base, hypernet="constant", strength=False, fixed_S=UNIFORM_S,
+                                   kappa=float(kappa), per_sample=False,
                                    normalise="uniform" if base.normalise.startswith("type") else base.normalise,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))
     raise ValueError(f"baseline kind must be 'darts' or 'fbnet', got {kind!r}")
@@ -215,8 +237,9 @@ def register(sub) -> None:
     p.add_argument("--S", dest="S", action="append", default=None,
                    help="pool=..,identity=..,conv=.. or a profile A, B, C (repeatable; default A, B, C)")
     p.add_argument("--top2", action="store_true", help="DARTS rule: 2 strongest incoming edges per node")
-    p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
-    p.add_argument("--retrain-max-steps", type=int, default=None, help="cap the steps of each retraining epoch")
+    p.add_argument("--retrain-epochs", type=arg(NON_NEGATIVE_INT), default=2, help="0: inherited weights only")
+    p.add_argument("--retrain-max-steps", type=arg(STEPS), default=None,
+                   help="cap the steps of each retraining epoch (default: no cap)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=_main)
 
@@ -227,6 +250,9 @@ def _main(args) -> int:
     result = load_search(args.search)
     cfg = result.config
     loaders = cfg.loaders()
+    if len(loaders.test.dataset) == 0:
+        raise ValueError(f"the test split of {args.search} is empty ({loaders.split}): no accuracy to report; "
+                         "search with a --split that gives the test part images")
     rows = []
     for S in args.S or list(PROFILES):
         label = S.upper() if S.strip().upper() in PROFILES else ""

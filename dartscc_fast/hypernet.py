@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from dartscc_fast.primitives import OP_TYPES
 
 __all__ = ["PROFILES", "parse_S", "format_S", "sample_S", "simplex_grid", "Hypernet", "LinearHypernet",
-           "PiecewiseLinearHypernet", "MLPHypernet", "ConstantHypernet", "HYPERNETS", "build_hypernet"]
+           "PiecewiseLinearHypernet", "MLPHypernet", "ConstantHypernet", "HYPERNETS", "build_hypernet",
+           "StrengthHypernet", "kappa_of_t", "t_of_kappa", "STRENGTH_CURVE", "hypernet_from_config"]
 
 #: The slides' three profiles, with named components.
 PROFILES: Dict[str, Dict[str, float]] = {
@@ -278,6 +279,93 @@ class ConstantHypernet(Hypernet):
         pass
 
 
+# ------------------------------------------------------------------------ the strength axis
+#: The default strength curve's steepness: kappa(1/2) is about kappa_max / 11 (see :func:`kappa_of_t`).
+STRENGTH_CURVE = math.log(100.0)
+
+
+def kappa_of_t(t: Union[float, Tensor], kappa_max: float, curve: float = STRENGTH_CURVE) -> Union[float, Tensor]:
+    """The latency weight at strength ``t`` in [0, 1]: ``kappa_max * (e^(curve t) - 1) / (e^curve - 1)``.
+
+    0 at t = 0 (DARTS: no latency term), kappa_max at t = 1, linear near 0 and
+    geometric above, so uniform draws of t spend as many steps on weak
+    trade-offs (kappa below 1) as on strong ones.
+    """
+    if isinstance(t, Tensor):
+        return kappa_max * torch.expm1(curve * t) / math.expm1(curve)
+    return kappa_max * math.expm1(curve * float(t)) / math.expm1(curve)
+
+
+def t_of_kappa(kappa: float, kappa_max: float, curve: float = STRENGTH_CURVE) -> float:
+    """The strength whose latency weight is ``kappa`` (the inverse of :func:`kappa_of_t`)."""
+    if not (math.isfinite(kappa) and 0.0 <= kappa <= kappa_max):
+        raise ValueError(f"kappa must be in [0, kappa_max = {kappa_max:g}] for this search's strength axis, "
+                         f"got {kappa}")
+    return math.log1p(kappa / kappa_max * math.expm1(curve)) / curve
+
+
+class StrengthHypernet(nn.Module):
+    """alpha(S, t) = sum_j hat_j(t) H_j(S): one S-hypernetwork per knot of the strength t in [0, 1].
+
+    t sets how much latency counts at all (``kappa_of_t``), S how it is shared
+    among the operation types. At t = 0 the family is DARTS (the cross-entropy
+    alone), at t = 1 the strongest trade-off, so one search spans the front
+    from the accurate end to the cheapest. Linear interpolation between the
+    knots' hypernetworks, as DARTS-CC interpolates between pivot lambdas.
+    ``forward(S, t)``: S ``[T]`` with t a float or 0-dim tensor, or S ``[N, T]``
+    with t ``[N]``.
+    """
+    kind = "strength"
+
+    def __init__(self, base: str, num_edges: int, k: int, num_types: int = len(OP_TYPES), strength_knots: int = 5,
+                 **base_kwargs):
+        super().__init__()
+        if base in ("constant", "strength"):
+            raise ValueError(f"a strength axis needs an S-dependent hypernetwork, got base {base!r}")
+        if strength_knots < 2:
+            raise ValueError(f"strength_knots must be >= 2, got {strength_knots}")
+        self.base, self.strength_knots = base, int(strength_knots)
+        self.nets = nn.ModuleList(build_hypernet(base, num_edges, k, num_types, **base_kwargs)
+                                  for _ in range(self.strength_knots))
+        first = self.nets[0]
+        self.num_edges, self.k, self.num_types = first.num_edges, first.k, first.num_types
+        # the base's own settings (knots, hidden) as its config names them, for hypernet_from_config
+        self.base_kwargs = {k_: v for k_, v in first.config().items() if k_ not in ("kind", "num_edges", "k",
+                                                                                    "num_types")}
+
+    def config(self) -> Dict:
+        return {"kind": self.kind, "base": self.base, "num_edges": self.num_edges, "k": self.k,
+                "num_types": self.num_types, "strength_knots": self.strength_knots, **self.base_kwargs}
+
+    def knots(self) -> Tensor:
+        return torch.linspace(0, 1, self.strength_knots)
+
+    def hats(self, t: Tensor) -> Tensor:
+        """``[..., K]`` interpolation weights of the knots at t (they sum to 1)."""
+        grid = self.knots().to(t)
+        return (1 - (t[..., None] - grid).abs() * (self.strength_knots - 1)).clamp_min(0)
+
+    def forward(self, S: Tensor, t: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
+        ref = self.nets[0].A0
+        t = torch.as_tensor(t, dtype=ref.dtype, device=ref.device)
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or bool((t > 1).any()):
+            raise ValueError(f"strength t must lie in [0, 1], got {t.tolist()}")
+        if t.dim() != S.dim() - 1:
+            raise ValueError(f"strength: S {list(S.shape)} needs t of shape {list(S.shape[:-1])}, "
+                             f"got {list(t.shape)}")
+        h = self.hats(t)                                          # [..., K]
+        outs = [net(S) for net in self.nets]                      # K x ([..., E, k], [..., E, k])
+        mix = lambda xs: (torch.stack(xs, -1) * h[..., None, None, :]).sum(-1)  # noqa: E731
+        return mix([o[0] for o in outs]), mix([o[1] for o in outs])
+
+    @torch.no_grad()
+    def init_latency_prior(self, L: Tensor, type_index: Sequence[int], scale_at_kappa_max: float,
+                           kappa_max: float, curve: float = STRENGTH_CURVE) -> None:
+        """Each knot's hypernetwork starts at the latency term's preference at that knot's kappa."""
+        for tj, net in zip(self.knots().tolist(), self.nets):
+            net.init_latency_prior(L, type_index, scale_at_kappa_max * kappa_of_t(tj, kappa_max, curve) / kappa_max)
+
+
 HYPERNETS = {c.kind: c for c in (LinearHypernet, PiecewiseLinearHypernet, MLPHypernet, ConstantHypernet)}
 #: The default form, chosen by measurement (bench/compare_hypernets.py: the mean search objective
 #: over a simplex grid of the derived architectures, on the validation split, was 1.122 for pwl,
@@ -296,6 +384,10 @@ def build_hypernet(kind: str = DEFAULT_HYPERNET, num_edges: int = 14, k: int = 3
     return cls(num_edges, k, num_types, **extra)
 
 
-def hypernet_from_config(config: Dict) -> Hypernet:
+def hypernet_from_config(config: Dict) -> Union[Hypernet, StrengthHypernet]:
+    """Rebuild a hypernetwork from its :meth:`config` (the S-only kinds, or ``'strength'``)."""
     config = dict(config)
-    return build_hypernet(config.pop("kind"), **config)
+    kind = config.pop("kind")
+    if kind == StrengthHypernet.kind:
+        return StrengthHypernet(config.pop("base"), **config)
+    return build_hypernet(kind, **config)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from dartscc_fast import _extension  # noqa: F401  (registers the ops)
+from dartscc_fast import cuda_gate
 
 _ops = torch.ops.dartscc_fast
 
@@ -39,7 +40,9 @@ def latency_reg(w: Tensor, L: Tensor, S: Tensor, type_index: Union[Sequence[int]
         A scalar, or ``[N]`` (one value per sample) when w or S is per sample.
         Gradients flow to w, S and L.
     """
-    return _ops.latency_reg.default(w, L, S, type_index_list(type_index))
+    args = (w, L, S, type_index_list(type_index))
+    torch_path = cuda_gate.torch_path_for(_ops.latency_reg.default, args)  # a CUDA kernel not (yet) proven here
+    return torch_path(*args) if torch_path is not None else _ops.latency_reg.default(*args)
 
 
 def _out_shape(w, S):

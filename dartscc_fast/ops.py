@@ -7,6 +7,7 @@ pure-PyTorch reference in :mod:`dartscc_fast.reference`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dartscc_fast import _extension  # noqa: F401  (registers the ops)
+from dartscc_fast import cuda_gate
 
 _ops = torch.ops.dartscc_fast
 
@@ -34,11 +36,58 @@ class _Spec(NamedTuple):
     lists: frozenset           # positions of the Tensor[] inputs
 
 
-def _autograd(name: str, setup: Callable, backward: Callable, lists: Tuple[int, ...] = ()) -> _Spec:
+def _autograd(name: str, setup: Callable, backward: Callable, lists: Tuple[int, ...] = (),
+              differentiable: bool = False) -> _Spec:
     """Register ``backward`` as the op's autograd formula (what ``torch.ops``, ``opcheck`` and
-    ``torch.compile`` use), and return the spec with which the wrappers run the same formula eagerly."""
+    ``torch.compile`` use), and return the spec with which the wrappers run the same formula eagerly.
+
+    A formula that calls a compiled backward op has no derivative itself: unless ``differentiable``
+    (plain torch, as node_sum's), a double backward through it raises (:func:`_once_differentiable`)."""
+    if not differentiable:
+        backward = _once_differentiable(name, backward)
     torch.library.register_autograd(f"dartscc_fast::{name}", backward, setup_context=setup)
     return _Spec(getattr(_ops, name).default, setup, backward, frozenset(lists))
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """The identity on a backward's gradients, tied to what they depend on; its own backward raises."""
+
+    @staticmethod
+    def forward(ctx, msg: str, n: int, *tensors):
+        ctx.msg = msg
+        return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(ctx.msg)
+
+
+def _once_differentiable(name: str, backward: Callable) -> Callable:
+    """``backward`` run without a graph. When one was asked for (``create_graph=True``) and the gradients
+    depend on something that requires grad, they come out of a node that raises, naming the op, when a
+    double backward reaches it: the compiled backward ops have no autograd, so that derivative would be
+    silently zero."""
+    msg = (f"dartscc_fast.ops.{name}: double backward (the gradient of its gradient, create_graph=True) is not "
+           f"supported: its backward is a compiled kernel with no derivative of its own; use "
+           f"dartscc_fast.reference.{name} where higher-order derivatives are needed")
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return backward(ctx, *grads)
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        deps = [t for t in (*grads, *getattr(ctx, "saved_tensors", ())) if isinstance(t, Tensor) and t.requires_grad]
+        parts = out if isinstance(out, tuple) else (out,)
+        flat = [t for p in parts for t in (p if isinstance(p, list) else [p]) if isinstance(t, Tensor)]
+        if not deps or not flat:
+            return out
+        it = iter(_NoDoubleBackward.apply(msg, len(flat), *flat, *deps))
+        rebuilt = tuple([next(it) if isinstance(t, Tensor) else t for t in p] if isinstance(p, list)
+                        else next(it) if isinstance(p, Tensor) else p for p in parts)
+        return rebuilt if isinstance(out, tuple) else rebuilt[0]
+
+    return wrapper
 
 
 # Dispatch below the autograd keys, as torch.library's own autograd kernel does; where a torch
@@ -89,7 +138,11 @@ def _unflatten(layout: Tuple[int, ...], flat) -> list:
 
 def _call(spec: _Spec, *args):
     """``spec.op(*args)`` with autograd: the registered formula under torch.compile, else
-    :class:`_EagerAutograd` when a gradient is needed, else the op below autograd."""
+    :class:`_EagerAutograd` when a gradient is needed, else the op below autograd; on a CUDA device whose
+    kernel of this op has not passed its selftest, the op's torch path (:mod:`dartscc_fast.cuda_gate`)."""
+    torch_path = cuda_gate.torch_path_for(spec.op, args)
+    if torch_path is not None:
+        return torch_path(*args)
     if torch.compiler.is_compiling():
         return spec.op(*args)
     flat = [t for i, a in enumerate(args) for t in (a if i in spec.lists else (a,))]
@@ -146,8 +199,18 @@ def _empty_out(outputs: Sequence[Tensor], per_sample: bool) -> Tensor:
     return torch.empty(o0.shape, dtype=o0.dtype, device=o0.device)
 
 
+def _same_device(op: str, *tensors) -> None:
+    """``check_same_device`` of csrc/checks.cpp, for the fake kernels: a ``meta`` tensor among CPU inputs
+    dispatches to them, which would otherwise return uninitialised memory on the first input's device."""
+    flat = [t for a in tensors for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, Tensor)]
+    for t in flat[1:]:
+        if t.device != flat[0].device:
+            raise RuntimeError(f"{op}: an input is on {t.device} but the other inputs are on {flat[0].device}")
+
+
 @torch.library.register_fake("dartscc_fast::mixed_sum")
 def _mixed_sum_fake(outputs, weights):
+    _same_device("mixed_sum", outputs, weights)
     torch._check(len(outputs) >= 1 and len(outputs) <= MAX_OPS)
     torch._check(weights.shape[-1] == len(outputs))
     return _empty_out(outputs, weights.dim() == 2)
@@ -275,6 +338,7 @@ def _hard_out_shape(outputs, index):
 
 @torch.library.register_fake("dartscc_fast::hard_mixed_sum")
 def _hard_mixed_sum_fake(outputs, weights, index):
+    _same_device("hard_mixed_sum", outputs, weights, index)
     o0 = outputs[0]
     return torch.empty(_hard_out_shape(outputs, index), dtype=o0.dtype, device=o0.device)
 
@@ -351,6 +415,7 @@ def _stats_dtype(dtype):
 
 @torch.library.register_fake("dartscc_fast::mixed_op_free")
 def _mixed_op_free_fake(x, param_outputs, weights, prims, stride, eps, bn_stats):
+    _same_device("mixed_op_free", x, param_outputs, weights, bn_stats)
     ho, wo = _free_out_hw(x, stride)
     n_pool = sum(1 for p in prims if p in (PRIM_CODES["max_pool"], PRIM_CODES["avg_pool"]))
     mf = _memory_format(x)
@@ -430,6 +495,7 @@ def _dw_pw_out_shape(x, dw_weight, pw_weight, stride):
 
 @torch.library.register_fake("dartscc_fast::relu_dw_pw_conv")
 def _relu_dw_pw_conv_fake(x, dw_weight, pw_weight, stride, dilation):
+    _same_device("relu_dw_pw_conv", x, dw_weight, pw_weight)
     return x.new_empty(_dw_pw_out_shape(x, dw_weight, pw_weight, stride))
 
 
@@ -541,6 +607,7 @@ def node_sum(xs: Sequence[Tensor]) -> Tensor:
 @torch.library.register_fake("dartscc_fast::node_sum")
 def _node_sum_fake(xs):
     torch._check(len(xs) >= 1)
+    _same_device("node_sum", xs)
     return torch.empty(xs[0].shape, dtype=xs[0].dtype, device=xs[0].device)
 
 
@@ -552,4 +619,4 @@ def _node_sum_backward(ctx, grad):
     return [grad] * ctx.k,
 
 
-_NODE_SUM = _autograd("node_sum", _node_sum_setup, _node_sum_backward, lists=(0,))
+_NODE_SUM = _autograd("node_sum", _node_sum_setup, _node_sum_backward, lists=(0,), differentiable=True)

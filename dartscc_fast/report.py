@@ -16,12 +16,15 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from dartscc_fast.derive import Derived, derive, derive_from_alphas
-from dartscc_fast.evaluate import RetrainConfig, inherited_accuracy, random_matched, retrain
+from dartscc_fast.derive import Derived, derive, derive_from_alphas, edges_changed, table_only
+from dartscc_fast.evaluate import RetrainConfig, genotype_weights, inherited_accuracy, random_matched, retrain
 from dartscc_fast.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
 from dartscc_fast.primitives import OP_TYPES
 
-__all__ = ["make_report", "write_report", "markdown", "check_claims"]
+__all__ = ["make_report", "write_report", "markdown", "check_claims", "learned", "coverage", "STRENGTH_LEVELS"]
+
+#: Trade-offs on a strength axis (as fractions t of it) whose architectures form the family for the front.
+STRENGTH_LEVELS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
 def _row(d: Derived, kind: str, **extra) -> Dict:
@@ -33,7 +36,8 @@ def _row(d: Derived, kind: str, **extra) -> Dict:
 
 def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: int = 4,
                 retrain_cfg: Optional[RetrainConfig] = None, front_retrain: int = 6, random_baselines: bool = True,
-                measure: bool = True, threads: Optional[int] = None, profile_rounds: int = 8, log=print) -> Dict:
+                measure: bool = True, threads: Optional[int] = None, profile_rounds: int = 8, log=print,
+                cache: Optional[Dict] = None) -> Dict:
     """Derive, evaluate and collect everything the report shows.
 
     Args:
@@ -47,11 +51,14 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             latency); the others keep inherited-weight accuracy.
         measure: time every derived network here (the table's device and layout): all the distinct
             ones together, interleaved over ``profile_rounds`` rounds of 3 runs each.
+        cache: a dict kept between reports of one search (at several kappas): architectures retrained or
+            timed for one report are not retrained or timed again.
     """
     t0 = time.perf_counter()
     space, table = result.space, result.table
     split = str(loaders.split)
-    evaluated: Dict[str, Dict] = {}  # genotype JSON -> its evaluation (shared by equal architectures)
+    # genotype JSON -> its evaluation (shared by equal architectures, and by the reports sharing `cache`)
+    evaluated: Dict[str, Dict] = cache if cache is not None else {}
     inherited: Dict[tuple, float] = {}  # (supernet, genotype JSON) -> accuracy with the supernet's weights
 
     def evaluate(d: Derived, supernet, do_retrain: bool, what: str) -> Dict:
@@ -75,9 +82,14 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             out["acc_kind"] = "inherited"
         return out
 
-    # every architecture first: the profiles, the simplex grid, the baselines' and the random ones
+    # every architecture first: the profiles, the simplex grid, the family along the strength axis, the
+    # table-only picks, the baselines' and the random ones
     derived = {name: derive(result, name, label=name) for name in PROFILES}
     grid = [(derive(result, S), S) for S in simplex_grid(grid_steps)]
+    family = _strength_family(result, grid_steps)
+    for d in list(derived.values()) + [d for d, _ in grid] + family:
+        _annotate(result, d)
+    tables = {name: table_only(result, name, label=f"table-only {name}") for name in PROFILES}
     base_derived: Dict[str, List] = {"darts": [], "fbnet": []}
     searches = {"hypernet": 1}
     for kind in ("darts", "fbnet"):
@@ -103,15 +115,16 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     if measure and table is not None:
         # every distinct network timed interleaved, on this CPU at the table's batch and layout: a burst of
         # load lands on all of them alike (timed one after another, single networks came out up to 1.5x slow)
-        every = list(derived.values()) + [d for d, _ in grid] + [d for runs in base_derived.values()
-                                                                 for _, d in runs] + [d for _, d in random_derived]
-        distinct = list({d.genotype.to_json(): d.genotype for d in every}.items())
+        every = list(derived.values()) + [d for d, _ in grid] + family + list(tables.values()) + \
+            [d for runs in base_derived.values() for _, d in runs] + [d for _, d in random_derived]
+        distinct = [(k, g) for k, g in {d.genotype.to_json(): d.genotype for d in every}.items()
+                    if "measured_ms" not in evaluated.get(k, {})]
         log(f"measuring the latency of {len(distinct)} distinct networks, interleaved ({profile_rounds} rounds)")
         from dartscc_fast.latency.measure import time_genotypes
         times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
                                memory_format=table.memory_format, rounds=profile_rounds)
         for (key, _), tm in zip(distinct, times):
-            evaluated[key] = {"measured_ms": tm.median, "measured_iqr_ms": tm.iqr}
+            evaluated.setdefault(key, {}).update(measured_ms=tm.median, measured_iqr_ms=tm.iqr)
 
     profiles = []
     for name, d in derived.items():
@@ -123,7 +136,7 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     # the front: first, for each baseline's predicted latency, the one a user with that budget would take
     # from the family without retraining (front_picks), then others spread over the predicted latency
     seen = {}
-    for d, _ in grid:
+    for d in [d for d, _ in grid] + family:
         seen.setdefault(d.genotype.to_json(), d)
     budgets = [(d.label, d.predicted_ms) for runs in base_derived.values() for _, d in runs]
     retrained_for = front_picks(result.supernet, space, list(seen.values()), budgets, loaders.val, front_retrain,
@@ -135,10 +148,28 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
         why = retrained_for.get(d.genotype.to_json())
         ev = evaluate(d, result.supernet, why is not None, f"S={format_S(S)}")
         grid_rows.append(_row(d, "grid", **ev, **({"retrained_for": why} if why else {})))
-    log(f"grid: {len(grid_rows)} points, {len(seen)} distinct architectures")
+    family_rows, listed = [], set()
+    for d in family:  # the distinct architectures along the strength axis, at their first (kappa, S)
+        key = d.genotype.to_json()
+        if key in listed:
+            continue
+        listed.add(key)
+        why = retrained_for.get(key)
+        # the supernet's accuracy only where retrained (the test split's inherited figure costs a pass per row)
+        ev = evaluate(d, result.supernet if why else None, why is not None,
+                      f"S={d.S_text} kappa={d.extra['kappa']:.3g}")
+        family_rows.append(_row(d, "family", **ev, **({"retrained_for": why} if why else {})))
+    log(f"grid: {len(grid_rows)} points; family: {len(family)} (S, kappa) points; "
+        f"{len(seen)} distinct architectures")
+
+    # what the latency table alone picks for each profile, retrained beside the search's pick
+    table_rows = []
+    for name, d in tables.items():
+        ev = evaluate(d, result.supernet, True, d.label)
+        table_rows.append(_row(d, "table-only", matched=name, **ev))
 
     # baselines
-    base_rows: Dict[str, List[Dict]] = {"darts": [], "fbnet": [], "random": []}
+    base_rows: Dict[str, List[Dict]] = {"darts": [], "fbnet": [], "random": [], "table": table_rows}
     for kind, runs in base_derived.items():
         for r, d in runs:
             ev = evaluate(d, r.supernet, True, d.label)
@@ -154,13 +185,94 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
                    "history": result.history},
         "latency_table": {k: (table.meta.get(k) if table is not None else None)
                           for k in ("device", "device_name", "batch", "dtype", "threads", "memory_format")},
-        "profiles": profiles, "grid": grid_rows, "baselines": base_rows, "searches": searches,
+        "profiles": profiles, "grid": grid_rows, "family": family_rows, "baselines": base_rows,
+        "searches": searches, "strength": _strength_info(result),
         "retrain": None if retrain_cfg is None else {"epochs": retrain_cfg.epochs, "lr": retrain_cfg.lr},
         "seconds": time.perf_counter() - t0,
     }
     report["claims"] = check_claims(report)
     report["front"] = front_comparison(report)
+    report["learned"] = learned(report)
+    report["coverage"] = coverage(report, _cheapest_ms(result))
     return report
+
+
+# ---------------------------------------------------------------------- the strength axis
+def _strength_info(result) -> Optional[Dict]:
+    if not result.has_strength:
+        return None
+    c = result.config
+    return {"kappa": c.kappa, "kappa_max": c.kappa_max, "curve": c.strength_curve, "levels": list(STRENGTH_LEVELS)}
+
+
+def _strength_family(result, grid_steps: int) -> List[Derived]:
+    """The architectures of the simplex grid at every level of STRENGTH_LEVELS (none without the axis)."""
+    if not result.has_strength:
+        return []
+    return [derive(result, S, kappa=result.config.kappa_at(t)) for t in STRENGTH_LEVELS
+            for S in simplex_grid(grid_steps)]
+
+
+def _annotate(result, d: Derived) -> None:
+    """Add what tells a search's pick from the table's: the edges it changes against the table-only
+    architecture of its S, and its ops by type on the stride-1 rows (where skip connections cost nothing)."""
+    t = table_only(result, d.S)
+    d.extra["table_only_edges_changed"] = edges_changed(result.space, d.genotype, t.genotype)
+    d.extra["table_only_predicted_ms"] = t.predicted_ms
+    d.extra["stride1_ops"] = stride1_ops(result.space, d.genotype)
+
+
+def stride1_ops(space, genotype) -> Dict[str, int]:
+    """Ops by type on the stride-1 rows of the normal and the reduction cell (one row per edge)."""
+    w = torch.cat(genotype_weights(space, genotype))
+    rows = w[torch.tensor(space.row_strides()) == 1]
+    types = space.op_types()
+    out = {t: 0 for t in OP_TYPES}
+    for m in rows.argmax(-1)[rows.sum(-1) > 0].tolist():
+        if types[m] is not None:
+            out[types[m]] += 1
+    return out
+
+
+def _cheapest_ms(result) -> Optional[float]:
+    """The predicted latency of the space's cheapest architecture: the least latency on every row."""
+    if result.table is None:
+        return None
+    E = result.space.num_edges
+    a = -result.L_ms.float()
+    d = derive_from_alphas(result.space, a[:E], a[E:], PROFILES["A"], result.table)
+    return d.predicted_ms
+
+
+def learned(report: Dict) -> Dict:
+    """Per profile: edges changed against the table-only pick, and the accuracy over it and over the
+    random architecture matched to the profile's latency (points), where both are retrained."""
+    tables = {r["matched"]: r for r in report["baselines"].get("table", [])}
+    randoms = {r["matched"]: r for r in report["baselines"].get("random", [])}
+    out = {}
+    for p in report["profiles"]:
+        name, acc = p["label"], p.get("test_acc")
+        row = {"edges_changed": p.get("table_only_edges_changed")}
+        for what, other in (("table", tables.get(name)), ("random", randoms.get(name))):
+            if other is not None and acc is not None and other.get("test_acc") is not None and "retrain" in p:
+                row[f"over_{what}"] = 100 * (acc - other["test_acc"])
+        out[name] = row
+    return out
+
+
+def coverage(report: Dict, cheapest_ms: Optional[float]) -> Dict:
+    """How far the family's predicted latency reaches: its cheapest and dearest architecture, against the
+    space's cheapest and the DARTS baseline's."""
+    fam = [r["predicted_ms"] for r in report["grid"] + report.get("family", []) + report["profiles"]
+           if r.get("predicted_ms") is not None]
+    darts = [r["predicted_ms"] for r in report["baselines"]["darts"]]
+    out = {"family_min_ms": min(fam) if fam else None, "family_max_ms": max(fam) if fam else None,
+           "cheapest_ms": cheapest_ms, "darts_ms": darts[0] if darts else None}
+    if fam and cheapest_ms is not None:
+        out["reaches_cheapest"] = out["family_min_ms"] <= cheapest_ms * (1 + LATENCY_TOLERANCE)
+    if fam and darts:
+        out["reaches_darts"] = out["family_max_ms"] >= darts[0] * (1 - LATENCY_TOLERANCE)
+    return out
 
 
 def _onehot(space, g):
@@ -259,7 +371,7 @@ def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     shortfall is within the test set's noise: within two standard errors of
     the difference of two accuracies on ``report["split"]["test"]`` images.
     """
-    family = [r for r in report["grid"] + report["profiles"] if "retrain" in r]
+    family = [r for r in report["grid"] + report.get("family", []) + report["profiles"] if "retrain" in r]
     n_test = (report.get("split") or {}).get("test")
     rows = []
     for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
@@ -293,24 +405,31 @@ def markdown(report: Dict) -> str:
              f"Latency: table for device `{lat['device']}` ({lat['device_name']}), batch {lat['batch']}, "
              f"{lat.get('memory_format') or 'contiguous'}; measured on this machine at the same batch and layout "
              f"(whole network, median).", ""]
-    head = ("| profile | S | test acc | inherited acc | parameters | predicted ms | measured ms "
-            "| pool | identity | conv |")
-    sep = "| --- " * 10 + "|"
+    head = ("| profile | S | kappa | test acc | inherited acc | parameters | predicted ms | measured ms "
+            "| pool | identity | conv | stride-1 conv | edges vs table |")
+    sep = "| --- " * 13 + "|"
 
     def line(r, name):
-        oc = r["op_counts"]
-        return (f"| {name} | {r['S_text']} | {_fmt(r.get('test_acc'), True)} | {_fmt(r.get('inherited_acc'), True)} "
+        oc, s1 = r["op_counts"], r.get("stride1_ops") or {}
+        kappa = r.get("kappa")
+        return (f"| {name} | {r['S_text']} | {'-' if kappa is None else f'{kappa:.3g}'} "
+                f"| {_fmt(r.get('test_acc'), True)} | {_fmt(r.get('inherited_acc'), True)} "
                 f"| {r['params']:,} | {_fmt(r['predicted_ms'])} | {_fmt(r.get('measured_ms'))} | {oc['pool']} "
-                f"| {oc['identity']} | {oc['conv']} |")
+                f"| {oc['identity']} | {oc['conv']} | {s1.get('conv', '-')} "
+                f"| {r.get('table_only_edges_changed', '-')} |")
 
     retrain = report.get("retrain")
     acc_note = (f"test acc: retrained from scratch for {retrain['epochs']} epochs" if retrain else
                 "test acc: inherited weights")
     lines += ["### Profiles", "", f"({acc_note}; op counts over the whole network, every cell)", "", head, sep]
     lines += [line(r, f"{r['label']} {r['profile']}") for r in report["profiles"]]
-    lines += ["", "### Baselines", "", head.replace("profile", "baseline"), sep]
-    for kind in ("darts", "fbnet", "random"):
-        lines += [line(r, r["label"]) for r in report["baselines"][kind]]
+    lines += _learned_lines(report)
+    lines += ["", "### Baselines", "",
+              "(table-only: the op of least S-weighted latency on every edge, what the latency term alone picks "
+              "with no data; random: matched to the profile's predicted latency)", "",
+              head.replace("profile", "baseline"), sep]
+    for kind in ("table", "darts", "fbnet", "random"):
+        lines += [line(r, r["label"]) for r in report["baselines"].get(kind, [])]
     lines += ["", f"### Grid over the simplex (step 1/{_grid_steps(report)})", "",
               "(test acc: retrained where marked *, else inherited weights; * b: picked for a baseline's "
               "latency budget by validation accuracy with inherited weights, * s: spread over latency)", "",
@@ -318,6 +437,7 @@ def markdown(report: Dict) -> str:
     for i, r in enumerate(report["grid"]):
         mark = "" if "retrain" not in r else " * b" if r.get("retrained_for", "").startswith("budget") else " * s"
         lines.append(line(r, f"{i}{mark}"))
+    lines += _family_lines(report, head, sep, line)
     fr = report.get("front")
     if fr:
         s = fr["searches"]
@@ -352,6 +472,34 @@ def markdown(report: Dict) -> str:
                       + f" on {n_test} test images: standard error up to {se:.1%}, so differences under "
                         f"{2 * se:.1%} are within noise."]
     return "\n".join(lines) + "\n"
+
+
+def _learned_lines(report: Dict) -> List[str]:
+    lr = report.get("learned")
+    if not lr:
+        return []
+    out = ["", "Did the search learn? Edges (of the 2E rows) where the profile's architecture differs from the "
+               "table-only one, and its retrained accuracy over the table-only and the random matched ones:", "",
+           "| profile | edges changed | over table-only, points | over random, points |", "| --- | --- | --- | --- |"]
+    f = lambda v: "-" if v is None else f"{v:+.1f}"  # noqa: E731
+    for name, r in lr.items():
+        out.append(f"| {name} | {r.get('edges_changed', '-')} | {f(r.get('over_table'))} | {f(r.get('over_random'))} |")
+    return out
+
+
+def _family_lines(report: Dict, head: str, sep: str, line) -> List[str]:
+    fam, st, cov = report.get("family") or [], report.get("strength"), report.get("coverage") or {}
+    out = []
+    if st:
+        out += ["", f"### Family along the strength axis (kappa 0 to {st['kappa_max']:g})", "",
+                f"(each distinct architecture at the first (kappa, S) that gives it; t in {st['levels']}; "
+                "test acc where retrained for the front, else not measured)", "", head.replace("profile", "#"), sep]
+        out += [line(r, f"{i}" + (" *" if "retrain" in r else "")) for i, r in enumerate(fam)]
+    if cov.get("family_min_ms") is not None:
+        out += ["", f"Coverage: the family's predicted latency runs {cov['family_min_ms']:.1f}-"
+                    f"{cov['family_max_ms']:.1f} ms; the space's cheapest architecture "
+                    f"{_fmt(cov.get('cheapest_ms'))} ms, the DARTS baseline's {_fmt(cov.get('darts_ms'))} ms."]
+    return out
 
 
 def _grid_steps(report: Dict) -> int:
@@ -389,7 +537,7 @@ def plot_front(report: Dict, path: Path, x: str = "measured_ms") -> Path:
     if not all(r.get(x) is not None for r in report["profiles"]):
         x = "predicted_ms"
     fig, ax = plt.subplots(figsize=(6, 4))
-    fam = [r for r in report["grid"] + report["profiles"] if "retrain" in r]
+    fam = [r for r in report["grid"] + report.get("family", []) + report["profiles"] if "retrain" in r]
     ax.scatter([r[x] for r in fam], [r["test_acc"] for r in fam], c="C0", label="hypernetwork family (1 search)")
     front = _pareto(fam, x)
     ax.plot([r[x] for r in front], [r["test_acc"] for r in front], c="C0")
@@ -410,6 +558,10 @@ def plot_front(report: Dict, path: Path, x: str = "measured_ms") -> Path:
     if b["random"]:
         ax.scatter([r[x] for r in b["random"]], [r["test_acc"] for r in b["random"]], c="gray", marker="x",
                    label="random, matched latency")
+    table = [r for r in b.get("table", []) if r.get("test_acc") is not None and r.get(x) is not None]
+    if table:
+        ax.scatter([r[x] for r in table], [r["test_acc"] for r in table], c="C2", marker="D",
+                   label="table-only (no search)")
     ax.set_xlabel(("measured" if x == "measured_ms" else "predicted") + " latency (ms)")
     ax.set_ylabel("test accuracy (retrained)")
     ax.set_title("Accuracy vs latency", fontsize=10)

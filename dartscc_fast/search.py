@@ -9,12 +9,17 @@ with Lat_S from the latency table (normalised so that the uniform architecture
 costs 1 on any device). Single-level Adam (the seeds) or DARTS's first-order
 bilevel scheme (w on the train split, a on the validation split). Cosine
 learning rate for w, gradient clipping, deterministic seeds, a checkpoint every
-epoch written atomically (``--resume`` continues and gives the same result as
-an uninterrupted run), DistributedDataParallel under ``torchrun``.
+epoch and every ``checkpoint_every`` steps, written atomically with a hash of its
+contents (:mod:`dartscc_fast.checkpoint`; ``--resume`` continues and gives the same
+result as an uninterrupted run), DistributedDataParallel under ``torchrun``. The
+output directory is locked while a search writes it, and a new search refuses one
+that holds a search unless resumed or forced (:mod:`dartscc_fast.rundir`).
 
 Randomness is re-derived from (seed, epoch, rank) at the start of every epoch
 rather than carried in the checkpoint: resuming at an epoch boundary then
-replays exactly what an uninterrupted run would have done.
+replays exactly what an uninterrupted run would have done. A mid-epoch checkpoint
+also holds the RNG states and the position in the epoch, whose batch order is a
+function of (seed, epoch): the resume skips the batches used and goes on exactly.
 """
 from __future__ import annotations
 
@@ -34,25 +39,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dartscc_fast import ops
+from dartscc_fast.checkpoint import CheckpointError, checkpoint_part, load_checkpoint, save_checkpoint, \
+    table_digest
 from dartscc_fast.datasets import check_fractions, make_loaders
 from dartscc_fast.optim import adam
 from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, latency_reg, normalise, \
     simulate_table
-from dartscc_fast.hypernet import DEFAULT_HYPERNET, Hypernet, build_hypernet, hypernet_from_config, parse_S, \
-    sample_S
+from dartscc_fast.hypernet import DEFAULT_HYPERNET, STRENGTH_CURVE, Hypernet, StrengthHypernet, build_hypernet, \
+    hypernet_from_config, kappa_of_t, parse_S, sample_S, t_of_kappa
 from dartscc_fast.primitives import OP_TYPES
 from dartscc_fast.progress import Progress
+from dartscc_fast.rundir import claim_run_dir
 from dartscc_fast.space import SearchSpace, get_space
+from dartscc_fast.validate import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, Float, \
+    Int, arg, check_fields, first_nonfinite
 
-__all__ = ["SearchConfig", "SearchModel", "SearchResult", "latency_term", "run_search", "load_search",
-           "spawn_ddp", "temperature"]
+__all__ = ["SearchConfig", "SearchModel", "SearchResult", "NonFiniteError", "latency_term", "run_search",
+           "load_search", "spawn_ddp", "temperature"]
 
 CHECKPOINT = "checkpoint.pt"
+#: What every search checkpoint holds, those of older versions included.
+CHECKPOINT_KEYS = ("config", "space", "hypernet_config", "model", "epoch", "step", "history", "L_ms", "L", "split")
 #: Batch size of the latency tables a search makes for itself (the seeds' training batch).
 TABLE_BATCH = 64
 
 
 # ------------------------------------------------------------------------ configuration
+#: The numeric fields' ranges, checked first when a SearchConfig is made (the CLI's types use the same).
+_SEARCH_CHECKS = {
+    "limit": Int(1, optional=True, none="every image"), "epochs": POSITIVE_INT, "warmup_epochs": NON_NEGATIVE_INT,
+    "batch_size": POSITIVE_INT, "max_steps_per_epoch": STEPS, "hidden": POSITIVE_INT, "knots": Int(2),
+    "prior_scale": NON_NEGATIVE, "kappa": NON_NEGATIVE, "stride_balance": FRACTION, "tau_start": POSITIVE,
+    "tau_end": POSITIVE, "lr_w": POSITIVE, "lr_w_min": NON_NEGATIVE, "wd_w": NON_NEGATIVE,
+    "momentum": Float(0, 1, hi_open=True), "lr_a": POSITIVE, "wd_a": NON_NEGATIVE, "grad_clip": POSITIVE,
+    "seed": NON_NEGATIVE_INT, "checkpoint_every": Int(1, optional=True, none="at the ends of epochs only"),
+}
+
+
 @dataclass
 class SearchConfig:
     """Everything a search depends on; saved with its checkpoint."""
@@ -74,7 +97,16 @@ class SearchConfig:
     fixed_S: Optional[str] = None      # a fixed S instead of Dirichlet draws (the baselines)
     prior_scale: float = 1.0           # start alpha(S) at -prior_scale * kappa / tau_end * S_type L (0: at 0)
 
-    kappa: float = 5.0                 # weight of the normalised latency term (calibrated: see demo.py)
+    # The strength axis: the hypernetwork is also fed t in [0, 1], drawn uniformly like S, and the latency
+    # term is weighted kappa_of_t(t) in [0, kappa_max]; one search then spans DARTS (t = 0) to the cheapest
+    # architectures (docs/design.md). Without it (strength=False), one fixed kappa, as the seeds.
+    strength: bool = True
+    kappa_max: float = 20.0
+    strength_curve: float = STRENGTH_CURVE
+    strength_knots: int = 5
+    # with the strength axis: the default trade-off that derive, report and the profiles A, B, C take
+    # (any kappa in [0, kappa_max] can be asked for afterwards); without it: the one weight searched with
+    kappa: float = 2.0
     latency_table: Optional[str] = None  # JSON table; None: simulate (see latency_table_for)
     latency_device: Optional[str] = None  # simulated target when no table is given ('sim:<preset>')
     # 'type': per operation type; 'type-stride': and pool and conv drawn towards one price on each stride's
@@ -97,12 +129,23 @@ class SearchConfig:
     wd_a: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
+    # also write the checkpoint every N steps within an epoch (None: at the ends of epochs only), so that a
+    # kill on big data loses minutes rather than an epoch; a resume from it is bitwise the uninterrupted run
+    checkpoint_every: Optional[int] = 200
 
     out_dir: str = "runs/search"
     log: str = "csv"                   # 'csv' | 'tensorboard' | 'none'
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self, _SEARCH_CHECKS)
+        if self.lr_w_min > self.lr_w:
+            raise ValueError(f"SearchConfig.lr_w_min ({self.lr_w_min:g}) must not exceed lr_w ({self.lr_w:g}): "
+                             "the cosine schedule falls from lr_w to lr_w_min")
+        try:  # the overrides (e.g. C >= 1) checked now rather than when the search starts
+            self.get_space()
+        except TypeError as e:
+            raise ValueError(f"SearchConfig.space_overrides {self.space_overrides!r}: {e}") from None
         if self.tau_start <= 0 or self.tau_end <= 0:
             raise ValueError(f"temperatures must be > 0, got {self.tau_start} -> {self.tau_end}")
         for name, allowed in (("tau_schedule", ("linear", "exp")), ("protocol", ("single", "bilevel")),
@@ -117,8 +160,21 @@ class SearchConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not 0.0 <= self.stride_balance <= 1.0:
             raise ValueError(f"stride_balance must be in [0, 1], got {self.stride_balance}")
-        if self.kappa < 0:
-            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+        if not (math.isfinite(self.kappa) and self.kappa >= 0):
+            raise ValueError(f"kappa must be finite and >= 0, got {self.kappa}")
+        if self.strength:
+            if not (math.isfinite(self.kappa_max) and self.kappa_max > 0):
+                raise ValueError(f"kappa_max must be finite and > 0, got {self.kappa_max}")
+            if self.kappa > self.kappa_max:
+                raise ValueError(f"kappa ({self.kappa:g}) is the profiles' trade-off on the strength axis and must "
+                                 f"not exceed kappa_max ({self.kappa_max:g})")
+            if not (math.isfinite(self.strength_curve) and self.strength_curve > 0):
+                raise ValueError(f"strength_curve must be finite and > 0, got {self.strength_curve}")
+            if self.strength_knots < 2:
+                raise ValueError(f"strength_knots must be >= 2, got {self.strength_knots}")
+            if self.hypernet == "constant":
+                raise ValueError("the strength axis needs an S-dependent hypernetwork; hypernet='constant' "
+                                 "(the DARTS / FBNet baselines) needs strength=False")
         if self.fixed_S is not None:
             parse_S(self.fixed_S)
 
@@ -129,6 +185,10 @@ class SearchConfig:
     def from_dict(cls, d: Dict) -> "SearchConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
+        # a search saved before the strength axis existed searched one fixed kappa
+        d.setdefault("strength", False)
+        if d.get("max_steps_per_epoch") == 0:  # before the options were checked, 0 meant no cap
+            d["max_steps_per_epoch"] = None
         if "split" in d:
             d["split"] = tuple(d["split"])
         return cls(**d)
@@ -140,6 +200,14 @@ class SearchConfig:
 
     def get_space(self) -> SearchSpace:
         return get_space(self.space, **self.space_overrides)
+
+    def kappa_at(self, t):
+        """The latency weight at strength t (a float or a tensor)."""
+        return kappa_of_t(t, self.kappa_max, self.strength_curve)
+
+    def t_at(self, kappa: float) -> float:
+        """The strength t whose latency weight is kappa."""
+        return t_of_kappa(kappa, self.kappa_max, self.strength_curve)
 
 
 def temperature(cfg: SearchConfig, step: int, total: int) -> float:
@@ -184,12 +252,13 @@ class SearchModel(nn.Module):
         self.hypernet = hypernet
 
     def forward(self, x: Tensor, S: Tensor, tau: float, hard: bool, seeds: Tensor,
-                uniform: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+                uniform: bool = False, t: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
         """Returns ``(logits, gamma [.., 2E, k], alpha [.., 2E, k])``; S ``[T]`` or ``[N, T]``.
 
         ``uniform``: draw gamma from uniform logits instead of H(S) (the weight warm-up).
+        ``t``: the strength (``[]`` or ``[N]``), for a hypernetwork with a strength axis.
         """
-        an, ar = self.hypernet(S)
+        an, ar = self.hypernet(S) if t is None else self.hypernet(S, t)
         if uniform:
             an, ar = an.detach() * 0, ar.detach() * 0
         gn = ops.gumbel_softmax(an, tau, hard, seed=seeds[0])
@@ -203,9 +272,16 @@ def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True, L: Opt
     S-dependent part starts at the latency term's own preference (see ``Hypernet.latency_prior``)."""
     torch.manual_seed(cfg.seed)
     supernet = space.supernet(fast=fast)
-    hyper = build_hypernet(cfg.hypernet, space.num_edges, space.k, len(OP_TYPES), hidden=cfg.hidden,
-                           knots=cfg.knots)
-    if L is not None and cfg.prior_scale > 0:
+    if cfg.strength:
+        hyper = StrengthHypernet(cfg.hypernet, space.num_edges, space.k, len(OP_TYPES), cfg.strength_knots,
+                                 hidden=cfg.hidden, knots=cfg.knots)
+    else:
+        hyper = build_hypernet(cfg.hypernet, space.num_edges, space.k, len(OP_TYPES), hidden=cfg.hidden,
+                               knots=cfg.knots)
+    if L is not None and cfg.prior_scale > 0 and cfg.strength:
+        hyper.init_latency_prior(L, space.type_index().tolist(), cfg.prior_scale * cfg.kappa_max / cfg.tau_end,
+                                 cfg.kappa_max, cfg.strength_curve)
+    elif L is not None and cfg.prior_scale > 0:
         scale = cfg.prior_scale * cfg.kappa / cfg.tau_end
         hyper.init_latency_prior(L, space.type_index().tolist(), scale)
         if cfg.fixed_S is not None and cfg.hypernet == "constant":
@@ -243,15 +319,37 @@ class SearchResult:
     epoch: int
     seconds: float
 
-    @torch.no_grad()
-    def alphas(self, S) -> Tuple[Tensor, Tensor]:
-        """alpha = H_a(S) for any S (a string, a mapping or a ``[T]`` tensor), no training."""
-        return self.hypernet(parse_S(S) if not isinstance(S, Tensor) or S.dim() == 1 else S)
+    @property
+    def has_strength(self) -> bool:
+        """Whether the hypernetwork takes a strength t (any kappa in [0, kappa_max]) beside S."""
+        return isinstance(self.hypernet, StrengthHypernet)
 
-    def expected_latency(self, S) -> float:
+    def check_kappa(self, kappa: Optional[float]) -> Optional[float]:
+        """The trade-off to derive at: ``kappa`` (default: the search's ``kappa``), checked against the axis."""
+        if not self.has_strength:
+            if kappa is not None and abs(kappa - self.config.kappa) > 1e-12:
+                raise ValueError(f"this search was trained at one kappa ({self.config.kappa:g}) and has no strength "
+                                 f"axis; it cannot give architectures for kappa {kappa:g}")
+            return None
+        kappa = self.config.kappa if kappa is None else float(kappa)
+        self.config.t_at(kappa)  # raises on a kappa outside [0, kappa_max]
+        return kappa
+
+    @torch.no_grad()
+    def alphas(self, S, kappa: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+        """alpha = H_a(S) (and the strength of ``kappa``, default the search's) for any S (a string, a mapping
+        or a ``[T]`` tensor), no training."""
+        S = parse_S(S) if not isinstance(S, Tensor) or S.dim() == 1 else S
+        kappa = self.check_kappa(kappa)
+        if kappa is None:
+            return self.hypernet(S)
+        t = torch.full(S.shape[:-1], self.config.t_at(kappa))
+        return self.hypernet(S, t)
+
+    def expected_latency(self, S, kappa: Optional[float] = None) -> float:
         """Lat_S of softmax(alpha(S)) in normalised units."""
         S = parse_S(S)
-        an, ar = self.alphas(S)
+        an, ar = self.alphas(S, kappa)
         w = torch.cat([an, ar], 0).softmax(-1)
         return float(latency_term(w, self.L, S, self.space.type_index().tolist()))
 
@@ -266,30 +364,30 @@ def _resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
 
 
 def load_search(path: Union[str, os.PathLike]) -> SearchResult:
-    """Load a search from its output directory or checkpoint file."""
-    ck = torch.load(_resolve_checkpoint(path), map_location="cpu", weights_only=False)
-    cfg = SearchConfig.from_dict(ck["config"])
-    space = SearchSpace.from_dict(ck["space"])
-    supernet = space.supernet(fast=True)
-    supernet.load_state_dict(ck["model"]["supernet"])
-    hyper = hypernet_from_config(ck["hypernet_config"])
-    hyper.load_state_dict(ck["model"]["hypernet"])
+    """Load a search from its output directory or checkpoint file.
+
+    Raises :class:`~dartscc_fast.checkpoint.CheckpointError` for a file that is not a readable, intact
+    search checkpoint of this package (it is read with ``weights_only=True``: never run).
+    """
+    p = _resolve_checkpoint(path)
+    ck = load_checkpoint(p, required=CHECKPOINT_KEYS)
+    with checkpoint_part(p, "its settings are not valid for this dartscc_fast"):
+        cfg = SearchConfig.from_dict(ck["config"])
+        space = SearchSpace.from_dict(ck["space"])
+    with checkpoint_part(p, "its weights do not fit the networks it describes"):
+        supernet = space.supernet(fast=True)
+        supernet.load_state_dict(ck["model"]["supernet"])
+        hyper = hypernet_from_config(ck["hypernet_config"])
+        hyper.load_state_dict(ck["model"]["hypernet"])
     supernet.eval()
     hyper.eval()
-    table = LatencyTable.from_dict(ck["latency_table"]) if ck.get("latency_table") else None
+    with checkpoint_part(p, "its latency table does not load"):
+        table = LatencyTable.from_dict(ck["latency_table"]) if ck.get("latency_table") else None
     return SearchResult(cfg, space, hyper, supernet, ck["L_ms"], ck["L"], table, ck["split"], ck["history"],
                         ck["epoch"], ck.get("seconds", 0.0))
 
 
 # ---------------------------------------------------------------------------- plumbing
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _dist_info() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -309,44 +407,66 @@ class _Logger:
     FIELDS = ["epoch", "step", "loss", "ce", "lat", "exp_lat", "acc", "tau", "lr_w", "seconds"]
 
     def __init__(self, cfg: SearchConfig, out: Path, resume_step: int, enabled: bool):
+        """The log of a search. Rows are held until :meth:`flush`, which the loop calls after each
+        checkpoint: the log never runs ahead of the checkpoint (nor exists before the first one), so a
+        resume, which replays the steps after it, never finds them logged twice."""
         self.kind = cfg.log if enabled else "none"
+        self.out, self.resume_step = out, resume_step
         self.csv_path = out / "log.csv"
         self.writer = None
+        self.kept: List[Dict] = []      # the rows before the checkpoint resumed from
+        self.pending: List[Dict] = []   # the rows since the last checkpoint
         if self.kind == "csv":
-            rows = []
             if resume_step > 0 and self.csv_path.is_file():
                 with open(self.csv_path) as f:
-                    rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
-            self.file = open(self.csv_path, "w", newline="")
-            self.writer = csv.DictWriter(self.file, self.FIELDS)
-            self.writer.writeheader()
-            self.writer.writerows(rows)
+                    self.kept = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
         elif self.kind == "tensorboard":
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
             except ImportError as e:
                 raise ValueError("log='tensorboard' needs the tensorboard package (pip install tensorboard); "
                                  "or use log='csv'") from e
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+
+    def _open(self) -> None:
+        if self.kind == "csv":
+            self.file = open(self.csv_path, "w", newline="")
+            self.writer = csv.DictWriter(self.file, self.FIELDS)
+            self.writer.writeheader()
+            self.writer.writerows(self.kept)
+        else:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.resume_step)
 
     def write(self, row: Dict) -> None:
-        if self.kind == "csv":
-            self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        elif self.kind == "tensorboard":
-            for k, v in row.items():
-                if k not in ("epoch", "step"):
-                    self.writer.add_scalar(f"search/{k}", v, row["step"])
+        if self.kind != "none":
+            self.pending.append(row)
 
     def flush(self) -> None:
+        """Write the rows held so far (after a checkpoint that covers them)."""
+        if self.kind == "none":
+            return
+        if self.writer is None:
+            self._open()
+        for row in self.pending:
+            if self.kind == "csv":
+                self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            else:
+                for k, v in row.items():
+                    if k not in ("epoch", "step"):
+                        self.writer.add_scalar(f"search/{k}", v, row["step"])
+        self.pending.clear()
         if self.kind == "csv":
             self.file.flush()
-        elif self.kind == "tensorboard":
+        else:
             self.writer.flush()
 
     def close(self) -> None:
+        # rows after the last checkpoint are dropped: a resume from it replays and logs them
+        if self.writer is None:
+            return
         if self.kind == "csv":
             self.file.close()
-        elif self.kind == "tensorboard":
+        else:
             self.writer.close()
 
 
@@ -371,16 +491,18 @@ def _epoch_loader(dataset, cfg: SearchConfig, epoch: int, rank: int, world: int,
 
 # ------------------------------------------------------------------------------ the loop
 def run_search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional[int] = None,
-               loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None) -> Path:
+               loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None,
+               force: bool = False) -> Path:
     """Run (or, with ``resume``, continue) a search; returns the checkpoint path.
 
     See :func:`_search` for the arguments.
     """
-    return _search(cfg, resume, stop_after_epochs, loaders, table, on_step)[0]
+    return _search(cfg, resume, stop_after_epochs, loaders, table, on_step, force)[0]
 
 
 def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional[int] = None,
-            loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None) -> Tuple[Path, SearchModel]:
+            loaders=None, table=None, on_step: Optional[Callable[[Dict], None]] = None,
+            force: bool = False) -> Tuple[Path, SearchModel]:
     """The search loop; returns the checkpoint path and the trained model.
 
     Args:
@@ -388,12 +510,60 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
         stop_after_epochs: stop after this many epochs in total (an interruption, for tests).
         loaders: ``datasets.make_loaders`` output to reuse (else built from cfg).
         table: a LatencyTable to reuse (else :func:`latency_table_for`).
+        force: start afresh in an ``out_dir`` that holds a search (without it: RunDirError), or, with
+            ``resume``, continue with a latency table other than the checkpoint's.
+
+    ``out_dir`` is locked for the run (:func:`dartscc_fast.rundir.claim_run_dir`): a second search into it
+    fails at once. A NaN or inf in the loss, the gradients or the parameters stops the search with a
+    :class:`NonFiniteError`, before it overwrites the last good checkpoint.
     """
     created_pg = _init_distributed()
     rank, world = _dist_info()
     out = Path(cfg.out_dir)
+    try:
+        lock = _claim(out, resume, force, rank, world)
+    except BaseException:
+        if created_pg:
+            dist.destroy_process_group()
+        raise
+    try:
+        return _search_locked(cfg, resume, stop_after_epochs, loaders, table, on_step, force, created_pg, rank,
+                              world, out)
+    finally:
+        lock.release()
+
+
+class NonFiniteError(ValueError):
+    """A search met a NaN or inf (in its loss, gradients or parameters) and stopped."""
+
+
+def _claim(out: Path, resume: bool, force: bool, rank: int, world: int):
+    """Rank 0 locks and checks ``out``; every rank gets its verdict (so none waits on a rank that failed)."""
+    lock, err = None, None
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = claim_run_dir(out, resume=resume, force=force, checkpoint=CHECKPOINT)
+        except ValueError as e:
+            err = e
+    if world > 1:
+        box = [None if err is None else str(err)]
+        dist.broadcast_object_list(box, 0)
+        if box[0] is not None and err is None:
+            err = ValueError(box[0])
+    if err is not None:
+        raise err
+    return lock if lock is not None else _NoLock()
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+def _search_locked(cfg: SearchConfig, resume: bool, stop_after_epochs: Optional[int], loaders, table,
+                   on_step: Optional[Callable[[Dict], None]], force: bool, created_pg: bool, rank: int, world: int,
+                   out: Path) -> Tuple[Path, SearchModel]:
+    """The body of :func:`_search`, run with ``out`` locked."""
     space = cfg.get_space()
     if loaders is None:
         loaders = cfg.loaders()
@@ -408,26 +578,42 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
     opt_w, opt_a = _optimizers(cfg, model)
     start_epoch, step, history, seconds = 0, 0, [], 0.0
     ck_path = out / CHECKPOINT
+    digest = table_digest(table.to_dict())
+    mid = None  # a mid-epoch checkpoint's place: {"position", "sums", "rng"}
     if resume and ck_path.is_file():
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
-        saved = SearchConfig.from_dict(ck["config"])
-        mismatch = [f.name for f in dataclasses.fields(cfg) if f.name not in ("epochs", "out_dir", "progress", "log")
+        ck = load_checkpoint(ck_path, required=CHECKPOINT_KEYS + ("opt_w", "opt_a"))
+        with checkpoint_part(ck_path, "its settings are not valid for this dartscc_fast"):
+            saved = SearchConfig.from_dict(ck["config"])
+        mismatch = [f.name for f in dataclasses.fields(cfg)
+                    if f.name not in ("epochs", "out_dir", "progress", "log", "checkpoint_every")
                     and getattr(saved, f.name) != getattr(cfg, f.name)]
         if mismatch:
             raise ValueError(f"--resume: {ck_path} was written by a search with other settings "
                              f"({', '.join(mismatch)}); use another --out or the same settings")
-        model.supernet.load_state_dict(ck["model"]["supernet"])
-        model.hypernet.load_state_dict(ck["model"]["hypernet"])
-        opt_w.load_state_dict(ck["opt_w"])
-        opt_a.load_state_dict(ck["opt_a"])
+        with checkpoint_part(ck_path, "its latency table does not load"):
+            saved_digest = ck.get("latency_digest") or table_digest(ck["latency_table"])
+        if saved_digest != digest and not force:
+            raise ValueError(f"--resume: the latency table ({cfg.latency_table or 'simulated'}) is not the one "
+                             f"{ck_path} was trained with (sha256 {saved_digest[:12]}... then, {digest[:12]}... now); "
+                             "resume with that table, or add --force to go on with this one")
+        with checkpoint_part(ck_path, "its weights or optimiser states do not fit this search"):
+            model.supernet.load_state_dict(ck["model"]["supernet"])
+            model.hypernet.load_state_dict(ck["model"]["hypernet"])
+            opt_w.load_state_dict(ck["opt_w"])
+            opt_a.load_state_dict(ck["opt_a"])
         start_epoch, step, history, seconds = ck["epoch"], ck["step"], ck["history"], ck.get("seconds", 0.0)
+        if ck.get("position"):
+            mid = {"position": ck["position"], "sums": ck["sums"], "rng": ck["rng"]}
+            if len(mid["rng"]) != world:
+                raise CheckpointError(ck_path, f"written mid-epoch by {len(mid['rng'])} processes; resume it "
+                                               f"with as many (not {world}), or from the end of an epoch")
 
     ddp = model
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     steps_per_epoch = len(_epoch_loader(train_ds, cfg, 0, rank, world, 1))
-    if cfg.max_steps_per_epoch:
+    if cfg.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     warm_steps = steps_per_epoch * min(cfg.warmup_epochs, cfg.epochs - 1)
@@ -443,13 +629,22 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
             return fixed_S if not cfg.per_sample else fixed_S.expand(n, -1)
         return sample_S(len(OP_TYPES), n if cfg.per_sample else None, gen)
 
+    def draw_t(gen: torch.Generator, n: int) -> Optional[Tensor]:
+        # the strength, drawn like S: once per batch, or per sample
+        if not cfg.strength:
+            return None
+        return torch.rand((n,) if cfg.per_sample else (), generator=gen)
+
     def loss_on(x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
         S = draw_S(gen, x.shape[0])
+        t = draw_t(gen, x.shape[0])
         seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
-        logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds, warm)
+        logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds, warm, t)
         ce = F.cross_entropy(logits, y)
-        lat = latency_term(gamma, L, S, type_index).mean()
-        loss = ce + cfg.kappa * lat if cfg.kappa and not warm else ce + 0.0 * lat
+        lat_each = latency_term(gamma, L, S, type_index)
+        kappa = cfg.kappa_at(t) if t is not None else cfg.kappa
+        lat = lat_each.mean()
+        loss = ce + (kappa * lat_each).mean() if not warm and (t is not None or cfg.kappa) else ce + 0.0 * lat
         with torch.no_grad():
             exp_lat = latency_term(alpha.softmax(-1), L, S, type_index).mean()
             acc = (logits.argmax(1) == y).float().mean()
@@ -457,18 +652,78 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
                       "acc": acc.item()}
 
     t_start = time.perf_counter() - seconds
+    last_saved = [step if resume and ck_path.is_file() else None]  # the step of the last good checkpoint
+
+    def save(epoch_done: int, position: int, sums: Dict[str, float], rng: Optional[Dict]) -> None:
+        """The checkpoint after ``epoch_done`` epochs and ``position`` steps of the next (with every
+        process's RNG states and the epoch's running sums when mid-epoch); then the log up to it."""
+        rngs = None
+        if rng is not None:
+            rngs = [rng]
+            if world > 1:
+                rngs = [None] * world
+                dist.all_gather_object(rngs, rng)
+        if rank == 0:
+            save_checkpoint({
+                "config": cfg.to_dict(), "space": space.to_dict(),
+                "hypernet_config": model.hypernet.config(),
+                "model": {"supernet": model.supernet.state_dict(), "hypernet": model.hypernet.state_dict()},
+                "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
+                "epoch": epoch_done, "step": step, "position": position, "sums": dict(sums), "rng": rngs,
+                "history": history, "seconds": time.perf_counter() - t_start,
+                "L_ms": L_ms, "L": L, "latency_table": table.to_dict(), "latency_digest": digest,
+                "split": split.as_dict(), "world_size": world,
+                "finished": position == 0 and epoch_done == cfg.epochs,
+            }, ck_path)
+            logger.flush()
+        last_saved[0] = step
+
+    def stop(what: str, updated: bool = False) -> None:
+        kappa = f"kappa {cfg.kappa:g}" + (f", kappa_max {cfg.kappa_max:g}" if getattr(cfg, "strength", False) else "")
+        kept = (f"the last good checkpoint, {ck_path} (step {last_saved[0]}), is kept" if last_saved[0] is not None
+                else "no checkpoint had been written yet")
+        raise NonFiniteError(
+            f"search stopped at step {step} (epoch {epoch + 1}): {what} "
+            f"{'after the update' if updated else '(the weights were not updated with it)'}. Likely causes: a "
+            f"learning rate too high (lr_w {cfg.lr_w:g}, lr_a {cfg.lr_a:g}), too strong a latency term ({kappa}), "
+            f"too loose a gradient clip (grad_clip {cfg.grad_clip:g}), or NaN in the data; {kept}")
+
+    def check_step(loss: Tensor, grad_norm: Optional[Tensor] = None) -> None:
+        # after backward (on every process alike: DDP has averaged the gradients), before the update
+        if not math.isfinite(float(loss.detach())):
+            stop(f"the loss is {float(loss.detach())}")
+        if grad_norm is not None and not torch.isfinite(grad_norm):
+            stop(f"the gradient norm is {float(grad_norm)}")
+
     try:
         for epoch in range(start_epoch, end_epoch):
             model.train()
             gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, rank, 2))
             torch.manual_seed(_seed_for(cfg.seed, epoch, rank, 3))
             train_iter = iter(_epoch_loader(train_ds, cfg, epoch, rank, world, 1))
+            val_key, val_pos = epoch, 0  # the validation batches' order, and how many of them were used
             val_iter = iter(_epoch_loader(val_ds, cfg, epoch, rank, world, 4)) if cfg.protocol == "bilevel" else None
             bar = Progress(total=steps_per_epoch, desc=f"search {epoch + 1}/{cfg.epochs}",
                            enabled=None if cfg.progress and rank == 0 else False)
             sums: Dict[str, float] = {}
             warm = epoch < cfg.warmup_epochs
-            for _ in range(steps_per_epoch):
+            first = 0
+            if mid is not None and epoch == start_epoch:
+                # a mid-epoch checkpoint: the epoch's batches are a function of (seed, epoch), so skip those
+                # used, then take up the RNG states saved (last: making the iterators drew from torch's)
+                first, sums = mid["position"], dict(mid["sums"])
+                for _ in range(first):
+                    next(train_iter)
+                rng = mid["rng"][rank]
+                if val_iter is not None:
+                    val_key, val_pos = rng["val_key"], rng["val_pos"]
+                    val_iter = iter(_epoch_loader(val_ds, cfg, val_key, rank, world, 4))
+                    for _ in range(val_pos):
+                        next(val_iter, None)
+                gen.set_state(rng["gen"])
+                torch.set_rng_state(rng["torch"])
+                bar.update(first)
+            for i in range(first, steps_per_epoch):
                 x, y = next(train_iter)
                 tau = temperature(cfg, max(step - warm_steps, 0), total_steps - warm_steps)
                 lr = lr_of(step)
@@ -478,26 +733,32 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
                     try:
                         xv, yv = next(val_iter)
                     except StopIteration:
-                        val_iter = iter(_epoch_loader(val_ds, cfg, epoch + 1000 * step, rank, world, 4))
+                        val_key, val_pos = epoch + 1000 * step, 0
+                        val_iter = iter(_epoch_loader(val_ds, cfg, val_key, rank, world, 4))
                         xv, yv = next(val_iter)
+                    val_pos += 1
                     opt_a.zero_grad(set_to_none=True)
                     loss_a, _ = loss_on(xv, yv, gen, tau, warm)
                     loss_a.backward()
+                    check_step(loss_a)
                     opt_a.step()
                     opt_w.zero_grad(set_to_none=True)
                     loss, stats = loss_on(x, y, gen, tau, warm)
                     loss.backward()
-                    nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
+                    check_step(loss, nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip))
                     opt_w.step()
                 else:
                     opt_w.zero_grad(set_to_none=True)
                     opt_a.zero_grad(set_to_none=True)
                     loss, stats = loss_on(x, y, gen, tau, warm)
                     loss.backward()
-                    nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip)
+                    check_step(loss, nn.utils.clip_grad_norm_(model.supernet.parameters(), cfg.grad_clip))
                     opt_w.step()
                     if not warm:
                         opt_a.step()
+                bad = first_nonfinite(model.named_parameters())
+                if bad is not None:
+                    stop(f"parameter {bad} is not finite", updated=True)
                 row = {"epoch": epoch, "step": step, **stats, "tau": tau, "lr_w": lr,
                        "seconds": time.perf_counter() - t_start}
                 logger.write(row)
@@ -508,26 +769,18 @@ def _search(cfg: SearchConfig, resume: bool = False, stop_after_epochs: Optional
                 step += 1
                 bar.set(loss=stats["loss"], acc=stats["acc"], lat=stats["exp_lat"], tau=tau)
                 bar.update()
+                if cfg.checkpoint_every is not None and step % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                    save(epoch, i + 1, sums, {"gen": gen.get_state(), "torch": torch.get_rng_state(),
+                                              "val_key": val_key, "val_pos": val_pos})
             bar.close()
             history.append({"epoch": epoch, **{k_: v / steps_per_epoch for k_, v in sums.items()},
                             "tau": tau, "seconds": time.perf_counter() - t_start})
-            logger.flush()
             if world > 1:
                 # DDP syncs buffers at the start of each forward, so after the last step the
                 # replicas' BatchNorm statistics differ: take rank 0's, as the next forward would
                 for b in model.buffers():
                     dist.broadcast(b, 0)
-            if rank == 0:
-                _atomic_save({
-                    "config": cfg.to_dict(), "space": space.to_dict(),
-                    "hypernet_config": model.hypernet.config(),
-                    "model": {"supernet": model.supernet.state_dict(), "hypernet": model.hypernet.state_dict()},
-                    "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
-                    "epoch": epoch + 1, "step": step, "history": history,
-                    "seconds": time.perf_counter() - t_start,
-                    "L_ms": L_ms, "L": L, "latency_table": table.to_dict(),
-                    "split": split.as_dict(), "world_size": world, "finished": epoch + 1 == cfg.epochs,
-                }, ck_path)
+            save(epoch + 1, 0, {}, None)
             if world > 1:
                 dist.barrier()
     finally:
@@ -563,54 +816,68 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     """The SearchConfig fields as command-line options (shared by `search` and `demo`)."""
     d = defaults
     p.add_argument("--space", default=d.space, help="search space preset (fmnist-paper, darts-cifar)")
-    p.add_argument("--channels", type=int, default=None, help="override the space's initial channels C")
+    p.add_argument("--channels", type=arg(POSITIVE_INT), default=None, help="override the space's initial channels C")
     p.add_argument("--data", default=d.data, help="fmnist or cifar10")
     p.add_argument("--data-root", default=d.data_root, help="data directory (default: the shipped subset)")
-    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N images")
-    p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
+    p.add_argument("--limit", type=arg(_SEARCH_CHECKS["limit"]), default=d.limit, help="use only the first N images")
+    p.add_argument("--split", type=arg(FRACTION), nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of the images in the seeded train / validation / test split")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="in all, warm-up included")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+    p.add_argument("--epochs", type=arg(POSITIVE_INT), default=d.epochs, help="in all, warm-up included")
+    p.add_argument("--warmup-epochs", type=arg(NON_NEGATIVE_INT), default=d.warmup_epochs,
                    help="train the weights alone first, on uniformly drawn architectures")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    p.add_argument("--max-steps-per-epoch", type=int, default=d.max_steps_per_epoch)
+    p.add_argument("--batch-size", type=arg(POSITIVE_INT), default=d.batch_size, help="per process")
+    p.add_argument("--max-steps-per-epoch", type=arg(STEPS), default=d.max_steps_per_epoch,
+                   help="cap the steps of each epoch (default: no cap)")
     p.add_argument("--hypernet", default=d.hypernet, choices=["linear", "pwl", "mlp", "constant"])
     p.add_argument("--per-sample", action="store_true", help="S and Gumbel noise per sample (DARTS-CC)")
     p.add_argument("--fixed-S", default=d.fixed_S, help="train for one fixed S instead of S ~ Dirichlet(1)")
-    p.add_argument("--kappa", type=float, default=d.kappa, help="weight of the normalised latency term")
+    p.add_argument("--kappa", type=arg(NON_NEGATIVE), default=d.kappa,
+                   help="weight of the normalised latency term: with the strength axis, the trade-off derive and "
+                        "report take by default; with --no-strength, the one weight searched with")
+    p.add_argument("--no-strength", action="store_true",
+                   help="search one fixed --kappa (the seeds) instead of every kappa in [0, --kappa-max]")
+    p.add_argument("--kappa-max", type=float, default=d.kappa_max,
+                   help="the strength axis's strongest latency weight (t = 1)")
+    p.add_argument("--strength-knots", type=int, default=d.strength_knots,
+                   help="hypernetworks interpolated along the strength axis")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
                         "type's columns by that type's (S alone then prices a type); type-stride: type, then "
                         "pooling and convolution drawn towards the same total on each stride's edges")
-    p.add_argument("--stride-balance", type=float, default=d.stride_balance,
+    p.add_argument("--stride-balance", type=arg(FRACTION), default=d.stride_balance,
                    help="type-stride: 0 keeps type's prices, 1 gives pooling and convolution the same total "
                         "on each stride's edges")
     p.add_argument("--latency-device", default=d.latency_device,
                    help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")
-    p.add_argument("--tau", type=float, nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))
+    p.add_argument("--tau", type=arg(POSITIVE), nargs=2, default=(d.tau_start, d.tau_end), metavar=("START", "END"))
     p.add_argument("--tau-schedule", choices=["linear", "exp"], default=d.tau_schedule)
     p.add_argument("--soft", action="store_true", help="soft Gumbel-Softmax (every op runs) instead of hard")
     p.add_argument("--protocol", choices=["single", "bilevel"], default=d.protocol)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
-    p.add_argument("--lr-w", type=float, default=d.lr_w)
-    p.add_argument("--lr-a", type=float, default=d.lr_a)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--lr-w", type=arg(POSITIVE), default=d.lr_w, help="the weights' learning rate (cosine from it)")
+    p.add_argument("--lr-a", type=arg(POSITIVE), default=d.lr_a, help="the hypernetwork's learning rate")
+    p.add_argument("--grad-clip", type=arg(POSITIVE), default=d.grad_clip, help="the weights' gradient-norm clip")
+    p.add_argument("--seed", type=arg(NON_NEGATIVE_INT), default=d.seed)
+    p.add_argument("--checkpoint-every", type=arg(POSITIVE_INT), default=d.checkpoint_every,
+                   help="also checkpoint every N steps within an epoch (as well as at each epoch's end)")
     p.add_argument("--log", choices=["csv", "tensorboard", "none"], default=d.log)
 
 
 def config_from_args(args, out_dir: str) -> SearchConfig:
     return SearchConfig(
-        space=args.space, space_overrides={"C": args.channels} if args.channels else {}, data=args.data,
+        space=args.space, space_overrides={"C": args.channels} if args.channels is not None else {}, data=args.data,
         data_root=args.data_root, limit=args.limit, split=tuple(args.split), epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
-        fixed_S=args.fixed_S, kappa=args.kappa, latency_table=args.latency_table, normalise=args.normalise,
+        fixed_S=args.fixed_S, kappa=args.kappa, strength=not args.no_strength and args.hypernet != "constant",
+        kappa_max=args.kappa_max, strength_knots=args.strength_knots,
+        latency_table=args.latency_table, normalise=args.normalise,
         stride_balance=args.stride_balance,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
         tau_schedule=args.tau_schedule, hard=not args.soft, protocol=args.protocol, optimizer=args.optimizer,
-        lr_w=args.lr_w, lr_a=args.lr_a, grad_clip=args.grad_clip, seed=args.seed, out_dir=out_dir, log=args.log)
+        lr_w=args.lr_w, lr_a=args.lr_a, grad_clip=args.grad_clip, seed=args.seed, out_dir=out_dir, log=args.log,
+        checkpoint_every=getattr(args, "checkpoint_every", SearchConfig.checkpoint_every))
 
 
 def register(sub) -> None:
@@ -621,12 +888,15 @@ def register(sub) -> None:
     add_config_arguments(p)
     p.add_argument("--out", default="runs/search", help="output directory (checkpoint, log)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--force", action="store_true",
+                   help="start a new search in an --out that holds one (replacing it at the first checkpoint); "
+                        "with --resume, go on with a latency table other than the checkpoint's")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
     cfg = config_from_args(args, args.out)
-    path = run_search(cfg, resume=args.resume)
+    path = run_search(cfg, resume=args.resume, force=args.force)
     if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun set RANK
         r = load_search(path)
         last = r.history[-1] if r.history else {}

@@ -28,7 +28,7 @@ def _states_equal(a, b, atol=0.0):
 
 
 def _model_state(path):
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     return {**{"s." + k: v for k, v in ck["model"]["supernet"].items()},
             **{"h." + k: v for k, v in ck["model"]["hypernet"].items()}}
 
@@ -114,6 +114,32 @@ def test_search_is_deterministic_and_resume_matches(tmp_path):
 
     with pytest.raises(ValueError, match="other settings"):
         run_search(dataclasses.replace(cut, kappa=9.0), resume=True)
+
+
+@pytest.mark.parametrize("protocol", ["single", "bilevel"])
+def test_resume_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, protocol):
+    """A checkpoint every 2 steps; killed mid-epoch, resumed: bitwise the uninterrupted run (weights,
+    optimiser-driven hypernetwork, history and log), also when the validation batches wrapped around."""
+    full = dataclasses.replace(TINY, epochs=2, max_steps_per_epoch=5, checkpoint_every=2, protocol=protocol,
+                               out_dir=str(tmp_path / "full"))
+    cut = dataclasses.replace(full, out_dir=str(tmp_path / "cut"))
+    a = _model_state(run_search(full))
+
+    def crash(row):
+        if row["step"] == 7:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cut, on_step=crash)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert (ck["epoch"], ck["position"], ck["step"], ck["finished"]) == (1, 1, 6, False)
+    assert ck["rng"][0]["val_pos"] == (1 if protocol == "bilevel" else 0)
+    # the checkpoint frequency may change on resume (it does not change the search)
+    b = _model_state(run_search(dataclasses.replace(cut, checkpoint_every=3), resume=True))
+    _states_equal(a, b)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(load_search(cut.out_dir).history) == strip(load_search(full.out_dir).history)
+    rows = lambda d: [r.split(",")[:-1] for r in (d / "log.csv").read_text().splitlines()]  # noqa: E731
+    assert rows(tmp_path / "cut") == rows(tmp_path / "full") and len(rows(tmp_path / "full")) == 1 + 10
 
 
 def _free_port():
@@ -216,7 +242,7 @@ def test_report_measures_every_network_at_once_in_the_tables_layout(tmp_path, mo
     loaders = make_loaders(limit=300, batch_size=16)
     rep = make_report(r, loaders, grid_steps=1, retrain_cfg=None, front_retrain=0, random_baselines=True,
                       measure=True, threads=1, profile_rounds=1, log=lambda m: None)
-    rows = rep["profiles"] + rep["grid"] + rep["baselines"]["random"]
+    rows = rep["profiles"] + rep["grid"] + rep["family"] + rep["baselines"]["random"] + rep["baselines"]["table"]
     assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in rows)
     # one interleaved measurement of the distinct networks; equal networks share their figure
     distinct = {json.dumps(p["genotype"], sort_keys=True): p["measured_ms"] for p in rows}

@@ -47,7 +47,8 @@ std::tuple<at::Tensor, at::Tensor> gumbel_softmax_cpu(const at::Tensor& logits_i
         for (int64_t j = 0; j < k; ++j) {
           const acc_t p = z[j] / sum;
           ps[r * k + j] = static_cast<scalar_t>(p);
-          py[r * k + j] = hard ? static_cast<scalar_t>(j == arg ? 1 : 0) : static_cast<scalar_t>(p);
+          // hard: the one-hot, except that a NaN row (a NaN or an all -inf logit) stays NaN, as the reference
+          py[r * k + j] = hard && !std::isnan(p) ? static_cast<scalar_t>(j == arg ? 1 : 0) : static_cast<scalar_t>(p);
         }
       }
     });

@@ -232,6 +232,8 @@ std::tuple<at::Tensor, at::Tensor> mixed_op_free_cpu(const at::Tensor& x, at::Te
               const acc_t a = wm * invstd[pool], b = -a * mean[pool * s.c + c];
               for (int64_t j = 0; j < m; ++j) buf[j] += a * pooled[j] + b;
               ++pool;
+            } else if (!std::isfinite(wm)) {  // 'none': w * 0 is NaN for a NaN or inf weight, as in the reference
+              for (int64_t j = 0; j < m; ++j) buf[j] += wm * acc_t(0);
             }
           }
           if (buf == t.buf.data()) cpu::store_plane(yv.at(n, c), buf, s.ho, s.wo, yv.sh, yv.sw);

@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t j = 0; j < k; ++j) {
       const A p = exp(perturbed(l, base + j, seed, tau) - zmax) / sum;
       soft[base + j] = from_acc<T>(p);
-      y[base + j] = hard ? from_acc<T>(j == arg ? A(1) : A(0)) : from_acc<T>(p);
+      y[base + j] = hard && !isnan(p) ? from_acc<T>(j == arg ? A(1) : A(0)) : from_acc<T>(p);  // NaN rows stay NaN
     }
   }
 }

@@ -186,6 +186,8 @@ __global__ void __launch_bounds__(kThreads)
         const A mu = stats[(q * 2) * p.c + c], is = invstd(stats, q, c, p.c, p.eps);
         const A v = pool_value<A>(code == kMaxPool, xp, p.x.s[2], p.x.s[3], Window(ho, wo, p.stride, p.h, p.w), p.w);
         acc += wm * (v - mu) * is;
+      } else if (!isfinite(wm)) {  // 'none': w * 0 is NaN for a NaN or inf weight, as in the reference
+        acc += wm * A(0);
       }
     }
     plane(y, n, c)[ho * y.s[2] + wo * y.s[3]] = from_acc<T>(acc);

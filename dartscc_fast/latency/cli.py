@@ -7,6 +7,7 @@ from typing import List
 
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, parse_key, space_configs
 from dartscc_fast.latency.table import LatencyTable
+from dartscc_fast.validate import POSITIVE, POSITIVE_INT, Float, arg
 
 
 def register(sub) -> None:
@@ -20,12 +21,15 @@ def register(sub) -> None:
                    help="cpu, cuda, or sim:<preset> for a simulated device (%s)" % ", ".join(sorted(DEVICES)))
     p.add_argument("--space", nargs="+", default=["fmnist-paper"], choices=sorted(SPACES),
                    help="search space preset(s) (default: fmnist-paper)")
-    p.add_argument("--batch", type=int, default=64, help="batch size of the timed forward (default 64)")
+    p.add_argument("--batch", type=arg(POSITIVE_INT), default=64, help="batch size of the timed forward (default 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's)")
-    p.add_argument("--passes", type=int, default=1, help="sweeps over all configurations, runs pooled (default 1)")
-    p.add_argument("--max-seconds", type=float, default=1.0, help="timing budget per configuration (default 1 s)")
-    p.add_argument("--rel-ci", type=float, default=0.01,
+    p.add_argument("--threads", type=arg(POSITIVE_INT), default=None,
+                   help="torch threads on the CPU (default: torch's)")
+    p.add_argument("--passes", type=arg(POSITIVE_INT), default=1,
+                   help="sweeps over all configurations, runs pooled (default 1)")
+    p.add_argument("--max-seconds", type=arg(POSITIVE), default=1.0,
+                   help="timing budget per configuration (default 1 s)")
+    p.add_argument("--rel-ci", type=arg(Float(0, 1, lo_open=True)), default=0.01,
                    help="stop when the median's 95%% confidence half-width is below this fraction (default 0.01)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall: elapsed time (default); thread: the thread's CPU time, robust to other processes "
@@ -59,15 +63,15 @@ def register(sub) -> None:
     c = tsub.add_parser("check", help="check that a table covers a search space")
     c.add_argument("path")
     c.add_argument("--space", nargs="+", default=["fmnist-paper"], choices=sorted(SPACES))
-    c.add_argument("--batch", type=int, default=None, help="default: the table's")
+    c.add_argument("--batch", type=arg(POSITIVE_INT), default=None, help="default: the table's")
     c.set_defaults(func=_check)
     pd = tsub.add_parser("predict", help="predict (and optionally measure) a discrete architecture's latency")
     pd.add_argument("path")
     pd.add_argument("--genotype", required=True, help="a genotype as JSON (Genotype.to_json), or a file holding one")
     pd.add_argument("--space", default="fmnist-paper", choices=sorted(SPACES))
-    pd.add_argument("--batch", type=int, default=None, help="default: the table's")
+    pd.add_argument("--batch", type=arg(POSITIVE_INT), default=None, help="default: the table's")
     pd.add_argument("--measure", action="store_true", help="also time the whole network here (table's device)")
-    pd.add_argument("--threads", type=int, default=None)
+    pd.add_argument("--threads", type=arg(POSITIVE_INT), default=None)
     pd.set_defaults(func=_predict)
     pr = tsub.add_parser("presets", help="list the simulated devices and their sources")
     pr.set_defaults(func=_presets)

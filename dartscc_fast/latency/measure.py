@@ -419,7 +419,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
                 bar.update()
         bar.close()
         meta = {
-            "device": tok, "device_name": device_name(d), "torch": torch.__version__,
+            "device": tok, "device_name": device_name(d), "torch": str(torch.__version__),
             "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(),
             "threads": n_threads if d.type == "cpu" else None,
             "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,

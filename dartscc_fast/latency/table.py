@@ -60,7 +60,7 @@ UNIT = "ms"
 #: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
 NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
 #: How far 'type-stride' draws pooling and convolution to the same price on each stride's edges (0: 'type',
-#: 1: the same total). In searches on four tables profiled on a 2-core Xeon, seeds 0-3 (docs/demo_runs.md),
+#: 1: the same total). In searches on four tables profiled on a 2-core Xeon, seeds 0-3 (docs/runs/demo_runs.md),
 #: 1 left the uniform S (A) with every convolution of the pool-penalised one (C) in 1 of 8, 0 ('type') with
 #: none in about 1 of 4 (A == B); 0.5 left A between B and C in all 16.
 STRIDE_BALANCE = 0.5

@@ -40,6 +40,7 @@ from dartscc_fast.evaluate import accuracy
 from dartscc_fast.latency.measure import num_threads
 from dartscc_fast.ops import gumbel_softmax
 from dartscc_fast.progress import Progress
+from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Float, Int, check_fields
 from dartscc_fast.prune.edges import PrunableNet, gamma_key, measure_edge_times, time_module
 from dartscc_fast.prune.hypernet import LambdaHypernet, check_lambda
 from dartscc_fast.prune.lambda_bound import estimate_lambda, evaluate_gammas, explore_gammas, label_entropy
@@ -97,6 +98,13 @@ class PruneConfig:
     out: str = "prune-out"
 
     def __post_init__(self):
+        check_fields(self, {"blocks": POSITIVE_INT, "limit": Int(1, optional=True, none="every image"),
+                            "seed": NON_NEGATIVE_INT, "batch_size": POSITIVE_INT, "pretrain_epochs": NON_NEGATIVE_INT,
+                            "pretrain_lr": POSITIVE, "weight_decay": NON_NEGATIVE, "timing_seconds": POSITIVE,
+                            "max_enumerate": POSITIVE_INT, "explore_samples": POSITIVE_INT, "top_factor": POSITIVE,
+                            "gamma_lr": POSITIVE, "tau": POSITIVE, "init_logit": Float(), "hyper_steps": POSITIVE_INT,
+                            "hyper_lr": POSITIVE, "hyper_range": POSITIVE, "warmup_std": NON_NEGATIVE,
+                            "warmup_max_steps": NON_NEGATIVE_INT})
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.lambdas is not None:
