@@ -82,7 +82,7 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["dartscc-fast=dartscc_fast.cli:main"]},
 )

@@ -55,7 +55,7 @@ from dartscc_fast.latency import LatencyTable
 from dartscc_fast.latency.measure import Timing, build_base_network, build_network, build_op, device_name, in_format, \
     network_input, num_threads, time_callable
 from dartscc_fast.latency.keys import BaseConfig, space_configs
-from dartscc_fast.latency.table import _now
+from dartscc_fast.latency._time import utc_now
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import get_space, random_genotype
 
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
 
     if args.table is None:
         table = LatencyTable(meta={"device": "cpu", "device_name": device_name(dev), "torch": torch.__version__,
-                                   "threads": threads, "clock": clock, "date": _now(), "batch": args.batch, "dtype": dtype,
-                                   "memory_format": fmt,
+                                   "threads": threads, "clock": clock, "date": utc_now(), "batch": args.batch,
+                                   "dtype": dtype, "memory_format": fmt,
                                    "spaces": [space.name],
                                    "method": f"bench/check_latency_prediction.py: {args.rounds} interleaved "
                                              f"rounds, {clock} clock, inference_mode, median of pooled runs"})

@@ -7,17 +7,24 @@ _REINSTALL = ("Rebuild/reinstall dartscc_fast against the torch you have now: "
               "`pip install --no-build-isolation --force-reinstall --no-deps .` in its source tree.")
 
 
-def _load():
-    try:
-        from dartscc_fast import _C  # noqa: F401  (loading it registers the ops)
-    except ImportError as e:
-        if "undefined symbol" in str(e) or "cannot open shared object" in str(e):
-            raise ImportError(
-                "dartscc_fast's compiled extension does not match the installed torch %s (%s). %s"
-                % (torch.__version__, e, _REINSTALL)) from None
-        raise ImportError("dartscc_fast's compiled extension is missing (%s). The package must be "
-                          "installed with `pip install --no-build-isolation .`, not imported from "
-                          "an unbuilt source tree." % e) from None
+def _load_error(e: ImportError) -> ImportError:
+    """What to tell the user when the compiled extension does not load."""
+    if "undefined symbol" in str(e) or "cannot open shared object" in str(e):
+        return ImportError("dartscc_fast's compiled extension does not match the installed torch %s (%s). %s"
+                           % (torch.__version__, e, _REINSTALL))
+    return ImportError("dartscc_fast's compiled extension is missing (%s). The package must be "
+                       "installed with `pip install --no-build-isolation .`, not imported from "
+                       "an unbuilt source tree." % e)
+
+
+try:
+    from dartscc_fast import _C  # loading it registers the ops
+except ImportError as _e:
+    raise _load_error(_e) from None
+
+
+def _check_build():
+    """Refuse a build made for another torch or CUDA."""
     built = _C.torch_version
     if built.split("+")[0] != torch.__version__.split("+")[0]:
         raise ImportError("dartscc_fast was built against torch %s but torch %s is installed. %s"
@@ -25,10 +32,9 @@ def _load():
     if _C.with_cuda and torch.version.cuda is not None and _C.cuda_version != torch.version.cuda:
         raise ImportError("dartscc_fast was built with CUDA %s but torch uses CUDA %s. %s"
                           % (_C.cuda_version, torch.version.cuda, _REINSTALL))
-    return _C
 
 
-_C = _load()
+_check_build()
 
 #: What the extension was built with: version, torch, CUDA (None for a CPU-only build), OpenMP.
 BUILD_INFO = {

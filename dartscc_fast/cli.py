@@ -10,6 +10,9 @@ import importlib
 import sys
 from typing import List, Optional
 
+from dartscc_fast._extension import BUILD_INFO
+from dartscc_fast.allocator import keep_freed_memory, tuning_enabled
+
 # Modules that add subcommands, in the order `--help` lists them.
 _COMMAND_MODULES: List[str] = [
     "dartscc_fast.latency.cli",
@@ -43,14 +46,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from dartscc_fast import BUILD_INFO
         print("dartscc_fast", BUILD_INFO)
         return 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     if args.command in _TRAINING_COMMANDS:
-        from dartscc_fast.allocator import keep_freed_memory, tuning_enabled
         if tuning_enabled():
             keep_freed_memory()
     try:

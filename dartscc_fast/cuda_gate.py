@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dartscc_fast import _extension
+from dartscc_fast import _extension, reference
+from dartscc_fast.kernel_spec import PRIM_CODES, hard_out_shape, stats_dtype
 
 __all__ = ["CudaKernelWarning", "GateResult", "ENV", "GATED_OPS", "check", "kernels_mode", "reset", "torch_path_for",
            "cache_dir", "cache_key", "cache_path"]
@@ -88,7 +89,6 @@ def _acc(t: Tensor) -> Tensor:
 
 
 def _torch_mixed_sum(outputs: Sequence[Tensor], weights: Tensor) -> Tensor:
-    from dartscc_fast import reference
     return reference.mixed_sum([_acc(o) for o in outputs], _acc(weights)).to(weights.dtype)
 
 
@@ -108,7 +108,6 @@ class _StraightThrough(torch.autograd.Function):
 def _gumbel_noise(seed: Tensor, like: Tensor) -> Tensor:
     """The kernels' Philox noise (reference.philox_gumbel) for like's elements; an op, so torch.compile can trace
     the torch path whole."""
-    from dartscc_fast import reference
     noise = torch.from_numpy(reference.philox_gumbel(int(seed), like.numel())).reshape(like.shape)
     return noise.to(device=like.device, dtype=like.dtype)
 
@@ -130,9 +129,8 @@ def _torch_gumbel_softmax(logits: Tensor, seed: Tensor, tau: float, hard: bool) 
 
 def _torch_hard_mixed_sum(outputs: Sequence[Tensor], weights: Tensor, index: Tensor) -> Tensor:
     """reference.hard_mixed_sum without its loop over samples: the drawn rows scattered back in one index_copy."""
-    from dartscc_fast import ops
     n, k = index.shape[0], len(outputs)
-    shape = ops._hard_out_shape(outputs, index)
+    shape = hard_out_shape(outputs, index)
     drawn = [o for o in outputs if o.dim() >= 1 and o.shape[0] > 0]
     if n == 0 or not drawn:
         o0 = outputs[0]
@@ -149,9 +147,8 @@ def _torch_hard_mixed_sum(outputs: Sequence[Tensor], weights: Tensor, index: Ten
 
 def _torch_mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor, prims: Sequence[int],
                          stride: int, eps: float, bn_stats: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    from dartscc_fast import ops, reference
-    names = {code: name for name, code in ops.PRIM_CODES.items()}
-    stats_dtype = ops._stats_dtype(x.dtype)
+    names = {code: name for name, code in PRIM_CODES.items()}
+    st_dtype = stats_dtype(x.dtype)
     outs, stats, params = [], [], iter(param_outputs)
     for code in prims:
         kind = names[int(code)]
@@ -164,21 +161,20 @@ def _torch_mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Te
         else:
             p = F.max_pool2d(x, 3, stride, 1) if kind == "max_pool" else \
                 F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
-            q = p.to(stats_dtype)  # BatchNorm in float32 for the half types, as the kernels: else ill-conditioned
+            q = p.to(st_dtype)  # BatchNorm in float32 for the half types, as the kernels: else ill-conditioned
             if bn_stats is None:
                 var, mean = torch.var_mean(q.detach(), dim=(0, 2, 3), correction=0)
                 st = torch.stack([mean, var])
                 outs.append(F.batch_norm(q, None, None, training=True, eps=eps).to(x.dtype))
             else:
-                st = bn_stats[len(stats)].to(stats_dtype)
+                st = bn_stats[len(stats)].to(st_dtype)
                 outs.append(F.batch_norm(q, st[0], st[1], training=False, eps=eps).to(x.dtype))
             stats.append(st)
     y = reference.mixed_sum(outs, weights)
-    return y, torch.stack(stats) if stats else x.new_empty((0, 2, x.shape[1]), dtype=stats_dtype)
+    return y, torch.stack(stats) if stats else x.new_empty((0, 2, x.shape[1]), dtype=st_dtype)
 
 
 def _torch_latency_reg(w: Tensor, L: Tensor, S: Tensor, type_index: Sequence[int]) -> Tensor:
-    from dartscc_fast import reference
     return reference.latency_reg(_acc(w), _acc(L), _acc(S), list(type_index)).to(w.dtype)
 
 
@@ -383,15 +379,21 @@ def _library_id() -> str:
         return "unknown"
 
 
+def _selftest():
+    """The selftest module, imported on the gate's first decision: it checks the ops, whose wrappers call this
+    gate, so a module-level import would close the cycle ops -> cuda_gate -> selftest -> ops."""
+    from dartscc_fast import selftest  # allowed in tests/test_layering.py, for the reason above
+    return selftest
+
+
 def cache_key(device: Union[str, torch.device]) -> Dict[str, str]:
     """What a cached result is valid for: the device (name, capability, driver) and the build."""
-    from dartscc_fast import selftest
     d = _device(device)
     name, capability, driver = _device_identity(d)
     info = _extension.BUILD_INFO
     return {"device_type": d.type, "device_name": name, "capability": capability, "driver": driver,
             "dartscc_fast": str(info["version"]), "torch": str(info["torch"]), "cuda": str(info["cuda"]),
-            "library": _library_id(), "selftest": str(selftest.VERSION)}
+            "library": _library_id(), "selftest": str(_selftest().VERSION)}
 
 
 def cache_path(key: Dict[str, str]) -> str:
@@ -447,8 +449,7 @@ def _run_selftest(d: torch.device) -> Tuple[Dict[str, Dict], bool]:
     to cache it). A timeout is not cached (a busy machine can cause one); a crash is, blamed on the op it hit."""
     if not SUBPROCESS:
         return _run_in_process(d), True
-    import dartscc_fast
-    root = os.path.dirname(os.path.dirname(os.path.abspath(dartscc_fast.__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder that holds dartscc_fast/
     with tempfile.TemporaryDirectory(prefix="dartscc-selftest-") as tmp:
         report_path = os.path.join(tmp, "report.json")
         cmd = [sys.executable, "-m", "dartscc_fast.cli", "selftest", "--device", str(d), "--quick",
@@ -481,7 +482,6 @@ def _run_selftest(d: torch.device) -> Tuple[Dict[str, Dict], bool]:
 
 
 def _run_in_process(d: torch.device) -> Dict[str, Dict]:
-    from dartscc_fast import selftest
-    report = selftest.run(d, quick=True, ops=GATED_OPS, verbose=False)
+    report = _selftest().run(d, quick=True, ops=GATED_OPS, verbose=False)
     return _op_results(report.to_dict())
 

@@ -21,9 +21,11 @@ from typing import Dict, List, Optional
 import torch
 
 from dartscc_fast.evaluate import RetrainConfig, baseline_config
-from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE
+from dartscc_fast.latency import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, profile_space
 from dartscc_fast.latency.measure import busy_cores
+from dartscc_fast.report import make_report, markdown, write_report
 from dartscc_fast.search import SearchConfig, TABLE_BATCH, load_search, run_search
+from dartscc_fast.space import get_space
 from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, Int, check_fields
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -98,9 +100,6 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict:
     """Run the demo; returns the report dict (also written under ``cfg.out_dir``)."""
-    from dartscc_fast.latency import LatencyTable, profile_space
-    from dartscc_fast.report import make_report, markdown, write_report
-    from dartscc_fast.space import get_space
     if cfg.threads is None:
         # oversubscribed OpenMP barriers cost far more than the second core gains (measured: 1 s vs
         # 7-16 s per search step at load average 5 on 2 cores)

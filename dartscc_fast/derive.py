@@ -18,10 +18,11 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from dartscc_fast.evaluate import genotype_weights
 from dartscc_fast.hypernet import PROFILES, SLike, format_S, parse_S
 from dartscc_fast.latency import LatencyTable, time_genotype
-from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, count_parameters, derive_genotype
+from dartscc_fast.search import load_search
+from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, count_parameters, derive_genotype, \
+    genotype_weights
 from dartscc_fast.validate import POSITIVE_INT, arg
 
 __all__ = ["Derived", "derive", "derive_from_alphas", "describe", "export_model", "measure_latency",
@@ -190,7 +191,6 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    from dartscc_fast.search import load_search
     result = load_search(args.search)
     out = Path(args.out) if args.out else None
     for i, S in enumerate(args.S):

@@ -26,11 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dartscc_fast.derive import derive
 from dartscc_fast.hypernet import PROFILES, format_S, parse_S
 from dartscc_fast.latency.measure import check_memory_format, in_format
 from dartscc_fast.optim import adam
 from dartscc_fast.progress import Progress
-from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, random_genotype
+from dartscc_fast.search import load_search
+from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, genotype_weights, random_genotype
 from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, arg, check_fields
 
 __all__ = ["genotype_weights", "inherited_accuracy", "train_discrete", "retrain", "baseline_config", "random_matched",
@@ -40,20 +42,6 @@ UNIFORM_S = "pool=0.3333,identity=0.3333,conv=0.3334"
 
 
 # ------------------------------------------------------------------ inherited weights
-def genotype_weights(space: SearchSpace, genotype: Genotype) -> Tuple[Tensor, Tensor]:
-    """One-hot ``[E, k]`` weights (normal, reduce) of a genotype; rows of dropped edges are zero."""
-    pairs = space.edge_pairs()
-
-    def one(nodes) -> Tensor:
-        w = torch.zeros(space.num_edges, space.k)
-        for i, node in enumerate(nodes):
-            for prim, src in node:
-                w[pairs.index((src, i + 2)), space.primitives.index(prim)] = 1.0
-        return w
-
-    return one(genotype.normal), one(genotype.reduce)
-
-
 @torch.no_grad()
 def inherited_accuracy(supernet: nn.Module, space: SearchSpace, genotype: Genotype, loader,
                        max_batches: Optional[int] = None) -> float:
@@ -245,8 +233,6 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    from dartscc_fast.derive import derive
-    from dartscc_fast.search import load_search
     result = load_search(args.search)
     cfg = result.config
     loaders = cfg.loaders()

@@ -16,9 +16,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from dartscc_fast import ops, reference
+from dartscc_fast import ops
 from dartscc_fast.batch_norm import batch_norm, update_running_stats, use_fast_batch_norm
 from dartscc_fast.conv1x1 import use_conv1x1
+from dartscc_fast.nn.supernet import Cell
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, Identity, \
     ReduceGroup, SubsampledFactorizedReduce, Zero, _scope_cache, _scoped, check_primitives, close_grid_scope, \
     factorized_reduce_grouped, factorized_reduce_subsampled, open_grid_scope, search_candidate
@@ -447,10 +448,10 @@ def replace_mixed_ops(model: nn.Module) -> int:
     return len(targets)
 
 
-class FastCell(reference.Cell):
+class FastCell(Cell):
     """The search cell with each node's sum in one pass (:func:`dartscc_fast.ops.node_sum`): the same
     values, parameters and state_dict keys. :func:`fuse_preprocessing` makes the package's cells
-    (:class:`dartscc_fast.reference.Cell`) FastCells; other cell classes keep their own forward."""
+    (:class:`dartscc_fast.nn.Cell`) FastCells; other cell classes keep their own forward."""
 
     node_sum = staticmethod(ops.node_sum)
 
@@ -483,7 +484,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
     i's edges ``offset + j`` reading state j), the FactorizedReduces of the edges leaving state 0 and
     of those leaving state 1 also form a :class:`~dartscc_fast.primitives.ReduceGroup` each: in the
     soft forward one convolution per grid serves the whole group. The package's own cells
-    (:class:`dartscc_fast.reference.Cell`) become :class:`FastCell`, whose nodes sum their edges in
+    (:class:`dartscc_fast.nn.Cell`) become :class:`FastCell`, whose nodes sum their edges in
     one pass.
 
     Every affine-free ``nn.BatchNorm2d`` becomes a :class:`~dartscc_fast.batch_norm.FastBatchNorm2d`
@@ -511,7 +512,7 @@ def fuse_preprocessing(model: nn.Module) -> int:
             mod.register_forward_hook(_close_grid_scope, always_call=True)
             mod._dartscc_grid_scope = True
             _group_reduces(mod)
-            if type(mod) is reference.Cell:
+            if type(mod) is Cell:
                 mod.__class__ = FastCell
     use_fast_batch_norm(model)
     use_conv1x1(model)

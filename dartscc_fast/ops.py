@@ -15,13 +15,11 @@ import torch
 from torch import Tensor
 
 from dartscc_fast import _extension  # noqa: F401  (registers the ops)
-from dartscc_fast import cuda_gate
+from dartscc_fast import cuda_gate, reference
+from dartscc_fast.kernel_spec import MAX_OPS, PRIM_CODES
+from dartscc_fast.kernel_spec import hard_out_shape as _hard_out_shape, stats_dtype as _stats_dtype
 
 _ops = torch.ops.dartscc_fast
-
-#: Slot codes of :func:`mixed_op_free`; must match ``csrc/common/primitives.h``.
-PRIM_CODES = {"param": 0, "none": 1, "identity": 2, "max_pool": 3, "avg_pool": 4}
-MAX_OPS = 16
 
 __all__ = ["mixed_sum", "gumbel_softmax", "hard_mixed_sum", "hard_groups", "mixed_op_free", "relu_dw_pw_conv",
            "batch_norm_train", "node_sum",
@@ -331,11 +329,6 @@ def hard_mixed_sum(outputs: Sequence[Tensor], weights: Tensor, index: Tensor) ->
     return _call(_HARD_MIXED_SUM, list(outputs), weights, index)
 
 
-def _hard_out_shape(outputs, index):
-    rest = next((o.shape[1:] for o in outputs if o.dim() >= 1), ())
-    return (index.shape[0],) + tuple(rest)
-
-
 @torch.library.register_fake("dartscc_fast::hard_mixed_sum")
 def _hard_mixed_sum_fake(outputs, weights, index):
     _same_device("hard_mixed_sum", outputs, weights, index)
@@ -409,10 +402,6 @@ def _free_out_hw(x, stride):
     return (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
 
 
-def _stats_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 @torch.library.register_fake("dartscc_fast::mixed_op_free")
 def _mixed_op_free_fake(x, param_outputs, weights, prims, stride, eps, bn_stats):
     _same_device("mixed_op_free", x, param_outputs, weights, bn_stats)
@@ -481,7 +470,6 @@ def relu_dw_pw_conv(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int
     :func:`dartscc_fast.reference.relu_dw_pw_conv` (cuDNN's convolutions).
     """
     if x.device.type != "cpu":
-        from dartscc_fast import reference
         return reference.relu_dw_pw_conv(x, dw_weight, pw_weight, stride, dilation)
     return _call(_RELU_DW_PW_CONV, x, dw_weight, pw_weight, stride, dilation)
 
@@ -541,7 +529,6 @@ def batch_norm_train(x: Tensor, eps: float = 1e-5) -> Tuple[Tensor, Tensor, Tens
     :func:`dartscc_fast.reference.batch_norm_train` (torch's kernel).
     """
     if x.device.type != "cpu":
-        from dartscc_fast import reference
         return reference.batch_norm_train(x, eps)
     return _call(_BATCH_NORM_TRAIN, x, float(eps))
 
@@ -599,7 +586,6 @@ def node_sum(xs: Sequence[Tensor]) -> Tensor:
     x0 = xs[0]
     if x0.device.type != "cpu" or x0.dtype not in (torch.float32, torch.float64) \
             or not all(x.is_contiguous() for x in xs):
-        from dartscc_fast import reference
         return reference.node_sum(xs)
     return _call(_NODE_SUM, xs)
 

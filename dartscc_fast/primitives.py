@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dartscc_fast.batch_norm import batch_norm
+
 #: The full DARTS search space, in quark0/darts order.
 DARTS_PRIMITIVES: List[str] = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                                "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
@@ -240,7 +242,6 @@ def factorized_reduce_subsampled(x, weight_1, weight_2, bn: nn.Module):
         out = F.conv2d(grids, torch.cat([weight_1, weight_2], 0), groups=2)
     else:
         out = torch.cat([F.conv2d(grids[0], weight_1), F.conv2d(grids[1], weight_2)], 1)
-    from dartscc_fast.batch_norm import batch_norm  # here: batch_norm imports the compiled ops
     return batch_norm(bn, out)
 
 
@@ -280,7 +281,6 @@ def factorized_reduce_grouped(x: Tensor, group: ReduceGroup, i: int, bn: nn.Modu
                 F.conv2d(odd, torch.cat([c2.weight for _, c2 in group.convs])).split(group.sizes_2, 1))
 
     even_out, odd_out = _scoped(x, ("group", id(group)), convolve)
-    from dartscc_fast.batch_norm import batch_norm  # here: batch_norm imports the compiled ops
     return batch_norm(bn, torch.cat([even_out[i], odd_out[i]], 1))
 
 

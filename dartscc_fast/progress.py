@@ -1,20 +1,41 @@
-"""A small progress bar for long work (no dependency), quiet when output is not a terminal."""
+"""Progress bars for long work (tqdm), quiet when asked and short in logs."""
 from __future__ import annotations
 
+import math
 import os
 import sys
-import time
 from typing import Dict, Iterable, Iterator, Optional, TypeVar
+
+from tqdm import tqdm
 
 T = TypeVar("T")
 
+#: Set to 0 to silence every progress bar of the package.
+ENV = "DARTSCC_PROGRESS"
+
+
+class _Lines:
+    """A log stream for tqdm: each redraw (tqdm starts it with a carriage return) becomes its own line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s: str) -> None:
+        s = s.replace("\r", "").rstrip()
+        if s:
+            self.stream.write(s + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
 
 class Progress:
-    """``for x in Progress(items, desc="profiling"): ...; bar.set(loss=0.3)``.
+    """``for x in Progress(items, desc="profiling"): ...``, or ``bar = Progress(total=n)``, then
+    ``bar.set(loss=0.3)``, ``bar.update()`` and ``bar.close()``: a tqdm bar.
 
-    Redraws at most every 0.2 s on a terminal. Where stderr is not a terminal
-    (CI, logs) it prints one line per 10% instead, so logs stay short.
-    Set ``DARTSCC_PROGRESS=0`` to silence it.
+    Redraws at most every 0.2 s on a terminal. Where the stream (stderr by default) is not a
+    terminal (CI, logs) it writes one line per 10% instead, so logs stay short; with no total
+    it writes nothing there. ``enabled=False``, or ``DARTSCC_PROGRESS=0``, silences it.
     """
 
     def __init__(self, iterable: Optional[Iterable[T]] = None, total: Optional[int] = None, desc: str = "",
@@ -23,21 +44,27 @@ class Progress:
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.desc = desc
         self.stream = stream or sys.stderr
-        self.enabled = enabled if enabled is not None else os.getenv("DARTSCC_PROGRESS", "1") != "0"
+        self.enabled = enabled if enabled is not None else os.getenv(ENV, "1") != "0"
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.n = 0
         self.fields: Dict[str, object] = {}
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._last_decile = -1
+        if self.tty:
+            kw = dict(file=self.stream, mininterval=0.2)
+        else:  # every tenth of the total, never more often (maxinterval would lower miniters on slow work)
+            kw = dict(file=_Lines(self.stream), mininterval=0, maxinterval=math.inf,
+                      miniters=max(1, math.ceil((self.total or 0) / 10)))
+        self._bar = tqdm(total=self.total, desc=desc or None, disable=not self.enabled or not (self.tty or self.total),
+                         dynamic_ncols=self.tty, **kw)
 
     def set(self, **fields) -> None:
-        """Show these values (loss=..., acc=...) after the count."""
+        """Show these values (loss=..., acc=...) after the count, from the next redraw."""
         self.fields.update(fields)
+        self._bar.set_postfix_str(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in self.fields.items()), refresh=False)
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        self._draw()
+        self._bar.update(n)
 
     def __iter__(self) -> Iterator[T]:
         for item in self.iterable:
@@ -45,41 +72,8 @@ class Progress:
             self.update()
         self.close()
 
-    def _line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            frac = min(self.n / self.total, 1.0)
-            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-            eta = elapsed / self.n * (self.total - self.n) if self.n else 0.0
-            parts.append(f"[{bar}] {self.n}/{self.total} {elapsed:.0f}s<{eta:.0f}s")
-        else:
-            parts.append(f"{self.n} {elapsed:.0f}s")
-        for k, v in self.fields.items():
-            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-        return " ".join(parts)
-
-    def _draw(self, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.tty:
-            if final or now - self._last_draw > 0.2:
-                self.stream.write("\r" + self._line()[:160].ljust(80))
-                self.stream.flush()
-                self._last_draw = now
-        elif self.total:
-            decile = int(10 * self.n / self.total)
-            if decile != self._last_decile and (decile > self._last_decile or final):
-                self._last_decile = decile
-                self.stream.write(self._line() + "\n")
-                self.stream.flush()
-
     def close(self) -> None:
-        self._draw(final=True)
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
 
     def __enter__(self) -> "Progress":
         return self

@@ -1,7 +1,11 @@
 """Pure-PyTorch references: the oracle of the tests and the baseline of the benchmarks.
 
 Everything here is eager PyTorch written for clarity, with quark0/darts
-semantics: what a user would run without this package.
+semantics: what a user would run without this package. It imports no other
+module of the package (``tests/test_layering.py`` checks), so a change to the
+production code cannot change what it is checked against: the candidates,
+MixedOp, cell and network below are the oracle's own, with quark0/darts's
+module names and state_dict keys.
 """
 from __future__ import annotations
 
@@ -11,9 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives, \
-    search_candidate
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -132,6 +133,119 @@ def mixed_op_free(x: Tensor, param_outputs: Sequence[Tensor], weights: Tensor, p
             outs.append(pool_bn(x, p, stride, eps, None if bn_stats is None else bn_stats[pool]))
             pool += 1
     return mixed_sum(outs, weights)
+
+
+# ------------------------------------------------------------------------ the candidates
+#: The DARTS search space, in quark0/darts order.
+DARTS_PRIMITIVES: List[str] = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+_CONVS = {"sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5"}
+_KNOWN = frozenset(DARTS_PRIMITIVES) | _CONVS | {"conv_7x1_1x7"}
+
+
+def check_primitives(primitives: Sequence[str]) -> List[str]:
+    """The names as a list; ValueError for none, an unknown one or a repeated one."""
+    primitives = list(primitives)
+    unknown = [p for p in primitives if p not in _KNOWN]
+    if unknown or not primitives or len(set(primitives)) != len(primitives):
+        what = f"unknown primitive {unknown[0]!r}" if unknown else "primitives must be distinct and at least one"
+        raise ValueError(f"{what}, got {primitives}; known primitives: {sorted(_KNOWN)}")
+    return primitives
+
+
+class _Layers(nn.Module):
+    """quark0/darts's ReLUConvBN, SepConv and DilConv: their layers, in order, in an ``op`` nn.Sequential."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        super().__init__()
+        self.op = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+def _relu_dw_pw_bn(C_in: int, C_out: int, k: int, stride: int, padding: int, dilation: int, affine: bool):
+    """ReLU, depthwise k x k convolution, pointwise convolution, BatchNorm: a DilConv, and each half of a SepConv."""
+    return [nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, k, stride, padding, dilation, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine)]
+
+
+class ReLUConvBN(_Layers):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__([nn.ReLU(inplace=False), nn.Conv2d(C_in, C_out, kernel_size, stride, padding, bias=False),
+                          nn.BatchNorm2d(C_out, affine=affine)])
+
+
+class DilConv(_Layers):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__(_relu_dw_pw_bn(C_in, C_out, kernel_size, stride, padding, dilation, affine))
+
+
+class SepConv(_Layers):
+    """Two DilConv-like halves at dilation 1; the first has the stride and keeps the channels."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__(_relu_dw_pw_bn(C_in, C_in, kernel_size, stride, padding, 1, affine)
+                         + _relu_dw_pw_bn(C_in, C_out, kernel_size, 1, padding, 1, affine))
+
+
+class Identity(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Zero(nn.Module):
+    """'none': zeros of the (strided) output's shape."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :, ::self.stride, ::self.stride].mul(0.)
+
+
+class FactorizedReduce(nn.Module):
+    """skip_connect at stride 2: two 1x1 stride-2 convolutions, on the even pixel grid and on the grid one
+    pixel down and right, stacked on channels, then BatchNorm. H and W must be even."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        assert C_out % 2 == 0
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1, self.conv_2 = (nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False) for _ in range(2))
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"FactorizedReduce (skip_connect at stride 2) needs even H and W, got "
+                             f"{tuple(x.shape[2:])}")
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
+def search_candidate(primitive: str, C: int, stride: int) -> nn.Module:
+    """quark0/darts's ``OPS[primitive](C, stride, affine=False)``, a pool followed by BatchNorm as its MixedOp does."""
+    check_primitives([primitive])
+    if primitive == "none":
+        return Zero(stride)
+    if primitive == "max_pool_3x3":
+        return nn.Sequential(nn.MaxPool2d(3, stride=stride, padding=1), nn.BatchNorm2d(C, affine=False))
+    if primitive == "avg_pool_3x3":
+        return nn.Sequential(nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+                             nn.BatchNorm2d(C, affine=False))
+    if primitive == "skip_connect":
+        return Identity() if stride == 1 else FactorizedReduce(C, C, affine=False)
+    if primitive in _CONVS:  # sep_conv_KxK, padding K // 2; dil_conv_KxK, dilation 2, padding K - 1
+        k = int(primitive[-1])
+        if primitive.startswith("sep"):
+            return SepConv(C, C, k, stride, k // 2, affine=False)
+        return DilConv(C, C, k, stride, k - 1, 2, affine=False)
+    return nn.Sequential(nn.ReLU(inplace=False),  # conv_7x1_1x7
+                         nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+                         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+                         nn.BatchNorm2d(C, affine=False))
 
 
 # --------------------------------------------------------------------------- MixedOp

@@ -19,7 +19,9 @@ import torch
 from dartscc_fast.derive import Derived, derive, derive_from_alphas, edges_changed, table_only
 from dartscc_fast.evaluate import RetrainConfig, genotype_weights, inherited_accuracy, random_matched, retrain
 from dartscc_fast.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
+from dartscc_fast.latency.measure import time_genotypes
 from dartscc_fast.primitives import OP_TYPES
+from dartscc_fast.search import load_search
 
 __all__ = ["make_report", "write_report", "markdown", "check_claims", "learned", "coverage", "STRENGTH_LEVELS"]
 
@@ -112,26 +114,6 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             d.genotype = g
             random_derived.append((name, d))
 
-    if measure and table is not None:
-        # every distinct network timed interleaved, on this CPU at the table's batch and layout: a burst of
-        # load lands on all of them alike (timed one after another, single networks came out up to 1.5x slow)
-        every = list(derived.values()) + [d for d, _ in grid] + family + list(tables.values()) + \
-            [d for runs in base_derived.values() for _, d in runs] + [d for _, d in random_derived]
-        distinct = [(k, g) for k, g in {d.genotype.to_json(): d.genotype for d in every}.items()
-                    if "measured_ms" not in evaluated.get(k, {})]
-        log(f"measuring the latency of {len(distinct)} distinct networks, interleaved ({profile_rounds} rounds)")
-        from dartscc_fast.latency.measure import time_genotypes
-        times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
-                               memory_format=table.memory_format, rounds=profile_rounds)
-        for (key, _), tm in zip(distinct, times):
-            evaluated.setdefault(key, {}).update(measured_ms=tm.median, measured_iqr_ms=tm.iqr)
-
-    profiles = []
-    for name, d in derived.items():
-        profiles.append(_row(d, "profile", profile=PROFILE_NAMES[name],
-                             **evaluate(d, result.supernet, True, f"profile {name}")))
-        log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")
-
     # the simplex grid (inherited weights), of which front_retrain distinct architectures are retrained for
     # the front: first, for each baseline's predicted latency, the one a user with that budget would take
     # from the family without retraining (front_picks), then others spread over the predicted latency
@@ -143,6 +125,18 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
                                 already={d.genotype.to_json() for d in derived.values()})
     log("retraining for the front: " + ("; ".join(f"S={seen[key].S_text} ({why})"
                                                    for key, why in retrained_for.items()) or "none"))
+    if measure and table is not None:
+        # the family's other architectures keep their predicted latency only: timing them all costs minutes
+        picked = [d for d in family if d.genotype.to_json() in retrained_for]
+        every = list(derived.values()) + [d for d, _ in grid] + picked + list(tables.values()) + \
+            [d for runs in base_derived.values() for _, d in runs] + [d for _, d in random_derived]
+        _measure(space, table, every, evaluated, threads, profile_rounds, log)
+
+    profiles = []
+    for name, d in derived.items():
+        profiles.append(_row(d, "profile", profile=PROFILE_NAMES[name],
+                             **evaluate(d, result.supernet, True, f"profile {name}")))
+        log(f"profile {name}: {d.op_counts}, {d.params:,} parameters")
     grid_rows = []
     for d, S in grid:
         why = retrained_for.get(d.genotype.to_json())
@@ -195,6 +189,19 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     report["learned"] = learned(report)
     report["coverage"] = coverage(report, _cheapest_ms(result))
     return report
+
+
+def _measure(space, table, every: Sequence[Derived], evaluated: Dict, threads, rounds: int, log) -> None:
+    """Time every distinct network not timed yet, interleaved, on this CPU at the table's batch and layout:
+    a burst of load lands on all of them alike (timed one after another, single networks came out up to
+    1.5x slow). The figures go into ``evaluated``, keyed by genotype JSON."""
+    distinct = [(k, g) for k, g in {d.genotype.to_json(): d.genotype for d in every}.items()
+                if "measured_ms" not in evaluated.get(k, {})]
+    log(f"measuring the latency of {len(distinct)} distinct networks, interleaved ({rounds} rounds)")
+    times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
+                           memory_format=table.memory_format, rounds=rounds)
+    for (key, _), tm in zip(distinct, times):
+        evaluated.setdefault(key, {}).update(measured_ms=tm.median, measured_iqr_ms=tm.iqr)
 
 
 # ---------------------------------------------------------------------- the strength axis
@@ -276,7 +283,6 @@ def coverage(report: Dict, cheapest_ms: Optional[float]) -> Dict:
 
 
 def _onehot(space, g):
-    from dartscc_fast.evaluate import genotype_weights
     return genotype_weights(space, g)
 
 
@@ -640,7 +646,6 @@ def register(sub) -> None:
 
 
 def _main(args) -> int:
-    from dartscc_fast.search import load_search
     result = load_search(args.search)
     cfg = result.config
     loaders = cfg.loaders()

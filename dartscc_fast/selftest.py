@@ -28,7 +28,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, TextIO, T
 import torch
 from torch import Tensor
 
-from dartscc_fast import cuda_gate
+from dartscc_fast import cuda_gate, reference
+from dartscc_fast import ops as fast_ops  # `ops` is run()'s argument: the ops to check
+from dartscc_fast._extension import BUILD_INFO
+from dartscc_fast.latency_ops import latency_reg
 
 __all__ = ["run", "SelftestResult", "OpReport", "CaseResult", "OPS", "BREAK_ENV", "VERSION"]
 
@@ -184,16 +187,6 @@ def _pair(gen: torch.Generator, shape, dtype, device, layout="contiguous", grad=
     return t, r
 
 
-def _ops():
-    from dartscc_fast import ops
-    return ops
-
-
-def _ref():
-    from dartscc_fast import reference
-    return reference
-
-
 # ------------------------------------------------------------------------------------ the grids
 def _mixed_sum_cases(quick: bool) -> Iterator[_Case]:
     def case(dtype, shape, k, per_sample, layout):
@@ -201,7 +194,7 @@ def _mixed_sum_cases(quick: bool) -> Iterator[_Case]:
             pairs = [_pair(gen, shape, dtype, device, layout) for _ in range(k)]
             w, w64 = _pair(gen, (shape[0], k) if per_sample else (k,), dtype, device)
             outs, outs64 = [p[0] for p in pairs], [p[1] for p in pairs]
-            return _Trial(lambda: (_ops().mixed_sum(outs, w),), lambda: (_ref().mixed_sum(outs64, w64),),
+            return _Trial(lambda: (fast_ops.mixed_sum(outs, w),), lambda: (reference.mixed_sum(outs64, w64),),
                           outs + [w], outs64 + [w64])
         return _Case("mixed_sum", f"{_SHORT[dtype]} {list(shape)} k{k} {'sample' if per_sample else 'edge'} {layout}",
                      dtype, build)
@@ -233,11 +226,11 @@ def _gumbel_cases(quick: bool) -> Iterator[_Case]:
             logits, l64 = _pair(gen, shape, dtype, device, layout)
 
             def run():
-                return _ops().gumbel_softmax(logits, tau, hard, seed=seed, return_soft=True)
+                return fast_ops.gumbel_softmax(logits, tau, hard, seed=seed, return_soft=True)
 
             def ref():
-                return (_ref().gumbel_softmax(l64, tau, hard, seed),
-                        _ref().gumbel_softmax(l64.detach(), tau, False, seed))
+                return (reference.gumbel_softmax(l64, tau, hard, seed),
+                        reference.gumbel_softmax(l64.detach(), tau, False, seed))
             return _Trial(run, ref, [logits], [l64])
         return _Case("gumbel_softmax", f"{_SHORT[dtype]} {list(shape)} {'hard' if hard else 'soft'} {layout} "
                                        f"seed {seed}", dtype, build)
@@ -276,8 +269,8 @@ def _hard_cases(quick: bool) -> Iterator[_Case]:
             w, w64 = _pair(gen, one_hot.shape, dtype, device, values=values)
             outs, outs64 = [p[0] for p in pairs], [p[1] for p in pairs]
             idx = index.to(device)
-            return _Trial(lambda: (_ops().hard_mixed_sum(outs, w, idx),),
-                          lambda: (_ref().hard_mixed_sum(outs64, w64, index),), outs + [w], outs64 + [w64])
+            return _Trial(lambda: (fast_ops.hard_mixed_sum(outs, w, idx),),
+                          lambda: (reference.hard_mixed_sum(outs64, w64, index),), outs + [w], outs64 + [w64])
         return _Case("hard_mixed_sum", f"{_SHORT[dtype]} n{n} k{k} {list(rest)} "
                                        f"{'sample' if per_sample else 'edge'} {layout}", dtype, build)
 
@@ -319,13 +312,13 @@ def _free_cases(quick: bool) -> Iterator[_Case]:
             params, params64 = [p[0] for p in pairs], [p[1] for p in pairs]
 
             def ref():
-                y = _ref().mixed_op_free(x64, params64, w64, prims, stride, 1e-5, stats64)
+                y = reference.mixed_op_free(x64, params64, w64, prims, stride, 1e-5, stats64)
                 if stats64 is not None:
                     return y, stats64
                 pools = [_pool(x64.detach(), p, stride) for p in prims if p.endswith("pool")]
                 st = [torch.stack(torch.var_mean(q, dim=(0, 2, 3), correction=0)[::-1]) for q in pools]
                 return y, torch.stack(st) if st else torch.zeros(0, 2, c, dtype=F64)
-            return _Trial(lambda: _ops().mixed_op_free(x, params, w, prims, stride, 1e-5, stats), ref,
+            return _Trial(lambda: fast_ops.mixed_op_free(x, params, w, prims, stride, 1e-5, stats), ref,
                           [x] + params + [w], [x64] + params64 + [w64])
         desc = f"{_SHORT[dtype]} {list(shape)} s{stride} {'sample' if per_sample else 'edge'} {layout}" + \
             (" eval" if eval_stats else "") + ("" if len(prims) == 6 else " " + "+".join(prims))
@@ -373,8 +366,7 @@ def _latency_cases(quick: bool) -> Iterator[_Case]:
             S, S64 = _pair(gen, sshape, dtype, device, values=s / s.sum(-1, keepdim=True))
             ti = torch.randint(-1, t, (k,), generator=gen).tolist()
             ti[0] = 0  # at least one typed candidate
-            from dartscc_fast.latency_ops import latency_reg
-            return _Trial(lambda: (latency_reg(w, L, S, ti),), lambda: (_ref().latency_reg(w64, L64, S64, ti),),
+            return _Trial(lambda: (latency_reg(w, L, S, ti),), lambda: (reference.latency_reg(w64, L64, S64, ti),),
                           [w, L, S], [w64, L64, S64])
         return _Case("latency_reg", f"{_SHORT[dtype]} w{list(wshape)} S{list(sshape)} {layout}", dtype, build)
 
@@ -399,8 +391,8 @@ def _dw_pw_cases(quick: bool) -> Iterator[_Case]:
             x, x64 = _pair(gen, shape, dtype, device, layout)
             dw, dw64 = _pair(gen, (shape[1], 1, k, k), dtype, device)
             pw, pw64 = _pair(gen, (c_out, shape[1], 1, 1), dtype, device)
-            return _Trial(lambda: (_ops().relu_dw_pw_conv(x, dw, pw, stride, dilation),),
-                          lambda: (_ref().relu_dw_pw_conv(x64, dw64, pw64, stride, dilation),),
+            return _Trial(lambda: (fast_ops.relu_dw_pw_conv(x, dw, pw, stride, dilation),),
+                          lambda: (reference.relu_dw_pw_conv(x64, dw64, pw64, stride, dilation),),
                           [x, dw, pw], [x64, dw64, pw64])
         return _Case("relu_dw_pw_conv", f"{_SHORT[dtype]} {list(shape)} {k}x{k} s{stride} d{dilation} "
                                         f"->{c_out} {layout}", dtype, build)
@@ -423,7 +415,7 @@ def _bn_cases(quick: bool) -> Iterator[_Case]:
     def case(dtype, shape, layout="contiguous"):
         def build(device, gen):
             x, x64 = _pair(gen, shape, dtype, device, layout)
-            return _Trial(lambda: _ops().batch_norm_train(x, 1e-5), lambda: _ref().batch_norm_train(x64, 1e-5),
+            return _Trial(lambda: fast_ops.batch_norm_train(x, 1e-5), lambda: reference.batch_norm_train(x64, 1e-5),
                           [x], [x64])
         return _Case("batch_norm_train", f"{_SHORT[dtype]} {list(shape)} {layout}", dtype, build)
 
@@ -439,7 +431,7 @@ def _node_sum_cases(quick: bool) -> Iterator[_Case]:
         def build(device, gen):
             pairs = [_pair(gen, shape, dtype, device) for _ in range(k)]
             xs, xs64 = [p[0] for p in pairs], [p[1] for p in pairs]
-            return _Trial(lambda: (_ops().node_sum(xs),), lambda: (_ref().node_sum(xs64),), xs, xs64)
+            return _Trial(lambda: (fast_ops.node_sum(xs),), lambda: (reference.node_sum(xs64),), xs, xs64)
         return _Case("node_sum", f"{_SHORT[dtype]} k{k} {list(shape)}", dtype, build)
 
     for dtype in (F32, F64):
@@ -545,7 +537,6 @@ def _check_device(device: Union[str, torch.device], impl: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"selftest: device {str(device)!r} asked for, but torch {torch.__version__} sees no "
                              "CUDA device here")
-        from dartscc_fast import BUILD_INFO
         if impl == "kernels" and not BUILD_INFO["cuda"]:
             raise ValueError("selftest: this build of dartscc_fast has no CUDA kernels (rebuild with FORCE_CUDA=1); "
                              "--torch-path checks the ops it runs instead")
@@ -589,7 +580,6 @@ def run(device: Union[str, torch.device] = "cpu", quick: bool = False, *, impl: 
     out = sys.stdout if out is None else out
     result = SelftestResult(str(d), impl, quick)
     if verbose:
-        from dartscc_fast import BUILD_INFO
         where = torch.cuda.get_device_name(d) if d.type == "cuda" else "CPU"
         what = "the compiled kernels" if impl == "kernels" else "the torch path"
         print(f"dartscc_fast selftest on {d} ({where}), {what}, {'quick' if quick else 'full'} grid; "

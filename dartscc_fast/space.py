@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from dartscc_fast import reference
+from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing
+from dartscc_fast.nn import supernet as layout  # its edge_pairs, is_reduction, num_edges: methods here
+from dartscc_fast.nn.supernet import Network, edge_stride
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, ReLUConvBN, \
     SubsampledFactorizedReduce, check_primitives, derived_op, op_type
-from dartscc_fast import reference
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,6 @@ class EdgeSpec:
     H: int             # input height
     W: int             # input width
     stride: int
-
-
-def edge_stride(reduction: bool, src: int) -> int:
-    """The stride of an edge from state ``src``: 2 from a reduction cell's two inputs, else 1 (DARTS)."""
-    return 2 if reduction and src < 2 else 1
 
 
 @dataclass(frozen=True)
@@ -67,10 +65,10 @@ class SearchSpace:
     @property
     def num_edges(self) -> int:
         """Edges per cell (and rows of logits per cell type)."""
-        return reference.num_edges(self.steps)
+        return layout.num_edges(self.steps)
 
     def is_reduction(self, cell: int) -> bool:
-        return cell in (self.layers // 3, 2 * self.layers // 3)
+        return layout.is_reduction(self.layers, cell)
 
     def op_types(self) -> List[Optional[str]]:
         """The op type of each primitive ('pool', 'identity', 'conv'; None for 'none')."""
@@ -83,7 +81,7 @@ class SearchSpace:
 
     def edge_pairs(self) -> List[Tuple[int, int]]:
         """(src, dst) of each edge of a cell, in logit-row order."""
-        return [(j, i + 2) for i in range(self.steps) for j in range(2 + i)]
+        return layout.edge_pairs(self.steps)
 
     def row_strides(self) -> List[int]:
         """The stride of each row of ``[2E, k]`` per-cell-type tensors (normal rows, then reduction rows)."""
@@ -107,15 +105,20 @@ class SearchSpace:
         return out
 
     # -- networks --------------------------------------------------------------------
-    def supernet(self, fast: bool = True) -> reference.Network:
-        """The search network; ``fast=False`` uses the pure-PyTorch reference MixedOp and preprocessing."""
-        from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing
-        net = reference.Network(self.C, self.num_classes, self.layers, self.steps, self.multiplier,
-                                self.stem_multiplier, self.primitives, self.in_channels,
-                                mixed_op=MixedOp if fast else reference.MixedOp)
-        if fast:
-            fuse_preprocessing(net)
+    def supernet(self, fast: bool = True) -> Union[Network, reference.Network]:
+        """The search network: :class:`dartscc_fast.nn.Network` with the fast MixedOp, its cells fused
+        (:func:`~dartscc_fast.mixed_op.fuse_preprocessing`). ``fast=False``: the pure-PyTorch oracle's
+        network (:class:`dartscc_fast.reference.Network`), the baseline the tests and benchmarks hold the
+        fast one against; the same state_dict keys."""
+        if not fast:  # the one use of the oracle in this module
+            return reference.Network(*self._network_args(), mixed_op=reference.MixedOp)
+        net = Network(*self._network_args(), mixed_op=MixedOp)
+        fuse_preprocessing(net)
         return net
+
+    def _network_args(self) -> tuple:
+        return (self.C, self.num_classes, self.layers, self.steps, self.multiplier, self.stem_multiplier,
+                self.primitives, self.in_channels)
 
     def to_dict(self) -> Dict:
         d = asdict(self)
@@ -179,6 +182,20 @@ class Genotype:
         conv = lambda nodes: [[(str(p), int(j)) for p, j in node] for node in nodes]  # noqa: E731
         return cls(conv(d["normal"]), conv(d["reduce"]), list(d.get("normal_concat", [])),
                    list(d.get("reduce_concat", [])))
+
+
+def genotype_weights(space: SearchSpace, genotype: Genotype) -> Tuple[Tensor, Tensor]:
+    """One-hot ``[E, k]`` weights (normal, reduce) of a genotype; rows of dropped edges are zero."""
+    pairs = space.edge_pairs()
+
+    def one(nodes) -> Tensor:
+        w = torch.zeros(space.num_edges, space.k)
+        for i, node in enumerate(nodes):
+            for prim, src in node:
+                w[pairs.index((src, i + 2)), space.primitives.index(prim)] = 1.0
+        return w
+
+    return one(genotype.normal), one(genotype.reduce)
 
 
 def derive_genotype(space: SearchSpace, weights_normal: Tensor, weights_reduce: Tensor,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dartscc_fast
-from dartscc_fast import reference
+from dartscc_fast import nn as fast_nn, reference
 from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, search_candidate
 from conftest import assert_networks_agree
 
@@ -173,7 +173,7 @@ class MixedOp(nn.Module):  # noqa: the name is what replace_mixed_ops looks for
 @pytest.mark.parametrize("primitives", [DARTS_PRIMITIVES, FMNIST_PRIMITIVES])
 def test_replace_mixed_ops_in_darts_network(primitives):
     torch.manual_seed(0)
-    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
+    net = fast_nn.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
     fast = copy.deepcopy(net)
     n = dartscc_fast.replace_mixed_ops(fast)
     assert n == 3 * net.num_edges
@@ -195,7 +195,7 @@ def test_replace_mixed_ops_in_darts_network(primitives):
 def darts_and_fast(primitives):
     """A quark0/darts-style network (float64) and a copy with the fast MixedOps and fuse_preprocessing."""
     torch.manual_seed(0)
-    net = reference.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
+    net = fast_nn.Network(4, 10, 3, primitives=primitives, in_channels=1, mixed_op=MixedOp).double()
     fast = copy.deepcopy(net)
     dartscc_fast.replace_mixed_ops(fast)
     dartscc_fast.fuse_preprocessing(fast)
@@ -273,7 +273,7 @@ def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch)
     # each pixel grid once, all members' weights stacked; values and gradients as one by one
     from dartscc_fast import primitives
     torch.manual_seed(0)
-    net = reference.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=MixedOp).double()
+    net = fast_nn.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=MixedOp).double()
     dartscc_fast.replace_mixed_ops(net)
     dartscc_fast.fuse_preprocessing(net)
     groups = {id(g[0]) for cell in net.cells for mixed in cell._ops for g in mixed._reduce_group if g is not None}
@@ -311,8 +311,9 @@ def test_reduction_cells_run_each_states_skip_connects_as_one_group(monkeypatch)
 
 def test_checkpoint_of_darts_model_loads_into_fast_model():
     net = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=MixedOp)
-    fast = reference.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
+    fast = fast_nn.Network(4, 10, 3, primitives=DARTS_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
     fast.load_state_dict(net.state_dict())  # strict: same keys, same shapes
+    net.load_state_dict(fast.state_dict())
 
 
 def test_unknown_candidates_run_as_modules():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dartscc_fast
-from dartscc_fast import ops, reference
+from dartscc_fast import nn, ops, reference
 from dartscc_fast.mixed_op import FastCell
 from dartscc_fast.primitives import FMNIST_PRIMITIVES
 from dartscc_fast.space import get_space
@@ -86,17 +86,17 @@ def test_search_network_cells_become_fast_cells():
     assert all(type(c) is FastCell for c in fast.cells)
     slow = copy.deepcopy(fast)
     for c in slow.cells:
-        c.__class__ = reference.Cell
+        c.__class__ = reference.Cell  # the oracle's cell: the same attributes, quark0/darts's forward
     x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
     assert_networks_agree(slow, fast, x, space.num_edges, space.k)
     assert list(fast.state_dict()) == list(slow.state_dict())
 
 
 def test_only_the_packages_cells_are_converted():
-    class Cell(reference.Cell):  # a user's own cell class
+    class Cell(nn.Cell):  # a user's own cell class
         pass
 
-    net = reference.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
+    net = nn.Network(4, 10, 3, primitives=FMNIST_PRIMITIVES, in_channels=1, mixed_op=dartscc_fast.MixedOp)
     net.cells[0].__class__ = Cell
     dartscc_fast.fuse_preprocessing(net)
     assert type(net.cells[0]) is Cell and type(net.cells[1]) is FastCell

@@ -228,11 +228,12 @@ def test_derivation_is_deterministic_and_inherited_eval(tmp_path):
 @pytest.mark.filterwarnings("ignore:the machine is busy")
 def test_report_measures_every_network_at_once_in_the_tables_layout(tmp_path, monkeypatch):
     from dartscc_fast.datasets import make_loaders
+    from dartscc_fast import report
     from dartscc_fast.latency import measure, profile_space
     from dartscc_fast.report import make_report
     calls = []
     real = measure.time_genotypes
-    monkeypatch.setattr(measure, "time_genotypes",
+    monkeypatch.setattr(report, "time_genotypes",
                         lambda space, gs, **kw: calls.append(len(gs)) or real(space, gs, **kw))
     cfg = dataclasses.replace(TINY, epochs=1, max_steps_per_epoch=2, out_dir=str(tmp_path))
     r = load_search(run_search(cfg))
@@ -242,8 +243,12 @@ def test_report_measures_every_network_at_once_in_the_tables_layout(tmp_path, mo
     loaders = make_loaders(limit=300, batch_size=16)
     rep = make_report(r, loaders, grid_steps=1, retrain_cfg=None, front_retrain=0, random_baselines=True,
                       measure=True, threads=1, profile_rounds=1, log=lambda m: None)
-    rows = rep["profiles"] + rep["grid"] + rep["family"] + rep["baselines"]["random"] + rep["baselines"]["table"]
+    rows = rep["profiles"] + rep["grid"] + rep["baselines"]["random"] + rep["baselines"]["table"]
     assert all(p["measured_ms"] > 0 and p["predicted_ms"] > 0 for p in rows)
+    # the family's architectures neither retrained nor equal to one above keep their predicted latency only
+    timed = {json.dumps(p["genotype"], sort_keys=True) for p in rows}
+    assert all(p["measured_ms"] is None for p in rep["family"]
+               if "retrain" not in p and json.dumps(p["genotype"], sort_keys=True) not in timed)
     # one interleaved measurement of the distinct networks; equal networks share their figure
     distinct = {json.dumps(p["genotype"], sort_keys=True): p["measured_ms"] for p in rows}
     assert calls == [len(distinct)]

@@ -8,8 +8,8 @@ namespace dartscc {
 // pass their pointer tables by value, so the bound must be a compile-time one.
 constexpr int kMaxOps = 16;
 
-// Slot codes of the fused parameter-free path (op `mixed_op_free`). Must match
-// dartscc_fast/ops.py: PRIM_CODES.
+// Slot codes of the fused parameter-free path (op `mixed_op_free`). Python's copy,
+// with kMaxOps: dartscc_fast/kernel_spec.py (tests/test_kernel_spec.py checks they agree).
 enum PrimCode : int64_t {
   kParam = 0,     // output computed outside and passed in
   kNone = 1,      // zero: contributes nothing

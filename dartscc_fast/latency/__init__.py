@@ -5,8 +5,9 @@
   its schema is documented there), lookups of ``L [edges, k]`` through the
   compiled hash map, :func:`normalise`.
 - :mod:`~dartscc_fast.latency.measure`: time every op configuration of a search
-  space on this machine (:func:`profile_space`), and whole networks.
-- :mod:`~dartscc_fast.latency.roofline`: simulated devices (named presets).
+  space on this machine (:func:`profile_space`), and whole networks; the table of
+  a simulated device (:func:`simulate_table`).
+- :mod:`~dartscc_fast.latency.roofline`: the roofline model of simulated devices (named presets).
 - :func:`latency_reg`: the fused regulariser ``sum_e sum_m S_type(m) L[e, m] w[e, m]``.
 
 Typical use in a search::
@@ -19,8 +20,8 @@ Typical use in a search::
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, edge_configs, genotype_configs, space_configs
 from dartscc_fast.latency.table import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, LatencyTableError, \
     normalise, reference_latency
-from dartscc_fast.latency.measure import Timing, profile_space, time_callable, time_genotype
-from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset, simulate_table
+from dartscc_fast.latency.measure import Timing, profile_space, simulate_table, time_callable, time_genotype
+from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset
 from dartscc_fast.latency_ops import latency_reg
 
 __all__ = ["BaseConfig", "NORMALISATIONS", "STRIDE_BALANCE", "LatencyTable", "LatencyTableError", "OpConfig",

@@ -5,15 +5,16 @@ import os
 import sys
 from typing import List
 
-from dartscc_fast.latency.keys import BaseConfig, OpConfig, parse_key, space_configs
+from dartscc_fast.latency.keys import BaseConfig, OpConfig, device_token, parse_key, space_configs
+from dartscc_fast.latency.measure import profile_space, time_genotype
+from dartscc_fast.latency.roofline import PRESETS as DEVICES
 from dartscc_fast.latency.table import LatencyTable
+from dartscc_fast.primitives import OP_TYPES, op_type
+from dartscc_fast.space import PRESETS as SPACES, Genotype, get_space
 from dartscc_fast.validate import POSITIVE, POSITIVE_INT, Float, arg
 
 
 def register(sub) -> None:
-    from dartscc_fast.space import PRESETS as SPACES
-    from dartscc_fast.latency.roofline import PRESETS as DEVICES
-
     p = sub.add_parser("profile", help="measure (or simulate) a latency table for a search space",
                        description="Time every op configuration of a search space on a device and write a "
                                    "latency table (JSON; schema in dartscc_fast.latency.table).")
@@ -79,9 +80,6 @@ def register(sub) -> None:
 
 
 def _profile(args) -> int:
-    from dartscc_fast.latency.keys import device_token
-    from dartscc_fast.latency.measure import profile_space
-    from dartscc_fast.space import get_space
     spaces = [get_space(n) for n in args.space]
     if args.list:
         dev = device_token(args.device)
@@ -153,7 +151,6 @@ def _plot(args) -> int:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("plotting needs matplotlib: pip install matplotlib (or dartscc_fast[plot])") from None
-    from dartscc_fast.primitives import OP_TYPES, op_type
     colors = {"pool": "tab:blue", "identity": "tab:green", "conv": "tab:red", None: "tab:gray"}
     ops = sorted(((OpConfig.parse(k), e) for k, e in table.entries.items() if not k.startswith("base:")),
                  key=lambda ce: (ce[0].batch, ce[0].cin, -ce[0].h, ce[0].stride, ce[0].primitive))
@@ -186,7 +183,6 @@ def _merge(args) -> int:
 
 
 def _check(args) -> int:
-    from dartscc_fast.space import get_space
     table = LatencyTable.load(args.path)
     batch = args.batch if args.batch is not None else table.batch
     missing: List[str] = []
@@ -205,8 +201,6 @@ def _check(args) -> int:
 
 
 def _predict(args) -> int:
-    from dartscc_fast.latency.measure import time_genotype
-    from dartscc_fast.space import Genotype, get_space
     table = LatencyTable.load(args.path)
     text = open(args.genotype).read() if os.path.exists(args.genotype) else args.genotype
     try:
@@ -229,8 +223,7 @@ def _predict(args) -> int:
 
 
 def _presets(args) -> int:
-    from dartscc_fast.latency.roofline import PRESETS
-    for p in PRESETS.values():
+    for p in DEVICES.values():
         print(f"sim:{p.name}: {p.description}")
         print(f"    peak FP32 {p.peak('float32') / 1e9:.1f} GFLOP/s, FP16 {p.peak('float16') / 1e9:.1f} GFLOP/s, "
               f"bandwidth {p.bandwidth / 1e9:.1f} GB/s, overhead {p.overhead * 1e6:.0f} us per kernel")

@@ -1,5 +1,8 @@
 """Device microbenchmarks: time every op configuration of a search space, and whole networks.
 
+A simulated device (``sim:<preset>``) is not timed: :func:`simulate_table` estimates its
+table from the roofline model (:mod:`dartscc_fast.latency.roofline`).
+
 Each configuration runs as the module a derived network uses (DARTS eval
 ops: ``derived_op(primitive, C, stride)``, eval mode) on a fixed random
 input ``[batch, C, H, W]``, under ``torch.inference_mode``, in the table's
@@ -38,18 +41,22 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from dartscc_fast._extension import BUILD_INFO
+from dartscc_fast.latency._time import utc_now
 from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, space_configs, \
     torch_dtype
-from dartscc_fast.latency.table import LatencyTable, _now
+from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
+from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.primitives import derived_op
 from dartscc_fast.progress import Progress
+from dartscc_fast.space import DiscreteNetwork, Genotype
 
 
 @dataclass
@@ -234,7 +241,6 @@ class FreeOp(nn.Module):
 
 def base_genotype(space, inputs: str = "all"):
     """The edge structure of a base network: every edge ('all') or the first two per node ('top2')."""
-    from dartscc_fast.space import Genotype
     nodes = [[("skip_connect", j) for j in range(2 + i)][:(None if inputs == "all" else 2)]
              for i in range(space.steps)]
     concat = list(range(2 + space.steps - space.multiplier, space.steps + 2))
@@ -260,7 +266,6 @@ def network_input(space, batch: int, dtype="float32", device="cpu", memory_forma
 
 
 def build_network(space, genotype, dtype="float32", device="cpu", memory_format: str = "contiguous") -> nn.Module:
-    from dartscc_fast.space import DiscreteNetwork
     torch.manual_seed(0)
     net = DiscreteNetwork(space, genotype).eval().to(device=device, dtype=torch_dtype(dtype_name(dtype)))
     return in_format(net, memory_format)
@@ -370,13 +375,11 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     dtype = dtype_name(dtype)
     if str(device).startswith("sim:"):
-        from dartscc_fast.latency.roofline import simulate_table
         return simulate_table(spaces, str(device), batch, dtype, include_base)
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     d = _run_device(device)
     fmt = check_memory_format(memory_format, d)
-    from dartscc_fast._extension import BUILD_INFO
     tok = device_token(d)
     jobs = []  # (config, make the callable)
     seen = set()
@@ -423,7 +426,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
             "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(),
             "threads": n_threads if d.type == "cpu" else None,
             "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,
-            "cuda": torch.version.cuda if d.type == "cuda" else None, "date": _now(),
+            "cuda": torch.version.cuda if d.type == "cuda" else None, "date": utc_now(),
             "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock), "clock": clock,
             "load_average": load,
             "batch": batch, "dtype": dtype, "memory_format": fmt, "spaces": [s.name for s in spaces],
@@ -432,4 +435,30 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     t = LatencyTable(meta=meta)
     for key, tm in timings.items():
         t.add(key, **tm.entry())
+    return t
+
+
+def simulate_table(spaces, preset: Union[str, DevicePreset], batch: int = 64, dtype="float32",
+                   include_base: bool = True) -> LatencyTable:
+    """A latency table for a simulated device: every configuration of the given space(s), estimated."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    spaces = spaces if isinstance(spaces, (list, tuple)) else [spaces]
+    dtype = dtype_name(dtype)
+    device = "sim:" + preset.name
+    t = LatencyTable(meta={
+        "device": "sim-" + preset.name, "device_name": preset.description, "torch": None,
+        "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(), "threads": None, "date": utc_now(),
+        "method": "roofline model: sum over the primitive's kernels of max(FLOPs / peak, bytes / bandwidth) "
+                  "+ per-kernel overhead (dartscc_fast.latency.roofline)",
+        "batch": batch, "dtype": dtype, "spaces": [s.name for s in spaces],
+        "preset": asdict(preset)})
+    for space in spaces:
+        for cfg in space_configs(space, batch, dtype, device):
+            ks = kernels(cfg)
+            t.add(cfg, kernel_time_ms(ks, preset, dtype), 0.0, 0, flops=float(sum(f for _, f, _ in ks)),
+                  bytes=float(sum(b for _, _, b in ks)))
+        if include_base:
+            for inputs in BASE_INPUTS:
+                base = BaseConfig.of(space, batch, dtype, device, inputs)
+                t.add(base, estimate(base, preset, space), 0.0, 0)
     return t

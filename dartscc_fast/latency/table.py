@@ -39,7 +39,6 @@ told to. Every load error names the file and what is wrong with it.
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import math
 import os
@@ -49,6 +48,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import torch
 from torch import Tensor
 
+from dartscc_fast import _extension  # noqa: F401  (registers the compiled LatencyTable class)
+from dartscc_fast.latency import roofline
+from dartscc_fast.latency._time import utc_now
 from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, \
     edge_configs, genotype_configs, node_sums, parse_key
 from dartscc_fast.primitives import OP_TYPES
@@ -71,10 +73,6 @@ class LatencyTableError(ValueError):
 
 
 # ----------------------------------------------------------------------------- the table
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def _entry(d: Mapping, where: str) -> Dict:
     if not isinstance(d, Mapping):
         raise LatencyTableError(f"{where}: an entry must be an object with a 'median', got {type(d).__name__}")
@@ -277,14 +275,13 @@ class LatencyTable:
             spaces = list(out.meta.get("spaces", []))
             out.meta["spaces"] = spaces + [s for s in o.meta.get("spaces", []) if s not in spaces]
         out.meta["merged_from"] = sources
-        out.meta["merged"] = _now()
+        out.meta["merged"] = utc_now()
         return out
 
     # -- lookups -------------------------------------------------------------------
     def compiled(self):
         """The table as a ``torch.classes.dartscc_fast.LatencyTable`` (C++ hash map), cached."""
         if self._compiled is None:
-            from dartscc_fast import _extension  # noqa: F401  (registers the class)
             t = torch.classes.dartscc_fast.LatencyTable()
             keys = list(self.entries)
             t.insert_many(keys, [self.entries[k]["median"] for k in keys])
@@ -300,7 +297,6 @@ class LatencyTable:
                 f"Measure the missing ones (`dartscc-fast profile`) or pass fallback='roofline' to estimate them")
 
     def _fallback_estimates(self, missing: Sequence[str], fallback) -> Dict[str, float]:
-        from dartscc_fast.latency import roofline
         if callable(fallback):
             est = {k: float(fallback(parse_key(k))) for k in missing}
             how = "the given fallback function"

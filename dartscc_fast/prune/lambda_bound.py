@@ -48,6 +48,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from dartscc_fast.prune.edges import gamma_key
+
 __all__ = ["label_entropy", "theorem1_lambda", "explore_gammas", "evaluate_gammas", "LambdaEstimate",
            "estimate_lambda"]
 
@@ -149,7 +151,6 @@ class LambdaEstimate:
 def estimate_lambda(losses: Sequence[float], gammas: Tensor, l_inf: float, t: Union[Tensor, Sequence[float]],
                     accs: Optional[Sequence[float]] = None) -> LambdaEstimate:
     """Lambda from the explored gammas' validation losses (valid: loss < ``l_inf``)."""
-    from dartscc_fast.prune.edges import gamma_key
     keys = [gamma_key(g) for g in gammas]
     explored = [{"gamma": k, "loss": float(l), **({"acc": float(accs[i])} if accs is not None else {}),
                  "valid": bool(l < l_inf)} for i, (k, l) in enumerate(zip(keys, losses))]
