@@ -73,6 +73,7 @@ _SEARCH_CHECKS = {
     "tau_end": POSITIVE, "lr_w": POSITIVE, "lr_w_min": NON_NEGATIVE, "wd_w": NON_NEGATIVE,
     "momentum": Float(0, 1, hi_open=True), "lr_a": POSITIVE, "wd_a": NON_NEGATIVE, "grad_clip": POSITIVE,
     "seed": NON_NEGATIVE_INT, "checkpoint_every": Int(1, optional=True, none="at the ends of epochs only"),
+    "kappa_max": POSITIVE, "strength_curve": POSITIVE, "strength_knots": Int(2),
 }
 
 
@@ -146,8 +147,6 @@ class SearchConfig:
             self.get_space()
         except TypeError as e:
             raise ValueError(f"SearchConfig.space_overrides {self.space_overrides!r}: {e}") from None
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise ValueError(f"temperatures must be > 0, got {self.tau_start} -> {self.tau_end}")
         for name, allowed in (("tau_schedule", ("linear", "exp")), ("protocol", ("single", "bilevel")),
                               ("optimizer", ("adam", "sgd")), ("log", ("csv", "tensorboard", "none")),
                               ("normalise", NORMALISATIONS)):
@@ -156,22 +155,10 @@ class SearchConfig:
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         check_fractions(self.split, "split")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not 0.0 <= self.stride_balance <= 1.0:
-            raise ValueError(f"stride_balance must be in [0, 1], got {self.stride_balance}")
-        if not (math.isfinite(self.kappa) and self.kappa >= 0):
-            raise ValueError(f"kappa must be finite and >= 0, got {self.kappa}")
         if self.strength:
-            if not (math.isfinite(self.kappa_max) and self.kappa_max > 0):
-                raise ValueError(f"kappa_max must be finite and > 0, got {self.kappa_max}")
             if self.kappa > self.kappa_max:
                 raise ValueError(f"kappa ({self.kappa:g}) is the profiles' trade-off on the strength axis and must "
                                  f"not exceed kappa_max ({self.kappa_max:g})")
-            if not (math.isfinite(self.strength_curve) and self.strength_curve > 0):
-                raise ValueError(f"strength_curve must be finite and > 0, got {self.strength_curve}")
-            if self.strength_knots < 2:
-                raise ValueError(f"strength_knots must be >= 2, got {self.strength_knots}")
             if self.hypernet == "constant":
                 raise ValueError("the strength axis needs an S-dependent hypernetwork; hypernet='constant' "
                                  "(the DARTS / FBNet baselines) needs strength=False")
