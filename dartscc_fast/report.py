@@ -89,9 +89,11 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
     derived = {name: derive(result, name, label=name) for name in PROFILES}
     grid = [(derive(result, S), S) for S in simplex_grid(grid_steps)]
     family = _strength_family(result, grid_steps)
-    for d in list(derived.values()) + [d for d, _ in grid] + family:
-        _annotate(result, d)
     tables = {name: table_only(result, name, label=f"table-only {name}") for name in PROFILES}
+    # one table-only architecture per S: the family repeats the grid's S at every strength level
+    by_S = {tuple(t.S): t for t in tables.values()}
+    for d in list(derived.values()) + [d for d, _ in grid] + family:
+        _annotate(result, d, by_S)
     base_derived: Dict[str, List] = {"darts": [], "fbnet": []}
     searches = {"hypernet": 1}
     for kind in ("darts", "fbnet"):
@@ -220,10 +222,13 @@ def _strength_family(result, grid_steps: int) -> List[Derived]:
             for S in simplex_grid(grid_steps)]
 
 
-def _annotate(result, d: Derived) -> None:
+def _annotate(result, d: Derived, by_S: Dict[tuple, Derived]) -> None:
     """Add what tells a search's pick from the table's: the edges it changes against the table-only
-    architecture of its S, and its ops by type on the stride-1 rows (where skip connections cost nothing)."""
-    t = table_only(result, d.S)
+    architecture of its S (taken from, or added to, ``by_S``), and its ops by type on the stride-1 rows
+    (where skip connections cost nothing)."""
+    t = by_S.get(tuple(d.S))
+    if t is None:
+        t = by_S[tuple(d.S)] = table_only(result, d.S)
     d.extra["table_only_edges_changed"] = edges_changed(result.space, d.genotype, t.genotype)
     d.extra["table_only_predicted_ms"] = t.predicted_ms
     d.extra["stride1_ops"] = stride1_ops(result.space, d.genotype)
