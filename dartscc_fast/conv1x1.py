@@ -2,12 +2,11 @@
 
 A 1x1 convolution of an NCHW tensor is, per sample, ``W [Co, Ci] @ x_n [Ci, HW]``.
 oneDNN runs its forward well, but its backward for NCHW tensors converts
-layouts and, at some shapes, picks a slow path: at batch 64, 2 threads on a
-2-core AMD EPYC, the input gradient of the 64 -> 32 channel 28x28 convolution
-(the fmnist-paper reduction cell's preprocessing) took 21.8 ms, against 4.1 ms
-for ``W^T @ g_n`` as one batched product; the weight gradients took 1.4-1.8x
-as long as ``sum_n g_n @ x_n^T`` at every shape of the search (64/48 -> 32
-channels 28x28, 128 -> 64 14x14, 64 -> 64 7x7).
+layouts and, at some shapes of the search (the reduction cells' 64 -> 32
+channel 28x28 preprocessing most), is several times slower than ``W^T @ g_n``
+as one batched product, and its weight gradients slower than
+``sum_n g_n @ x_n^T``; the benchmark is ``bench/bench_conv1x1.py``, its
+figures in ``docs/benchmarks.md``.
 
 :class:`Conv1x1` is an ``nn.Conv2d`` (same parameters and state_dict) whose
 forward keeps ``F.conv2d`` and whose backward is those products, where it

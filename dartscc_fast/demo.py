@@ -42,13 +42,8 @@ class DemoConfig:
     split: tuple = (0.35, 0.075, 0.575)
     epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
     warmup_epochs: int = 1             # of which the weights train alone on uniform architectures
-    # The latency term: each operation type's columns of L normalised by that type's uniform architecture,
-    # then pooling and convolution drawn half-way (in log ratio) to one price on each stride's edges
-    # ('type-stride', stride_balance 0.5), kappa 5, S drawn per sample (DARTS-CC). Chosen by searches on four
-    # tables of a 2-core Xeon, seeds 0-3 (docs/runs/demo_runs.md): with 'type' alone, the uniform S priced a
-    # stride-2 convolution above a pool by more than most edges' cross-entropy favoured it, and A came out
-    # equal to B in about 1 search of 4; with the prices made equal (balance 1), A came out equal to C in 1 of
-    # 8; with 0.5, A fell between B and C in all 16 searches at kappa 5, and in 4 of 4 at kappa 4 and 6.
+    # The latency term: 'type-stride' normalisation (balance 0.5), the strength axis, S per sample (DARTS-CC);
+    # why each, and the searches behind them: docs/design.md
     kappa: float = SearchConfig.kappa          # the profiles' trade-off on the strength axis
     kappa_max: float = SearchConfig.kappa_max  # the strength axis's strongest latency weight
     strength: bool = True                      # False: one fixed kappa, as the seeds (docs/design.md)
