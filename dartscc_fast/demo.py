@@ -41,7 +41,7 @@ class DemoConfig:
     # 0.95 points at 70 %, against 2.6 on a 300-image test part). All 6,226 (4,514 test) took 827 s in all.
     split: tuple = (0.35, 0.075, 0.575)
     epochs: int = 4                    # every search: hypernetwork, DARTS, each FBNet kappa
-    warmup_epochs: int = 1             # of which the weights train alone on uniform architectures
+    warmup_epochs: Optional[int] = None  # of which the weights train alone on uniform architectures (None: half)
     # The latency term: 'type-stride' normalisation (balance 0.5), the strength axis, S per sample (DARTS-CC);
     # why each, and the searches behind them: docs/design.md
     kappa: float = SearchConfig.kappa          # the profiles' trade-off on the strength axis
@@ -185,7 +185,7 @@ def register(sub) -> None:
     p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of the images in the seeded train / validation / test split")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=int, default=None, help="default: half the epochs")
     p.add_argument("--kappa", type=float, default=d.kappa,
                    help="the profiles' trade-off (with --no-strength: the one weight searched with)")
     p.add_argument("--kappa-max", type=float, default=d.kappa_max, help="the strength axis's strongest weight")

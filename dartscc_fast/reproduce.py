@@ -35,7 +35,7 @@ class ReproduceConfig:
     limit: Optional[int] = None        # all 6,226 shipped images
     split: tuple = (0.6, 0.1, 0.3)     # 3,735 train / 622 validation / 1,869 test images
     epochs: int = 5                    # every search (the seeds' 20 do not fit: docs/results.md)
-    warmup_epochs: int = 1
+    warmup_epochs: Optional[int] = None  # None: half the epochs (SearchConfig)
     retrain_epochs: int = 3
     fbnet_kappas: tuple = (0.5, 2.0)
     darts: bool = True
@@ -273,7 +273,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="images of the shipped set to use (0: all)")
     p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every search")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=int, default=None, help="default: half the epochs")
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
     p.add_argument("--fbnet-kappas", type=float, nargs="*", default=list(d.fbnet_kappas))
     p.add_argument("--no-darts", action="store_true")

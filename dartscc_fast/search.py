@@ -67,13 +67,13 @@ TABLE_BATCH = 64
 # ------------------------------------------------------------------------ configuration
 #: The numeric fields' ranges, checked first when a SearchConfig is made (the CLI's types use the same).
 _SEARCH_CHECKS = {
-    "limit": Int(1, optional=True, none="every image"), "epochs": POSITIVE_INT, "warmup_epochs": NON_NEGATIVE_INT,
+    "limit": Int(1, optional=True, none="every image"), "epochs": POSITIVE_INT, "warmup_epochs": Int(0, optional=True, none="half the epochs"),
     "batch_size": POSITIVE_INT, "max_steps_per_epoch": STEPS, "hidden": POSITIVE_INT, "knots": Int(2),
     "prior_scale": NON_NEGATIVE, "kappa": NON_NEGATIVE, "stride_balance": FRACTION, "tau_start": POSITIVE,
     "tau_end": POSITIVE, "lr_w": POSITIVE, "lr_w_min": NON_NEGATIVE, "wd_w": NON_NEGATIVE,
     "momentum": Float(0, 1, hi_open=True), "lr_a": POSITIVE, "wd_a": NON_NEGATIVE, "grad_clip": POSITIVE,
     "seed": NON_NEGATIVE_INT, "checkpoint_every": Int(1, optional=True, none="at the ends of epochs only"),
-    "kappa_max": POSITIVE, "strength_curve": POSITIVE, "strength_knots": Int(2),
+    "kappa_max": POSITIVE, "strength_curve": POSITIVE, "strength_knots": Int(2), "strength_zero_share": FRACTION,
 }
 
 
@@ -87,7 +87,8 @@ class SearchConfig:
     limit: Optional[int] = None        # use only the first `limit` images (tiny runs, CI)
     split: Tuple[float, float, float] = (0.7, 0.15, 0.15)   # train / validation / test fractions (seeded)
     epochs: int = 4                    # in all, warm-up included
-    warmup_epochs: int = 1             # first train w alone on uniformly drawn architectures (FBNet, ProxylessNAS)
+    # first train w alone on uniformly drawn architectures (FBNet, ProxylessNAS); None: epochs // 2
+    warmup_epochs: Optional[int] = None
     batch_size: int = 64               # per process
     max_steps_per_epoch: Optional[int] = None
 
@@ -105,6 +106,9 @@ class SearchConfig:
     kappa_max: float = 20.0
     strength_curve: float = STRENGTH_CURVE
     strength_knots: int = 5
+    # the share of draws at t = 0 exactly (the cross-entropy alone), the rest uniform on [0, 1]: the accurate
+    # end's knot and the convolutions' weights then train as often as a DARTS search's would (docs/design.md)
+    strength_zero_share: float = 0.25
     # with the strength axis: the default trade-off that derive, report and the profiles A, B, C take
     # (any kappa in [0, kappa_max] can be asked for afterwards); without it: the one weight searched with
     kappa: float = 2.0
@@ -152,6 +156,8 @@ class SearchConfig:
                               ("normalise", NORMALISATIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SearchConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.warmup_epochs is None:
+            self.warmup_epochs = default_warmup(self.epochs)
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         check_fractions(self.split, "split")
@@ -174,6 +180,7 @@ class SearchConfig:
         d = {k: v for k, v in d.items() if k in names}
         # a search saved before the strength axis existed searched one fixed kappa
         d.setdefault("strength", False)
+        d.setdefault("strength_zero_share", 0.0)  # before it existed, t was uniform
         if d.get("max_steps_per_epoch") == 0:  # before the options were checked, 0 meant no cap
             d["max_steps_per_epoch"] = None
         if "split" in d:
@@ -195,6 +202,12 @@ class SearchConfig:
     def t_at(self, kappa: float) -> float:
         """The strength t whose latency weight is kappa."""
         return t_of_kappa(kappa, self.kappa_max, self.strength_curve)
+
+
+def default_warmup(epochs: int) -> int:
+    """The weight warm-up a search of ``epochs`` gets by default: half of them, at least one left to search
+    (docs/design.md: the screen behind it)."""
+    return max(0, min(epochs // 2, epochs - 1))
 
 
 def temperature(cfg: SearchConfig, step: int, total: int) -> float:
@@ -620,7 +633,11 @@ def _search_locked(cfg: SearchConfig, resume: bool, stop_after_epochs: Optional[
         # the strength, drawn like S: once per batch, or per sample
         if not cfg.strength:
             return None
-        return torch.rand((n,) if cfg.per_sample else (), generator=gen)
+        shape = (n,) if cfg.per_sample else ()
+        t = torch.rand(shape, generator=gen)
+        if cfg.strength_zero_share > 0:
+            t = torch.where(torch.rand(shape, generator=gen) < cfg.strength_zero_share, torch.zeros_like(t), t)
+        return t
 
     def loss_on(x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
         S = draw_S(gen, x.shape[0])
@@ -810,8 +827,8 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--split", type=arg(FRACTION), nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of the images in the seeded train / validation / test split")
     p.add_argument("--epochs", type=arg(POSITIVE_INT), default=d.epochs, help="in all, warm-up included")
-    p.add_argument("--warmup-epochs", type=arg(NON_NEGATIVE_INT), default=d.warmup_epochs,
-                   help="train the weights alone first, on uniformly drawn architectures")
+    p.add_argument("--warmup-epochs", type=arg(NON_NEGATIVE_INT), default=None,
+                   help="train the weights alone first, on uniformly drawn architectures (default: half the epochs)")
     p.add_argument("--batch-size", type=arg(POSITIVE_INT), default=d.batch_size, help="per process")
     p.add_argument("--max-steps-per-epoch", type=arg(STEPS), default=d.max_steps_per_epoch,
                    help="cap the steps of each epoch (default: no cap)")
@@ -827,6 +844,8 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
                    help="the strength axis's strongest latency weight (t = 1)")
     p.add_argument("--strength-knots", type=int, default=d.strength_knots,
                    help="hypernetworks interpolated along the strength axis")
+    p.add_argument("--strength-zero-share", type=arg(FRACTION), default=d.strength_zero_share,
+                   help="share of the strength draws at t = 0 exactly (no latency term); the rest uniform")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
@@ -859,6 +878,7 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
         max_steps_per_epoch=args.max_steps_per_epoch, hypernet=args.hypernet, per_sample=args.per_sample,
         fixed_S=args.fixed_S, kappa=args.kappa, strength=not args.no_strength and args.hypernet != "constant",
         kappa_max=args.kappa_max, strength_knots=args.strength_knots,
+        strength_zero_share=args.strength_zero_share,
         latency_table=args.latency_table, normalise=args.normalise,
         stride_balance=args.stride_balance,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],
