@@ -55,7 +55,7 @@ from dartscc_fast.validate import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSI
     Int, arg, check_fields, first_nonfinite
 
 __all__ = ["SearchConfig", "SearchModel", "SearchResult", "NonFiniteError", "latency_term", "run_search",
-           "load_search", "spawn_ddp", "temperature"]
+           "load_search", "spawn_ddp", "temperature", "draw_strength", "default_warmup"]
 
 CHECKPOINT = "checkpoint.pt"
 #: What every search checkpoint holds, those of older versions included.
@@ -208,6 +208,18 @@ def default_warmup(epochs: int) -> int:
     """The weight warm-up a search of ``epochs`` gets by default: half of them, at least one left to search
     (docs/design.md: the screen behind it)."""
     return max(0, min(epochs // 2, epochs - 1))
+
+
+def draw_strength(cfg: SearchConfig, gen: torch.Generator, n: int) -> Optional[Tensor]:
+    """The strengths t of one step, drawn like S (once per batch, or ``[n]`` per sample): 0 with probability
+    ``strength_zero_share``, else uniform on [0, 1]; None for a search without the strength axis."""
+    if not cfg.strength:
+        return None
+    shape = (n,) if cfg.per_sample else ()
+    t = torch.rand(shape, generator=gen)
+    if cfg.strength_zero_share > 0:
+        t = torch.where(torch.rand(shape, generator=gen) < cfg.strength_zero_share, torch.zeros_like(t), t)
+    return t
 
 
 def temperature(cfg: SearchConfig, step: int, total: int) -> float:
@@ -629,19 +641,9 @@ def _search_locked(cfg: SearchConfig, resume: bool, stop_after_epochs: Optional[
             return fixed_S if not cfg.per_sample else fixed_S.expand(n, -1)
         return sample_S(len(OP_TYPES), n if cfg.per_sample else None, gen)
 
-    def draw_t(gen: torch.Generator, n: int) -> Optional[Tensor]:
-        # the strength, drawn like S: once per batch, or per sample
-        if not cfg.strength:
-            return None
-        shape = (n,) if cfg.per_sample else ()
-        t = torch.rand(shape, generator=gen)
-        if cfg.strength_zero_share > 0:
-            t = torch.where(torch.rand(shape, generator=gen) < cfg.strength_zero_share, torch.zeros_like(t), t)
-        return t
-
     def loss_on(x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
         S = draw_S(gen, x.shape[0])
-        t = draw_t(gen, x.shape[0])
+        t = draw_strength(cfg, gen, x.shape[0])
         seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
         logits, gamma, alpha = ddp(x, S, tau, cfg.hard, seeds, warm, t)
         ce = F.cross_entropy(logits, y)

@@ -10,7 +10,7 @@ from dartscc_fast import cli
 from dartscc_fast.derive import derive, edges_changed, table_only, table_only_alphas
 from dartscc_fast.hypernet import StrengthHypernet, hypernet_from_config, kappa_of_t, t_of_kappa
 from dartscc_fast.reproduce import ReproduceConfig, aggregate, mean_sd, run_reproduce
-from dartscc_fast.search import SearchConfig, load_search, run_search
+from dartscc_fast.search import SearchConfig, default_warmup, draw_strength, load_search, run_search
 from dartscc_fast.space import SearchSpace, derive_genotype
 
 TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, warmup_epochs=0, batch_size=16,
@@ -94,15 +94,41 @@ def test_old_checkpoint_without_the_axis_loads(tmp_path):
     cfg = dataclasses.replace(TINY, strength=False, kappa=5.0, out_dir=str(tmp_path))
     path = run_search(cfg)
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    for name in ("strength", "kappa_max", "strength_curve", "strength_knots"):
+    for name in ("strength", "kappa_max", "strength_curve", "strength_knots", "strength_zero_share"):
         ck["config"].pop(name)  # as saved before the axis existed
     ck.pop("integrity")  # and without the hash that checkpoints carry now (an edited file fails it)
     torch.save(ck, path)
     r = load_search(tmp_path)
-    assert not r.has_strength and r.config.kappa == 5.0
+    assert not r.has_strength and r.config.kappa == 5.0 and r.config.strength_zero_share == 0.0
     assert derive(r, "B").extra["kappa"] == 5.0
     with pytest.raises(ValueError, match="no strength axis"):
         derive(r, "B", kappa=1.0)
+
+
+def test_strength_draws_put_their_share_at_zero_and_the_rest_uniform():
+    gen = torch.Generator().manual_seed(0)
+    cfg = dataclasses.replace(TINY, per_sample=True, strength_zero_share=0.25)
+    t = draw_strength(cfg, gen, 20000)
+    assert t.shape == (20000,) and bool(((t >= 0) & (t <= 1)).all())
+    assert abs(float((t == 0).float().mean()) - 0.25) < 0.015
+    rest = t[t > 0]
+    assert abs(float(rest.mean()) - 0.5) < 0.01 and abs(float((rest < 0.5).float().mean()) - 0.5) < 0.015
+    # the same generator state gives the same draws; share 0 leaves plain uniform draws
+    again = draw_strength(cfg, torch.Generator().manual_seed(0), 20000)
+    torch.testing.assert_close(t, again, rtol=0, atol=0)
+    plain = draw_strength(dataclasses.replace(cfg, strength_zero_share=0.0), torch.Generator().manual_seed(0), 4)
+    torch.testing.assert_close(plain, torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    assert draw_strength(dataclasses.replace(cfg, per_sample=False), gen, 8).shape == ()
+    assert draw_strength(dataclasses.replace(cfg, strength=False, hypernet="pwl"), gen, 8) is None
+    with pytest.raises(ValueError, match="strength_zero_share"):
+        dataclasses.replace(cfg, strength_zero_share=1.5)
+
+
+def test_default_warmup_is_half_the_epochs_and_leaves_one_to_search():
+    assert [default_warmup(e) for e in (1, 2, 3, 4, 5, 20)] == [0, 1, 1, 2, 2, 10]
+    assert SearchConfig(epochs=5).warmup_epochs == 2 and SearchConfig(epochs=1).warmup_epochs == 0
+    cfg = SearchConfig(epochs=6)
+    assert SearchConfig.from_dict(cfg.to_dict()).warmup_epochs == 3  # stored resolved: a resume compares ints
 
 
 def test_table_only_of_a_search_uses_its_normalised_latency(tmp_path):
