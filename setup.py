@@ -11,9 +11,8 @@ import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,6 +82,6 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"plot": ["matplotlib"], "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"]},
     entry_points={"console_scripts": ["dartscc-fast=dartscc_fast.cli:main"]},
 )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dartscc_fast.batch_norm import use_fast_batch_norm
+from dartscc_fast.nn.batch_norm import use_fast_batch_norm
 
 SHAPES = [(64, 16, 28, 28), (64, 16, 32, 32), (64, 32, 14, 14), (64, 64, 7, 7)]
 

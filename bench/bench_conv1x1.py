@@ -1,6 +1,6 @@
 """The 1x1 convolutions of a DARTS search network, forward+backward at batch 64 (NCHW, the search's
 layout): eager ``nn.Conv2d`` (oneDNN; what quark0/darts runs), torch.compile of it, ours
-(:class:`dartscc_fast.conv1x1.Conv1x1`: the same forward, the backward as two batched matrix products).
+(:class:`dartscc_fast.nn.conv1x1.Conv1x1`: the same forward, the backward as two batched matrix products).
 
 Shapes: the fmnist-paper cells' preprocessing (48 -> 16 and 48/64 -> 32 channels at 28x28, 128 -> 64 at
 14x14). Run: pytest bench/bench_conv1x1.py --benchmark-columns=median,iqr -q
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dartscc_fast.conv1x1 import use_conv1x1
+from dartscc_fast.nn.conv1x1 import use_conv1x1
 
 SHAPES = [(48, 16, 28), (48, 32, 28), (64, 32, 28), (128, 64, 14)]
 

@@ -9,7 +9,7 @@ Run: pytest bench/bench_factorized_reduce.py -q
 import pytest
 import torch
 
-from dartscc_fast.primitives import FactorizedReduce, SubsampledFactorizedReduce
+from dartscc_fast.nn.primitives import FactorizedReduce, SubsampledFactorizedReduce
 
 N = 64
 

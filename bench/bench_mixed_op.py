@@ -13,7 +13,7 @@ import torch
 
 import dartscc_fast
 from dartscc_fast import reference
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES
+from dartscc_fast.nn.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES
 
 N, C = 64, 16
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from dartscc_fast import ops, reference
-from dartscc_fast.hypernet import build_hypernet, sample_S
 from dartscc_fast.latency import latency_reg, normalise, simulate_table
+from dartscc_fast.search.hypernet import build_hypernet, sample_S
 from dartscc_fast.space import get_space
 
 N = 64

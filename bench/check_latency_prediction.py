@@ -27,18 +27,7 @@ time instead (use it on an idle machine, and with more threads).
     python bench/check_latency_prediction.py                 # 30 archs, batch 64, 1 thread
     python bench/check_latency_prediction.py --threads 2 --clock wall --n 40 --rounds 4
 
-Measured while writing it (2-core AMD EPYC VM shared with builds and tests,
-load average 3-6; torch 2.13.0+cpu; fmnist-paper, 30 architectures, batch 64,
-1 thread):
-
-    table measured here, thread clock:            tau 0.917  MAPE 5.2%  (1.9% with c)
-    table from `dartscc-fast profile --threads 1 --clock thread`:
-                                                  tau 0.894  MAPE 4.8%  (1.4% with c)
-    table measured here, wall clock:              tau 0.770  MAPE 13.8% (4.5% with c)
-
-The per-op sum alone misses the network's fixed part (~20-30%); with the
-measured base the remaining miss is a per-network constant c of about +14 ms
-(~5%: the ops run a little slower inside a network than alone).
+The figures it gave, and what they say: docs/latency.md, "Is the prediction right?".
 """
 from __future__ import annotations
 
@@ -52,10 +41,19 @@ import numpy as np
 import torch
 
 from dartscc_fast.latency import LatencyTable
-from dartscc_fast.latency.measure import Timing, build_base_network, build_network, build_op, device_name, in_format, \
-    network_input, num_threads, time_callable
-from dartscc_fast.latency.keys import BaseConfig, space_configs
 from dartscc_fast.latency._time import utc_now
+from dartscc_fast.latency.keys import BaseConfig, space_configs
+from dartscc_fast.latency.measure import (
+    Timing,
+    build_base_network,
+    build_network,
+    build_op,
+    device_name,
+    in_format,
+    network_input,
+    num_threads,
+    time_callable,
+)
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import get_space, random_genotype
 
@@ -172,7 +170,8 @@ def main(argv=None) -> int:
     c = float(np.median(meas - (s + base)))
 
     print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
-          f"batch {args.batch}, {dtype}, {fmt}, CPU {device_name(dev)}, torch {torch.__version__}, {threads} thread(s), "
+          f"batch {args.batch}, {dtype}, {fmt}, CPU {device_name(dev)}, torch {torch.__version__}, "
+          f"{threads} thread(s), "
           f"{clock} clock, {args.rounds} rounds x {args.runs} runs per network, {elapsed:.0f} s, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms (median IQR/median "

@@ -19,11 +19,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dartscc_fast.datasets import make_loaders
-from dartscc_fast.derive import derive
-from dartscc_fast.evaluate import genotype_weights
-from dartscc_fast.hypernet import simplex_grid
+from dartscc_fast.data.datasets import make_loaders
+from dartscc_fast.evaluation.derive import derive
+from dartscc_fast.evaluation.evaluate import genotype_weights
 from dartscc_fast.search import SearchConfig, latency_term, load_search, run_search
+from dartscc_fast.search.hypernet import simplex_grid
 
 
 @torch.no_grad()

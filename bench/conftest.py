@@ -24,9 +24,9 @@ def pytest_configure(config):
     if os.getenv("DARTSCC_BENCH_THREADS"):
         torch.set_num_threads(int(os.environ["DARTSCC_BENCH_THREADS"]))
     # Freed activations stay in the heap instead of being page-faulted back every
-    # step, for every implementation alike (dartscc_fast/allocator.py);
+    # step, for every implementation alike (dartscc_fast/cli/allocator.py);
     # DARTSCC_BENCH_MALLOC=0 measures under glibc's defaults.
-    from dartscc_fast.allocator import keep_freed_memory, tuning_enabled
+    from dartscc_fast.cli.allocator import keep_freed_memory, tuning_enabled
     _SETTINGS["malloc"] = "kept freed memory" if tuning_enabled("DARTSCC_BENCH_MALLOC") and keep_freed_memory() \
         else "glibc defaults"
 

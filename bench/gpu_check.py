@@ -80,7 +80,8 @@ def gate(args) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-check-cache-") as cache:
         os.environ["XDG_CACHE_HOME"] = cache
         os.environ.pop("DARTSCC_CUDA_KERNELS", None)
-        from dartscc_fast import cuda_gate, ops
+        from dartscc_fast import ops
+        from dartscc_fast.ops import cuda_gate
         device = torch.device(args.device)
         if device.type not in cuda_gate.GATED_DEVICE_TYPES:
             cuda_gate.GATED_DEVICE_TYPES = cuda_gate.GATED_DEVICE_TYPES + (device.type,)  # the CPU tests' way in

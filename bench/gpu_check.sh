@@ -116,9 +116,9 @@ note "cores: $JOBS (MAX_JOBS=$JOBS); time budget: ${BUDGET} s"
 # ------------------------------------------------------------------------------------ the steps
 BUILD_CMD="FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST='$ARCH' MAX_JOBS=$JOBS${CUDA_DIR:+ CUDA_HOME='$CUDA_DIR'}"
 BUILD_CMD+=" $PY setup.py build_ext --inplace"
-CUDA_TESTS="tests/test_mixed_sum.py tests/test_gumbel_softmax.py tests/test_hard_mixed_sum.py"
-CUDA_TESTS+=" tests/test_mixed_op_free.py tests/test_latency_reg.py tests/test_selftest.py"
-CUDA_TESTS+=" tests/test_cuda_gate.py::test_cuda_first_use_runs_the_selftest_in_a_child_and_uses_the_kernels"
+CUDA_TESTS="tests/ops/test_mixed_sum.py tests/ops/test_gumbel_softmax.py tests/ops/test_hard_mixed_sum.py"
+CUDA_TESTS+=" tests/ops/test_mixed_op_free.py tests/ops/test_latency_reg.py tests/ops/test_selftest.py"
+CUDA_TESTS+=" tests/ops/test_cuda_gate.py::test_cuda_first_use_runs_the_selftest_in_a_child_and_uses_the_kernels"
 STEPS=(
   "build|300|$BUILD_CMD"
   "extension|30|$PY -c 'import dartscc_fast as d; print(d.BUILD_INFO); assert d.BUILD_INFO[\"cuda\"], \"no CUDA\"'"

@@ -16,23 +16,19 @@ Prints a Markdown table (docs/design.md keeps one) and writes JSON.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-from pathlib import Path
 
-import torch
+from calibrate_kappa import common_arguments, profiles_at, tables_and_seeds  # this folder is on the path as a script
 
-from dartscc_fast.derive import derive, derive_from_alphas
-from calibrate_kappa import profiles_at  # this folder is on the path when run as a script
-from dartscc_fast.evaluate import UNIFORM_S, baseline_config, inherited_accuracy
-from dartscc_fast.hypernet import simplex_grid
-from dartscc_fast.latency import profile_space
-from dartscc_fast.report import stride1_ops
+from dartscc_fast.evaluation.derive import derive, derive_from_alphas
+from dartscc_fast.evaluation.evaluate import UNIFORM_S, baseline_config, inherited_accuracy
+from dartscc_fast.evaluation.report import stride1_ops
 from dartscc_fast.search import SearchConfig, load_search, run_search
-from dartscc_fast.space import get_space
+from dartscc_fast.search.hypernet import simplex_grid
 
-#: name -> SearchConfig fields changed from the default strength-axis search
+#: name -> SearchConfig fields changed from the base: the strength-axis search before the screen (uniform
+#: strength draws, one warm-up epoch)
 VARIANTS = {
     "base": {},
     "zero25": {"strength_zero_share": 0.25},
@@ -49,42 +45,29 @@ def accurate_end(r, grid: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-out/screen")
-    p.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="table thread counts")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p = common_arguments(__doc__.split("\n\n")[0], "bench-out/screen")
     p.add_argument("--variants", nargs="+", default=["base", "zero25", "warm2"], choices=sorted(VARIANTS))
-    p.add_argument("--limit", type=int, default=4000)
-    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--grid", type=int, default=4)
     args = p.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    space = get_space("fmnist-paper")
     rows = []
-    for threads in args.threads:
-        table = out / f"table-{threads}threads.json"
-        if not table.is_file():
-            profile_space(space, "cpu", batch=64, threads=threads, max_seconds=0.15, min_runs=5).save(str(table))
-        torch.set_num_threads(2)
-        for seed in args.seeds:
-            base = SearchConfig(limit=args.limit, split=(0.35, 0.075, 0.575), epochs=args.epochs, warmup_epochs=1,
-                                per_sample=True, seed=seed, latency_table=str(table), progress=False,
-                                out_dir=str(out / f"base-t{threads}-s{seed}"))
-            loaders = base.loaders()
-            darts = load_search(run_search(baseline_config(base, "darts", out_dir=str(out / f"darts-t{threads}-s{seed}")),
-                                           resume=True, loaders=loaders))
-            an, ar = darts.alphas(UNIFORM_S)
-            darts_ms = derive_from_alphas(space, an, ar, UNIFORM_S, darts.table).predicted_ms
-            for name in args.variants:
-                cfg = dataclasses.replace(base, out_dir=str(out / f"{name}-t{threads}-s{seed}"), **VARIANTS[name])
-                r = load_search(run_search(cfg, resume=True, loaders=loaders))
-                end = accurate_end(r, args.grid)
-                val = inherited_accuracy(r.supernet, space, end["uniform"].genotype, loaders.val)
-                rows.append({"threads": threads, "seed": seed, "variant": name, "darts_ms": darts_ms,
-                             "end_ms": end["ms_max"], "s1_conv_max": end["s1_conv_max"], "val_acc0": val,
-                             **profiles_at(r, None, space)})
-                (out / "screen.json").write_text(json.dumps(rows, indent=1) + "\n")
+    for out, space, threads, table, seed in tables_and_seeds(args):
+        base = SearchConfig(limit=args.limit, split=(0.35, 0.075, 0.575), epochs=args.epochs, warmup_epochs=1,
+                            per_sample=True, seed=seed, latency_table=str(table), progress=False,
+                            strength_zero_share=0.0, out_dir=str(out / f"base-t{threads}-s{seed}"))
+        loaders = base.loaders()
+        dc = baseline_config(base, "darts", out_dir=str(out / f"darts-t{threads}-s{seed}"))
+        darts = load_search(run_search(dc, resume=True, loaders=loaders))
+        an, ar = darts.alphas(UNIFORM_S)
+        darts_ms = derive_from_alphas(space, an, ar, UNIFORM_S, darts.table).predicted_ms
+        for name in args.variants:
+            cfg = dataclasses.replace(base, out_dir=str(out / f"{name}-t{threads}-s{seed}"), **VARIANTS[name])
+            r = load_search(run_search(cfg, resume=True, loaders=loaders))
+            end = accurate_end(r, args.grid)
+            val = inherited_accuracy(r.supernet, space, end["uniform"].genotype, loaders.val)
+            rows.append({"threads": threads, "seed": seed, "variant": name, "darts_ms": darts_ms,
+                         "end_ms": end["ms_max"], "s1_conv_max": end["s1_conv_max"], "val_acc0": val,
+                         **profiles_at(r, None, space)})
+            (out / "screen.json").write_text(json.dumps(rows, indent=1) + "\n")
     print("| table threads | seed | variant | kappa-0 stride-1 conv (most) | kappa-0 dearest / DARTS ms "
           "| val acc, kappa 0 uniform S | edges vs table A/B/C | claim |")
     print("| --- " * 8 + "|")

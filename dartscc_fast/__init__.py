@@ -3,15 +3,24 @@
 Import order matters: ``_extension`` loads the compiled ops, ``ops`` gives them
 fake kernels and autograd, and the modules above use ``ops``.
 """
-from dartscc_fast._extension import BUILD_INFO
 from dartscc_fast import ops
-from dartscc_fast.ops import gumbel_softmax, hard_mixed_sum, mixed_op_free, mixed_sum, relu_dw_pw_conv
-from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing, replace_mixed_ops
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
+from dartscc_fast._extension import BUILD_INFO
 from dartscc_fast.latency import LatencyTable, OpConfig, latency_reg, normalise, profile_space
-from dartscc_fast import selftest  # a callable module: dartscc_fast.selftest(device="cpu", quick=False)
+from dartscc_fast.nn.mixed_op import MixedOp, fuse_preprocessing, replace_mixed_ops
+from dartscc_fast.nn.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, op_type
+from dartscc_fast.ops import (
+    gumbel_softmax,
+    hard_mixed_sum,
+    mixed_op_free,
+    mixed_sum,
+    relu_dw_pw_conv,
+    selftest,  # a callable module: dartscc_fast.selftest(device="cpu", quick=False)
+)
 
 __version__ = BUILD_INFO["version"]
+__all__ = ["BUILD_INFO", "ops", "gumbel_softmax", "hard_mixed_sum", "mixed_op_free", "mixed_sum", "relu_dw_pw_conv",
+           "MixedOp", "fuse_preprocessing", "replace_mixed_ops", "DARTS_PRIMITIVES", "FMNIST_PRIMITIVES", "OP_TYPES",
+           "op_type", "LatencyTable", "OpConfig", "latency_reg", "normalise", "profile_space", "selftest"]
 
 # The pruning variant is its own experiment: it loads on first use, not with the package.
 _LAZY_PRUNE = ("prune", "PrunableNet", "find_edges", "run_prune", "theorem1_lambda")

@@ -9,11 +9,19 @@ import torch
 from torch import Tensor, nn
 
 from dartscc_fast import reference
-from dartscc_fast.mixed_op import MixedOp, fuse_preprocessing
 from dartscc_fast.nn import supernet as layout  # its edge_pairs, is_reduction, num_edges: methods here
+from dartscc_fast.nn.mixed_op import MixedOp, fuse_preprocessing
+from dartscc_fast.nn.primitives import (
+    DARTS_PRIMITIVES,
+    FMNIST_PRIMITIVES,
+    OP_TYPES,
+    ReLUConvBN,
+    SubsampledFactorizedReduce,
+    check_primitives,
+    derived_op,
+    op_type,
+)
 from dartscc_fast.nn.supernet import Network, edge_stride
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FMNIST_PRIMITIVES, OP_TYPES, ReLUConvBN, \
-    SubsampledFactorizedReduce, check_primitives, derived_op, op_type
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class SearchSpace:
     # -- networks --------------------------------------------------------------------
     def supernet(self, fast: bool = True) -> Union[Network, reference.Network]:
         """The search network: :class:`dartscc_fast.nn.Network` with the fast MixedOp, its cells fused
-        (:func:`~dartscc_fast.mixed_op.fuse_preprocessing`). ``fast=False``: the pure-PyTorch oracle's
+        (:func:`~dartscc_fast.nn.mixed_op.fuse_preprocessing`). ``fast=False``: the pure-PyTorch oracle's
         network (:class:`dartscc_fast.reference.Network`), the baseline the tests and benchmarks hold the
         fast one against; the same state_dict keys."""
         if not fast:  # the one use of the oracle in this module

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # The tests check the CUDA kernels themselves, not the torch path the CUDA gate would pick for a kernel that
-# failed its selftest (tests/test_cuda_gate.py sets the variable itself).
+# failed its selftest (tests/ops/test_cuda_gate.py sets the variable itself).
 os.environ.setdefault("DARTSCC_CUDA_KERNELS", "1")
 
 CUDA_REASON = "CUDA is not available on this machine (CPU-only torch or no GPU): CUDA kernels untested here"

@@ -18,11 +18,18 @@ Typical use in a search::
     lat = latency_reg(torch.cat([w_normal, w_reduce], -2), L, S, space.type_index().tolist())
 """
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, edge_configs, genotype_configs, space_configs
-from dartscc_fast.latency.table import NORMALISATIONS, STRIDE_BALANCE, LatencyTable, LatencyTableError, \
-    normalise, reference_latency
 from dartscc_fast.latency.measure import Timing, profile_space, simulate_table, time_callable, time_genotype
-from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS, DevicePreset
-from dartscc_fast.latency_ops import latency_reg
+from dartscc_fast.latency.roofline import PRESETS as DEVICE_PRESETS
+from dartscc_fast.latency.roofline import DevicePreset
+from dartscc_fast.latency.table import (
+    NORMALISATIONS,
+    STRIDE_BALANCE,
+    LatencyTable,
+    LatencyTableError,
+    normalise,
+    reference_latency,
+)
+from dartscc_fast.ops.latency_reg import latency_reg
 
 __all__ = ["BaseConfig", "NORMALISATIONS", "STRIDE_BALANCE", "LatencyTable", "LatencyTableError", "OpConfig",
            "edge_configs", "genotype_configs", "normalise", "reference_latency", "space_configs", "Timing",

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from dartscc_fast.primitives import OPS
+from dartscc_fast.nn.primitives import OPS
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}

@@ -42,7 +42,7 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,11 +50,18 @@ from torch import nn
 
 from dartscc_fast._extension import BUILD_INFO
 from dartscc_fast.latency._time import utc_now
-from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, space_configs, \
-    torch_dtype
+from dartscc_fast.latency.keys import (
+    BASE_INPUTS,
+    BaseConfig,
+    OpConfig,
+    device_token,
+    dtype_name,
+    space_configs,
+    torch_dtype,
+)
 from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
 from dartscc_fast.latency.table import LatencyTable
-from dartscc_fast.primitives import derived_op
+from dartscc_fast.nn.primitives import derived_op
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype
 
@@ -381,19 +388,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     d = _run_device(device)
     fmt = check_memory_format(memory_format, d)
     tok = device_token(d)
-    jobs = []  # (config, make the callable)
-    seen = set()
-    for space in spaces:
-        for cfg in space_configs(space, batch, dtype, tok):
-            if cfg.key() not in seen:
-                seen.add(cfg.key())
-                jobs.append((cfg, space))
-        if include_base:
-            for inputs in BASE_INPUTS:
-                base = BaseConfig.of(space, batch, dtype, tok, inputs)
-                if base.key() not in seen:
-                    seen.add(base.key())
-                    jobs.append((base, space))
+    jobs = _profile_jobs(spaces, batch, dtype, tok, include_base)
     timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
                      rel_ci=rel_ci, clock=clock)
     timings: Dict[str, Timing] = {}
@@ -403,18 +398,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
         bar = Progress(total=len(jobs) * passes, desc=f"profiling {tok}", enabled=None if progress else False)
         for _ in range(passes):
             for cfg, space in jobs:
-                kw = dict(timing_kw)
-                if isinstance(cfg, BaseConfig):
-                    net = build_base_network(space, cfg.inputs, dtype, d, fmt)
-                    x = network_input(space, batch, dtype, d, fmt)
-                    fn = lambda net=net, x=x: net(x)  # noqa: E731
-                    # a whole network runs ~10x longer than an op: give it the runs an op gets
-                    kw["max_seconds"] *= 3
-                else:
-                    op = build_op(cfg, fmt).to(d)
-                    x = in_format(torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w, dtype=torch_dtype(dtype), device=d),
-                                  fmt)
-                    fn = lambda op=op, x=x: op(x)  # noqa: E731
+                fn, kw = _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw)
                 key = cfg.key()
                 timings[key] = time_callable(fn, d, timing=timings.get(key), **kw)
                 bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
@@ -428,14 +412,45 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
             "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,
             "cuda": torch.version.cuda if d.type == "cuda" else None, "date": utc_now(),
             "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock), "clock": clock,
-            "load_average": load,
-            "batch": batch, "dtype": dtype, "memory_format": fmt, "spaces": [s.name for s in spaces],
-            "host": {"system": platform.system(), "machine": platform.machine(), "cpus": os.cpu_count()},
+            "load_average": load, "batch": batch, "dtype": dtype, "memory_format": fmt,
+            "spaces": [s.name for s in spaces], "host": _host(),
         }
     t = LatencyTable(meta=meta)
     for key, tm in timings.items():
         t.add(key, **tm.entry())
     return t
+
+
+def _profile_jobs(spaces, batch: int, dtype: str, tok: str, include_base: bool) -> List[Tuple[object, object]]:
+    """``(config, space)`` for every distinct op configuration of the spaces, and each one's network bases."""
+    jobs, seen = [], set()
+    for space in spaces:
+        cfgs = list(space_configs(space, batch, dtype, tok))
+        if include_base:
+            cfgs += [BaseConfig.of(space, batch, dtype, tok, inputs) for inputs in BASE_INPUTS]
+        for cfg in cfgs:
+            if cfg.key() not in seen:
+                seen.add(cfg.key())
+                jobs.append((cfg, space))
+    return jobs
+
+
+def _job_callable(cfg, space, batch: int, dtype: str, d: torch.device, fmt: str, timing_kw: Dict):
+    """What to time for one configuration (an op on its input, or a network base) and its timing options."""
+    kw = dict(timing_kw)
+    if isinstance(cfg, BaseConfig):
+        net = build_base_network(space, cfg.inputs, dtype, d, fmt)
+        x = network_input(space, batch, dtype, d, fmt)
+        # a whole network runs ~10x longer than an op: give it the runs an op gets
+        kw["max_seconds"] *= 3
+        return (lambda: net(x)), kw
+    op = build_op(cfg, fmt).to(d)
+    x = in_format(torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w, dtype=torch_dtype(dtype), device=d), fmt)
+    return (lambda: op(x)), kw
+
+
+def _host() -> Dict:
+    return {"system": platform.system(), "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
 def simulate_table(spaces, preset: Union[str, DevicePreset], batch: int = 64, dtype="float32",

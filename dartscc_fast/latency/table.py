@@ -51,9 +51,18 @@ from torch import Tensor
 from dartscc_fast import _extension  # noqa: F401  (registers the compiled LatencyTable class)
 from dartscc_fast.latency import roofline
 from dartscc_fast.latency._time import utc_now
-from dartscc_fast.latency.keys import BASE_INPUTS, BaseConfig, OpConfig, device_token, dtype_name, \
-    edge_configs, genotype_configs, node_sums, parse_key
-from dartscc_fast.primitives import OP_TYPES
+from dartscc_fast.latency.keys import (
+    BASE_INPUTS,
+    BaseConfig,
+    OpConfig,
+    device_token,
+    dtype_name,
+    edge_configs,
+    genotype_configs,
+    node_sums,
+    parse_key,
+)
+from dartscc_fast.nn.primitives import OP_TYPES
 
 SCHEMA = "dartscc_fast.latency_table"
 VERSION = 1
@@ -62,9 +71,7 @@ UNIT = "ms"
 #: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
 NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
 #: How far 'type-stride' draws pooling and convolution to the same price on each stride's edges (0: 'type',
-#: 1: the same total). In searches on four tables profiled on a 2-core Xeon, seeds 0-3 (docs/runs/demo_runs.md),
-#: 1 left the uniform S (A) with every convolution of the pool-penalised one (C) in 1 of 8, 0 ('type') with
-#: none in about 1 of 4 (A == B); 0.5 left A between B and C in all 16.
+#: 1: the same total); why 0.5: docs/design.md, "Normalisation".
 STRIDE_BALANCE = 0.5
 
 
@@ -457,37 +464,47 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
     if reference not in NORMALISATIONS:
         raise ValueError(f"reference must be one of {NORMALISATIONS}, got {reference!r}")
     if reference == "type-stride":
-        if row_strides is None or len(row_strides) != L.shape[0]:
-            raise ValueError(f"reference='type-stride' needs one stride per row of L ({L.shape[0]}), "
-                             f"got {None if row_strides is None else len(row_strides)}")
-        if not 0.0 <= float(balance) <= 1.0:
-            raise ValueError(f"balance must be in [0, 1], got {balance}")
-        out = normalise(L, "type", type_index)
-        cols = [[m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)] for t in ("pool", "conv")]
-        if not all(cols):
-            return out  # one of the two types is not in the space: nothing to balance
-        for stride in sorted({int(v) for v in row_strides}):
-            rows = torch.tensor([r for r, v in enumerate(row_strides) if int(v) == stride])
-            blocks = [out[rows[:, None], torch.tensor(c)[None, :]] for c in cols]
-            totals = [reference_latency(b, "uniform") for b in blocks]
-            target = sum(totals) / len(totals)
-            for c, block, total in zip(cols, blocks, totals):
-                if bool(total > 0):
-                    out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total) ** float(balance)
-        return out
+        return _normalise_type_stride(L, type_index, row_strides, balance)
     if reference == "type":
-        if type_index is None or len(type_index) != L.shape[-1]:
-            raise ValueError(f"reference='type' needs one type per candidate ({L.shape[-1]}), got {type_index}")
-        out = L.clone()
-        for t in sorted({int(t) for t in type_index if int(t) >= 0}):
-            cols = [m for m, u in enumerate(type_index) if int(u) == t]
-            d = reference_latency(L[..., cols], "uniform")
-            if not bool(d > 0):
-                raise ValueError(f"operation type {t} has latency {float(d)} in every position; cannot normalise "
-                                 "by it")
-            out[..., cols] = L[..., cols] / d
-        return out
+        return _normalise_type(L, type_index)
     d = reference_latency(L, reference, type_index)
     if not bool(d > 0):
         raise ValueError(f"the {reference} reference architecture has latency {float(d)}; cannot normalise by it")
     return L / d
+
+
+def _normalise_type_stride(L: Tensor, type_index, row_strides, balance: float) -> Tensor:
+    """'type', then pooling and convolution drawn towards one total on each stride's rows (see :func:`normalise`)."""
+    if row_strides is None or len(row_strides) != L.shape[0]:
+        raise ValueError(f"reference='type-stride' needs one stride per row of L ({L.shape[0]}), "
+                         f"got {None if row_strides is None else len(row_strides)}")
+    if not 0.0 <= float(balance) <= 1.0:
+        raise ValueError(f"balance must be in [0, 1], got {balance}")
+    out = normalise(L, "type", type_index)
+    cols = [[m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)] for t in ("pool", "conv")]
+    if not all(cols):
+        return out  # one of the two types is not in the space: nothing to balance
+    for stride in sorted({int(v) for v in row_strides}):
+        rows = torch.tensor([r for r, v in enumerate(row_strides) if int(v) == stride])
+        blocks = [out[rows[:, None], torch.tensor(c)[None, :]] for c in cols]
+        totals = [reference_latency(b, "uniform") for b in blocks]
+        target = sum(totals) / len(totals)
+        for c, block, total in zip(cols, blocks, totals):
+            if bool(total > 0):
+                out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total) ** float(balance)
+    return out
+
+
+def _normalise_type(L: Tensor, type_index) -> Tensor:
+    """Each operation type's columns divided by that type's uniform architecture (see :func:`normalise`)."""
+    if type_index is None or len(type_index) != L.shape[-1]:
+        raise ValueError(f"reference='type' needs one type per candidate ({L.shape[-1]}), got {type_index}")
+    out = L.clone()
+    for t in sorted({int(t) for t in type_index if int(t) >= 0}):
+        cols = [m for m, u in enumerate(type_index) if int(u) == t]
+        d = reference_latency(L[..., cols], "uniform")
+        if not bool(d > 0):
+            raise ValueError(f"operation type {t} has latency {float(d)} in every position; cannot normalise "
+                             "by it")
+        out[..., cols] = L[..., cols] / d
+    return out

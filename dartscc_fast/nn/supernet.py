@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from dartscc_fast.primitives import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
+from dartscc_fast.nn.primitives import DARTS_PRIMITIVES, FactorizedReduce, ReLUConvBN, check_primitives
 
 __all__ = ["Cell", "Network", "edge_pairs", "edge_stride", "is_reduction", "num_edges"]
 
@@ -45,7 +45,7 @@ class Cell(nn.Module):
     (:meth:`node_sum`) of one mixed op per earlier state; the output stacks the last ``multiplier`` nodes.
 
     ``mixed_op(C, stride, primitives)`` builds each edge. :func:`dartscc_fast.fuse_preprocessing` makes
-    the cells of this class :class:`~dartscc_fast.mixed_op.FastCell`, whose nodes sum in one pass.
+    the cells of this class :class:`~dartscc_fast.nn.mixed_op.FastCell`, whose nodes sum in one pass.
     """
 
     def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,

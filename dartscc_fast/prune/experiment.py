@@ -29,22 +29,22 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from dartscc_fast.datasets import make_loaders
-from dartscc_fast.evaluate import accuracy
+from dartscc_fast.data.datasets import make_loaders
+from dartscc_fast.evaluation.evaluate import accuracy
 from dartscc_fast.latency.measure import num_threads
 from dartscc_fast.ops import gumbel_softmax
 from dartscc_fast.progress import Progress
-from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Float, Int, check_fields
 from dartscc_fast.prune.edges import PrunableNet, gamma_key, measure_edge_times, time_module
 from dartscc_fast.prune.hypernet import LambdaHypernet, check_lambda
 from dartscc_fast.prune.lambda_bound import estimate_lambda, evaluate_gammas, explore_gammas, label_entropy
 from dartscc_fast.prune.resnet import MODELS, ResNet, build_resnet, resnet18_cifar, small_resnet
+from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Float, Int, check_fields
 
 __all__ = ["PruneConfig", "default_cache_dir", "pretrain", "sample_gamma", "optimise_gamma", "train_hypernet",
            "run_prune"]
@@ -233,7 +233,8 @@ def optimise_gamma(net: PrunableNet, loader, t: Tensor, lam: float, cfg: PruneCo
 
 
 def train_hypernet(net: PrunableNet, loader, t: Tensor, top: float, cfg: PruneConfig, generator: torch.Generator,
-                   score: Callable[[Tensor], float], target_acc: float, log: Callable = print) -> Tuple[LambdaHypernet, Dict]:
+                   score: Callable[[Tensor], float], target_acc: float,
+                   log: Callable = print) -> Tuple[LambdaHypernet, Dict]:
     """Algorithm 1: warm-up towards the all-on bias until ``score(hypernet(0))`` reaches ``target_acc``, then
     lambda ~ U[0, top] per sample with loss ``L(gamma) + lambda T^T gamma``."""
     hyper = LambdaHypernet(net.num_edges, top, cfg.knots)
@@ -313,109 +314,131 @@ def run_prune(cfg: PruneConfig, log: Callable = print) -> Dict:
 
 
 def _run_prune(cfg: PruneConfig, log: Callable) -> Dict:
-    t_start = time.perf_counter()
-    timings: Dict[str, float] = {}
-    torch.manual_seed(cfg.seed)
-    loaders = make_loaders(cfg.dataset, cfg.root, cfg.batch_size, cfg.seed, cfg.limit)
-    log(f"data: {loaders.split}")
-    t0 = time.perf_counter()
-    model, pre = pretrain(cfg, loaders, log)
-    timings["pretrain_s"] = time.perf_counter() - t0
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x0 = loaders.train.dataset.tensors[0]
-    net = PrunableNet(model, (2,) + tuple(x0.shape[1:]))
-    t0 = time.perf_counter()
-    timing = measure_edge_times(net, (cfg.timing_batch,) + tuple(x0.shape[1:]), cfg.threads, cfg.timing_seconds)
-    timings["edge_times_s"] = time.perf_counter() - t0
-    t = net.t_norm()
-    log(f"{net.num_edges} prunable edges, T^T 1 = {float(t.sum()):.3f} of the whole network's "
-        f"{timing['full_ms']:.2f} ms")
+    run = _PruneRun(cfg, log)
+    run.prepare()
+    run.estimate_lambda()
+    part1 = run.part1()
+    part2, hyper, hinfo = run.part2()
+    run.timings["total_s"] = time.perf_counter() - run.t_start
+    return run.result(part1, part2, hyper, hinfo)
 
-    # Lambda
-    t0 = time.perf_counter()
-    val_labels = loaders.val.dataset.tensors[1]
-    l_inf = label_entropy(val_labels, 10)
-    gammas = explore_gammas(net.num_edges, cfg.max_enumerate, cfg.explore_samples, cfg.seed)
-    ev = evaluate_gammas(net, loaders.val, gammas)
-    est = estimate_lambda(ev["loss"], gammas, l_inf, t, ev["acc"])
-    timings["lambda_s"] = time.perf_counter() - t0
-    log(f"Lambda = {est.lambda_:.4g} (L_inf {est.l_inf:.4f}, L_sup {est.l_sup:.4f} at gamma {est.gamma_sup}, "
-        f"T^T 1 {est.t_sum:.3f}); Lambda_best = {est.lambda_best:.4g}")
-    scorer = _Scorer(net, loaders, cfg.timing_batch, cfg.threads, cfg.timing_seconds)
-    scorer.add_val(gammas, ev["loss"], ev["acc"])
-    enumerated = 2 ** net.num_edges <= cfg.max_enumerate
 
-    if cfg.lambdas is not None:
-        lambdas = list(cfg.lambdas)
-        top = max(lambdas) if max(lambdas) > 0 else est.lambda_
-        base = top
-    else:
-        base = est.lambda_ if cfg.lambda_top == "seed" else est.lambda_best if cfg.lambda_top == "best" \
-            else float(cfg.lambda_top)
-        top = cfg.top_factor * base
-        lambdas = torch.linspace(0, top, cfg.n_lambdas).tolist()
-    hyper_top = cfg.hyper_range * base if cfg.lambdas is None else top
+class _PruneRun:
+    """One pruning experiment: the pretrained network and its edge times, Lambda, then the two parts."""
 
-    def objective(row: Dict, lam: float) -> float:
+    def __init__(self, cfg: PruneConfig, log: Callable):
+        self.cfg, self.log = cfg, log
+        self.t_start = time.perf_counter()
+        self.timings: Dict[str, float] = {}
+
+    def prepare(self) -> None:
+        """Data, the pretrained model (frozen) and its prunable edges' times."""
+        cfg, log = self.cfg, self.log
+        torch.manual_seed(cfg.seed)
+        self.loaders = make_loaders(cfg.dataset, cfg.root, cfg.batch_size, cfg.seed, cfg.limit)
+        log(f"data: {self.loaders.split}")
+        t0 = time.perf_counter()
+        self.model, self.pre = pretrain(cfg, self.loaders, log)
+        self.timings["pretrain_s"] = time.perf_counter() - t0
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        x0 = self.loaders.train.dataset.tensors[0]
+        self.net = net = PrunableNet(self.model, (2,) + tuple(x0.shape[1:]))
+        t0 = time.perf_counter()
+        self.timing = measure_edge_times(net, (cfg.timing_batch,) + tuple(x0.shape[1:]), cfg.threads,
+                                         cfg.timing_seconds)
+        self.timings["edge_times_s"] = time.perf_counter() - t0
+        self.t = net.t_norm()
+        log(f"{net.num_edges} prunable edges, T^T 1 = {float(self.t.sum()):.3f} of the whole network's "
+            f"{self.timing['full_ms']:.2f} ms")
+
+    def estimate_lambda(self) -> None:
+        """Theorem 1's Lambda from explored gammas, and the lambdas of both parts."""
+        cfg, net = self.cfg, self.net
+        t0 = time.perf_counter()
+        self.val_labels = self.loaders.val.dataset.tensors[1]
+        l_inf = label_entropy(self.val_labels, 10)
+        self.gammas = explore_gammas(net.num_edges, cfg.max_enumerate, cfg.explore_samples, cfg.seed)
+        self.ev = evaluate_gammas(net, self.loaders.val, self.gammas)
+        self.est = est = estimate_lambda(self.ev["loss"], self.gammas, l_inf, self.t, self.ev["acc"])
+        self.timings["lambda_s"] = time.perf_counter() - t0
+        self.log(f"Lambda = {est.lambda_:.4g} (L_inf {est.l_inf:.4f}, L_sup {est.l_sup:.4f} at gamma "
+                 f"{est.gamma_sup}, T^T 1 {est.t_sum:.3f}); Lambda_best = {est.lambda_best:.4g}")
+        self.scorer = _Scorer(net, self.loaders, cfg.timing_batch, cfg.threads, cfg.timing_seconds)
+        self.scorer.add_val(self.gammas, self.ev["loss"], self.ev["acc"])
+        self.enumerated = 2 ** net.num_edges <= cfg.max_enumerate
+        if cfg.lambdas is not None:
+            self.lambdas = list(cfg.lambdas)
+            self.top = base = max(self.lambdas) if max(self.lambdas) > 0 else est.lambda_
+        else:
+            base = est.lambda_ if cfg.lambda_top == "seed" else est.lambda_best if cfg.lambda_top == "best" \
+                else float(cfg.lambda_top)
+            self.top = cfg.top_factor * base
+            self.lambdas = torch.linspace(0, self.top, cfg.n_lambdas).tolist()
+        self.hyper_top = cfg.hyper_range * base if cfg.lambdas is None else self.top
+
+    def objective(self, row: Dict, lam: float) -> float:
         bits = torch.tensor([float(c) for c in row["gamma"]])
-        return row["val_loss"] + lam * float(bits @ t)
+        return row["val_loss"] + lam * float(bits @ self.t)
 
-    def exact(lam: float) -> Optional[str]:
-        if not enumerated:
+    def exact(self, lam: float) -> Optional[str]:
+        """The enumerated gamma of least objective at ``lam`` (None when the edges are too many to enumerate)."""
+        if not self.enumerated:
             return None
-        obj = torch.tensor(ev["loss"]) + lam * (gammas @ t)
-        return gamma_key(gammas[int(obj.argmin())])
+        obj = torch.tensor(self.ev["loss"]) + lam * (self.gammas @ self.t)
+        return gamma_key(self.gammas[int(obj.argmin())])
 
-    # part 1
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    part1 = []
-    for lam in Progress(lambdas, desc="part 1 per-lambda"):
-        theta = optimise_gamma(net, loaders.val, t, lam, cfg, gen)
-        row = {"lambda": lam, **scorer.row((theta > 0).float()), "logits": theta.tolist()}
-        row["objective"] = objective(row, lam)
-        row["exact_gamma"] = exact(lam)
-        part1.append(row)
-    timings["part1_s"] = time.perf_counter() - t0
+    def scored(self, gamma: Tensor, lam: float, **extra) -> Dict:
+        row = {"lambda": lam, **self.scorer.row(gamma), **extra}
+        row["objective"] = self.objective(row, lam)
+        return row
 
-    # part 2
-    t0 = time.perf_counter()
-    counts = torch.bincount(val_labels, minlength=10).float()
-    chance = float(counts.max() / counts.sum())
-    acc_on = scorer.row(torch.ones(net.num_edges))["val_acc"]
-    target = chance + 0.5 * (acc_on - chance)
-    val_score = lambda g: scorer.row(g)["val_acc"]  # noqa: E731
-    hyper, hinfo = train_hypernet(net, loaders.val, t, hyper_top, cfg, torch.Generator().manual_seed(cfg.seed + 2),
-                                  val_score, target, log)
-    grid = sorted(set(torch.linspace(0, top, cfg.eval_points).tolist()) | set(lambdas))
-    part2 = []
-    with torch.no_grad():
-        for lam in grid:
-            logits = hyper(lam)
-            row = {"lambda": lam, **scorer.row((logits > 0).float()), "logits": logits.tolist()}
-            row["objective"] = objective(row, lam)
-            row["exact_gamma"] = exact(lam)
-            part2.append(row)
-    timings["part2_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
+    def part1(self) -> List[Dict]:
+        """Part 1: gamma optimised for each lambda on its own."""
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        rows = []
+        for lam in Progress(self.lambdas, desc="part 1 per-lambda"):
+            theta = optimise_gamma(self.net, self.loaders.val, self.t, lam, self.cfg, gen)
+            rows.append({**self.scored((theta > 0).float(), lam, logits=theta.tolist()),
+                         "exact_gamma": self.exact(lam)})
+        self.timings["part1_s"] = time.perf_counter() - t0
+        return rows
 
-    exact_rows = []
-    if enumerated:
-        for lam in grid:
-            row = {"lambda": lam, **scorer.row(torch.tensor([float(c) for c in exact(lam)]))}
-            row["objective"] = objective(row, lam)
-            exact_rows.append(row)
-    full = scorer.row(torch.ones(net.num_edges))
-    return {
-        "config": cfg.to_dict(), "split": loaders.split.as_dict(), "pretrain": pre,
-        "model": model.config, "edges": [e.to_dict() for e in net.edges], "rejected": net.rejected,
-        "timing": {**timing, "method": "latency.measure.time_callable: warm-up, median until stable, "
-                   "torch.inference_mode"},
-        "lambda": est.to_dict(), "lambda_range": [0.0, top], "lambda_top": cfg.lambda_top, "full": full, "chance_acc": chance,
-        "part1": part1, "part2": {"rows": part2, **hinfo, "hypernet": hyper.config(),
-                                  "state_dict": {k: v.tolist() for k, v in hyper.state_dict().items()}},
-        "exact": exact_rows, "compute": {"part1_gamma_steps": cfg.steps * len(lambdas),
-                                         "part2_steps": hinfo["steps"] + hinfo["warmup_steps"]},
-        "timings": timings,
-    }
+    def part2(self):
+        """Part 2: one hypernetwork for every lambda, evaluated on a grid."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        counts = torch.bincount(self.val_labels, minlength=10).float()
+        self.chance = float(counts.max() / counts.sum())
+        acc_on = self.scorer.row(torch.ones(self.net.num_edges))["val_acc"]
+        target = self.chance + 0.5 * (acc_on - self.chance)
+        val_score = lambda g: self.scorer.row(g)["val_acc"]  # noqa: E731
+        hyper, hinfo = train_hypernet(self.net, self.loaders.val, self.t, self.hyper_top, cfg,
+                                      torch.Generator().manual_seed(cfg.seed + 2), val_score, target, self.log)
+        self.grid = sorted(set(torch.linspace(0, self.top, cfg.eval_points).tolist()) | set(self.lambdas))
+        rows = []
+        with torch.no_grad():
+            for lam in self.grid:
+                logits = hyper(lam)
+                rows.append({**self.scored((logits > 0).float(), lam, logits=logits.tolist()),
+                             "exact_gamma": self.exact(lam)})
+        self.timings["part2_s"] = time.perf_counter() - t0
+        return rows, hyper, hinfo
+
+    def result(self, part1: List[Dict], part2: List[Dict], hyper, hinfo: Dict) -> Dict:
+        cfg, net = self.cfg, self.net
+        exact_rows = [self.scored(torch.tensor([float(c) for c in self.exact(lam)]), lam)
+                      for lam in self.grid] if self.enumerated else []
+        return {
+            "config": cfg.to_dict(), "split": self.loaders.split.as_dict(), "pretrain": self.pre,
+            "model": self.model.config, "edges": [e.to_dict() for e in net.edges], "rejected": net.rejected,
+            "timing": {**self.timing, "method": "latency.measure.time_callable: warm-up, median until stable, "
+                       "torch.inference_mode"},
+            "lambda": self.est.to_dict(), "lambda_range": [0.0, self.top], "lambda_top": cfg.lambda_top,
+            "full": self.scorer.row(torch.ones(net.num_edges)), "chance_acc": self.chance,
+            "part1": part1, "part2": {"rows": part2, **hinfo, "hypernet": hyper.config(),
+                                      "state_dict": {k: v.tolist() for k, v in hyper.state_dict().items()}},
+            "exact": exact_rows, "compute": {"part1_gamma_steps": cfg.steps * len(self.lambdas),
+                                             "part2_steps": hinfo["steps"] + hinfo["warmup_steps"]},
+            "timings": self.timings,
+        }

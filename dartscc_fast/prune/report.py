@@ -35,12 +35,13 @@ def _pct(v: float) -> str:
 def markdown(report: Dict) -> str:
     lam, split, full = report["lambda"], report["split"]["text"], report["full"]
     cfg, t = report["config"], report["timing"]
-    L, Lb = lam["Lambda"], lam["Lambda_best"]
+    Lb = lam["Lambda_best"]
     out = ["# Pruning a pretrained ResNet with a lambda-conditioned hypernetwork (seed 000)", "",
            f"Data: {split}. Accuracies are on the test split unless marked val; gammas are optimised on the "
            f"validation split.", "",
            f"Model: {cfg['model']} ResNet {report['model']['widths']} x {report['model']['blocks']} blocks, "
-           f"pretrained {report['pretrain']['epochs']} epochs ({'cached' if report['pretrain']['cached'] else 'trained'}"
+           f"pretrained {report['pretrain']['epochs']} epochs "
+           f"({'cached' if report['pretrain']['cached'] else 'trained'}"
            f" now); all edges on: test {_pct(full['test_acc'])}, val loss {full['val_loss']:.4f}, "
            f"{full['measured_ms']:.2f} ms per batch of {t['batch']} ({t['threads']} thread, {t['clock']} clock).", "",
            "## Prunable edges", "",
@@ -51,26 +52,8 @@ def markdown(report: Dict) -> str:
     for r in report["rejected"]:
         out.append(f"| - | {r['name']} | {'x'.join(map(str, r['in_shape'][1:]))} -> "
                    f"{'x'.join(map(str, r['out_shape'][1:]))} | not prunable: {r['reason']} | |")
-    out += ["", f"Whole network: {t['full_ms']:.3f} ms. T is normalised by it, so lambda is in nats per "
-            f"whole-network forward time.", "",
-            "## Lambda (Theorem 1)", "",
-            f"- L_inf (best constant prediction = label entropy on val): {lam['L_inf']:.4f} nats",
-            f"- L_sup (worst val loss over the {sum(e['valid'] for e in lam['explored'])} explored gammas that beat "
-            f"it; gamma {lam['gamma_sup']}): {lam['L_sup']:.4f}",
-            f"- gammas explored: {len(lam['explored'])}; no better than a constant (excluded): "
-            f"{len(lam['excluded_no_better_than_constant'])}",
-            f"- T^T 1 = {lam['T_sum']:.4f}",
-            f"- **Lambda = (L_inf - L_sup) / T^T 1 = {L:.4g}** "
-            f"(= {L / t['full_ms']:.4g} nats/ms)",
-            f"- Lambda_best (same proof with the best valid gamma {lam['gamma_min']}, loss {lam['L_min']:.4f}): "
-            f"{lam['Lambda_best']:.4g}",
-            (f"- The seed's Lambda is {L / lam['Lambda_best']:.2g} x Lambda_best: its L_sup is the valid gamma "
-             f"whose loss is nearest L_inf, so it certifies almost nothing here; the plateau and the fall are read "
-             f"against Lambda_best." if L < 0.2 * lam["Lambda_best"] else ""),
-            f"- lambda range of the experiment: [0, {report['lambda_range'][1]:.4g}] (top: "
-            f"{report.get('lambda_top', 'seed')}: 'seed' is {report['config']['top_factor']} x Lambda, 'best' "
-            f"{report['config']['top_factor']} x Lambda_best)", "",
-            "## Part 1: gamma optimised for each fixed lambda", "",
+    out += _lambda_lines(report)
+    out += ["## Part 1: gamma optimised for each fixed lambda", "",
             "| lambda | lambda/Lambda_best | gamma | val loss | test acc | ms | speed-up | objective | exact optimum |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["part1"]:
@@ -82,7 +65,8 @@ def markdown(report: Dict) -> str:
             f"Warm-up {p2['warmup_steps']} steps (hypernet(0) val accuracy {_pct(p2['warmup_acc0'])}, target "
             f"{_pct(p2['warmup_target'])}: midway between chance {_pct(report['chance_acc'])} and all-on), then "
             f"{p2['steps']} steps with lambda ~ U[{p2['train_range'][0]:.3g}, {p2['train_range'][1]:.4g}] per sample.",
-            "", "| lambda | lambda/Lambda_best | gamma | val loss | test acc | ms | objective |", "|---|---|---|---|---|---|---|"]
+            "", "| lambda | lambda/Lambda_best | gamma | val loss | test acc | ms | objective |",
+            "|---|---|---|---|---|---|---|"]
     for r in p2["rows"]:
         out.append(f"| {r['lambda']:.4g} | {r['lambda'] / Lb:.2f} | {r['gamma']} | {r['val_loss']:.4f} | "
                    f"{_pct(r['test_acc'])} | {r['measured_ms']:.2f} | {r['objective']:.4f} |")
@@ -102,6 +86,29 @@ def markdown(report: Dict) -> str:
             f"L_val(gamma) + lambda T^T gamma; 'exact' its minimum over every gamma when all were enumerated.", "",
             "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()), ""]
     return "\n".join(out)
+
+
+def _lambda_lines(report: Dict) -> List[str]:
+    lam, t, L = report["lambda"], report["timing"], report["lambda"]["Lambda"]
+    return ["", f"Whole network: {t['full_ms']:.3f} ms. T is normalised by it, so lambda is in nats per "
+            f"whole-network forward time.", "",
+            "## Lambda (Theorem 1)", "",
+            f"- L_inf (best constant prediction = label entropy on val): {lam['L_inf']:.4f} nats",
+            f"- L_sup (worst val loss over the {sum(e['valid'] for e in lam['explored'])} explored gammas that beat "
+            f"it; gamma {lam['gamma_sup']}): {lam['L_sup']:.4f}",
+            f"- gammas explored: {len(lam['explored'])}; no better than a constant (excluded): "
+            f"{len(lam['excluded_no_better_than_constant'])}",
+            f"- T^T 1 = {lam['T_sum']:.4f}",
+            f"- **Lambda = (L_inf - L_sup) / T^T 1 = {L:.4g}** "
+            f"(= {L / t['full_ms']:.4g} nats/ms)",
+            f"- Lambda_best (same proof with the best valid gamma {lam['gamma_min']}, loss {lam['L_min']:.4f}): "
+            f"{lam['Lambda_best']:.4g}",
+            (f"- The seed's Lambda is {L / lam['Lambda_best']:.2g} x Lambda_best: its L_sup is the valid gamma "
+             f"whose loss is nearest L_inf, so it certifies almost nothing here; the plateau and the fall are read "
+             f"against Lambda_best." if L < 0.2 * lam["Lambda_best"] else ""),
+            f"- lambda range of the experiment: [0, {report['lambda_range'][1]:.4g}] (top: "
+            f"{report.get('lambda_top', 'seed')}: 'seed' is {report['config']['top_factor']} x Lambda, 'best' "
+            f"{report['config']['top_factor']} x Lambda_best)", ""]
 
 
 def _mark_lambda(ax, report: Dict) -> None:

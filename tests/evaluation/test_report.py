@@ -1,0 +1,132 @@
+"""Which of the family's architectures the report retrains for the front (report.front_picks)."""
+from types import SimpleNamespace
+
+import pytest
+
+from dartscc_fast.evaluation import report
+
+
+class _Genotype(SimpleNamespace):
+    def to_json(self) -> str:
+        return self.name
+
+
+def _family(*points):
+    """Derived-like architectures from (name, predicted ms, validation accuracy with inherited weights)."""
+    return [SimpleNamespace(genotype=_Genotype(name=n), predicted_ms=ms, val=acc) for n, ms, acc in points]
+
+
+@pytest.fixture
+def val_acc(monkeypatch):
+    seen = []
+
+    def inherited(supernet, space, genotype, loader):
+        assert loader == "val", "the picks must never look at the test images"
+        seen.append(genotype.name)
+        return next(d.val for d in FAMILY if d.genotype.name == genotype.name)
+
+    monkeypatch.setattr(report, "inherited_accuracy", inherited)
+    return seen
+
+
+FAMILY = _family(("a", 28.0, 0.70), ("b", 30.5, 0.76), ("c", 31.0, 0.74), ("d", 40.0, 0.80), ("e", 45.0, 0.79))
+
+
+def test_one_pick_per_budget_by_validation_accuracy(val_acc):
+    picks = report.front_picks(None, None, FAMILY, [("fbnet 1", 31.0), ("fbnet 2", 29.0), ("darts", 60.0)],
+                               "val", 3)
+    # cheapest budget first: 29 ms holds only a; 31 ms (+2 %) holds a, b, c, of which b is best; 60 ms holds all
+    assert picks == {"a": "budget of fbnet 2", "b": "budget of fbnet 1", "d": "budget of darts"}
+    assert len(set(val_acc)) == 5 and len(val_acc) == 5  # each architecture evaluated once
+
+
+def test_fills_with_the_spread_and_skips_what_is_retrained_anyway(val_acc):
+    picks = report.front_picks(None, None, FAMILY, [("fbnet", 31.0)], "val", 3, already={"b"})
+    # b (a profile's architecture) takes no place: all three places go to the spread, cheapest, middle, dearest
+    assert picks == {"b": "budget of fbnet", "a": "spread over latency", "c": "spread over latency",
+                     "e": "spread over latency"}
+
+
+def test_budget_below_every_architecture_and_nothing_to_retrain(val_acc):
+    assert report.front_picks(None, None, FAMILY, [("fbnet", 10.0)], "val", 1) == {"a": "spread over latency"}
+    assert report.front_picks(None, None, FAMILY, [("fbnet", 31.0)], "val", 0) == {}
+    assert val_acc == []
+
+
+def test_front_comparison_tells_a_shortfall_within_noise_from_a_loss():
+    def row(label, ms, acc, retrained=True):
+        return {"label": label, "predicted_ms": ms, "test_acc": acc, **({"retrain": {}} if retrained else {})}
+
+    rep = {"split": {"test": 2000}, "searches": {"hypernet": 1, "fbnet": 3},
+           "profiles": [row("A", 30.0, 0.790), row("B", 20.0, 0.700)],
+           "grid": [row("g", 40.0, 0.900, retrained=False)],  # inherited accuracy only: never on the front
+           "baselines": {"darts": [], "fbnet": [row("k1", 30.5, 0.780), row("k2", 31.0, 0.800),
+                                                row("k3", 32.0, 0.850), row("k4", 19.0, 0.5)]}}
+    fr = report.front_comparison(rep)
+    got = {r["baseline"]: (r["family_acc"], r["family_at_least_as_good"], r.get("within_noise")) for r in fr["rows"]}
+    # 2 SE of the difference at 79-80 % on 2,000 images is about 2.5 points
+    assert got == {"k1": (0.790, True, True), "k2": (0.790, False, True), "k3": (0.790, False, False),
+                   "k4": (None, False, None)}
+    assert (fr["matched"], fr["within_noise"], fr["of"]) == (1, 2, 4)
+
+
+def _ops(cell):
+    return [op for node in cell for op, _ in node]
+
+
+def test_random_genotype_draws_each_edge_from_its_mix():
+    import torch
+
+    from dartscc_fast.space import get_space, random_genotype
+    space = get_space("fmnist-paper")
+    E, k = space.num_edges, space.k
+    gen = torch.Generator().manual_seed(0)
+    # one primitive only: every edge takes it, in both cell types
+    for m, name in enumerate(space.primitives):
+        g = random_genotype(space, gen, op_probs=torch.eye(k)[m])
+        assert set(_ops(g.normal) + _ops(g.reduce)) == {name}
+    # per cell type and edge: normal edges all pooling, reduction edges all convolution
+    probs = torch.zeros(2, E, k)
+    probs[0, :, space.primitives.index("max_pool_3x3")] = 1
+    probs[1, :, space.primitives.index("sep_conv_3x3")] = 1
+    g = random_genotype(space, gen, op_probs=probs)
+    assert set(_ops(g.normal)) == {"max_pool_3x3"} and set(_ops(g.reduce)) == {"sep_conv_3x3"}
+    # frequencies follow the weights (2000 edges: 4 standard errors about 0.04)
+    w = torch.tensor([1.0, 3.0, 0.0])
+    ops = [op for _ in range(2000 // (2 * E) + 1) for g in [random_genotype(space, gen, op_probs=w)]
+           for op in _ops(g.normal) + _ops(g.reduce)]
+    freq = torch.tensor([ops.count(p) / len(ops) for p in space.primitives])
+    torch.testing.assert_close(freq, w / w.sum(), atol=0.04, rtol=0)
+    for bad in (torch.ones(k + 1), -torch.ones(k), torch.zeros(k)):
+        with pytest.raises(ValueError, match="op_probs"):
+            random_genotype(space, gen, op_probs=bad)
+
+
+def test_random_baselines_match_the_profiles_latency():
+    """Random architectures are matched to A, B and C even at the cheap corner (pooling at stride 2,
+    identity elsewhere), which uniformly random architectures never reach."""
+    import torch
+
+    from dartscc_fast.evaluation.evaluate import random_matched
+    from dartscc_fast.latency import simulate_table
+    from dartscc_fast.space import Genotype, get_space, random_genotype
+    space = get_space("fmnist-paper")
+    table = simulate_table(space, "sim:mobile-cpu", batch=64)
+    cheap = Genotype(**{c: [[("skip_connect" if src >= 2 or c == "normal" else "max_pool_3x3", src)
+                             for src in range(i + 2)] for i in range(space.steps)] for c in ("normal", "reduce")},
+                     normal_concat=list(range(2, space.steps + 2)), reduce_concat=list(range(2, space.steps + 2)))
+    dear = random_genotype(space, op_probs=torch.tensor([1.0, 0.0, 0.0]))   # all sep_conv_3x3
+    targets = [float(table.predict(space, g)) for g in (cheap, dear)]
+    uniform = [float(table.predict(space, random_genotype(space, torch.Generator().manual_seed(i))))
+               for i in range(300)]
+    assert min(uniform) > targets[0] * 1.05 and max(uniform) < targets[1] * 0.95
+    picks = random_matched(space, table, targets, seed=0)
+    for (g, pred), t in zip(picks, targets):
+        assert pred == pytest.approx(float(table.predict(space, g))) and pred == pytest.approx(t, rel=0.05)
+    assert picks[0][0].to_json() != picks[1][0].to_json()
+    assert random_matched(space, table, targets, seed=0)[0][0].to_json() == picks[0][0].to_json()
+    # the architectures compared with are never picked: here the cheap corner itself is among the draws
+    drawn = random_matched(space, table, [targets[0]], candidates=2000, seed=0)[0][0]
+    assert drawn.to_json() == cheap.to_json()
+    assert random_matched(space, table, [targets[0]], candidates=2000, seed=0,
+                          exclude=[cheap.to_json()])[0][0].to_json() != cheap.to_json()
