@@ -31,7 +31,8 @@ from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, genotype_weights, random_genotype
 from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, check_fields
 
-__all__ = ["genotype_weights", "inherited_accuracy", "train_discrete", "retrain", "baseline_config", "random_matched",
+__all__ = ["genotype_weights", "inherited_accuracy", "inherited_accuracies",
+           "train_discrete", "retrain", "baseline_config", "random_matched",
            "UNIFORM_S"]
 
 UNIFORM_S = "pool=0.3333,identity=0.3333,conv=0.3334"
@@ -47,21 +48,31 @@ def inherited_accuracy(supernet: nn.Module, space: SearchSpace, genotype: Genoty
     mix every architecture it sampled, not this one's (as in DARTS's and
     SPOS's evaluation of inherited weights). The supernet is not modified.
     """
+    return inherited_accuracies(supernet, space, [genotype], loader, max_batches)[0]
+
+
+def inherited_accuracies(supernet: nn.Module, space: SearchSpace, genotypes: Sequence[Genotype], loader,
+                         max_batches: Optional[int] = None, progress: Optional[str] = None) -> List[float]:
+    """:func:`inherited_accuracy` of several genotypes, with one copy of the supernet (``progress``: a bar's title)."""
     net = copy.deepcopy(supernet).train()
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False  # batch statistics, running buffers untouched
-    wn, wr = genotype_weights(space, genotype)
-    correct = total = 0
-    for b, (x, y) in enumerate(loader):
-        if max_batches is not None and b >= max_batches:
-            break
-        logits = net(x, wn, wr, hard=True)
-        correct += int((logits.argmax(1) == y).sum())
-        total += int(y.numel())
-    if total == 0:
-        raise _empty(loader, "inherited_accuracy")
-    return correct / total
+    out = []
+    for g in Progress(genotypes, desc=progress or "", enabled=None if progress else False):
+        wn, wr = genotype_weights(space, g)
+        correct = total = 0
+        with torch.no_grad():
+            for b, (x, y) in enumerate(loader):
+                if max_batches is not None and b >= max_batches:
+                    break
+                logits = net(x, wn, wr, hard=True)
+                correct += int((logits.argmax(1) == y).sum())
+                total += int(y.numel())
+        if total == 0:
+            raise _empty(loader, "inherited_accuracy")
+        out.append(correct / total)
+    return out
 
 
 # --------------------------------------------------------------------------- retraining

@@ -414,6 +414,17 @@ class LatencyTable:
         total = float(self.lookup(keys, 1, fallback).sum()) if keys else 0.0
         return total + (self.base(space, genotype, *args) if include_base else 0.0)
 
+    def predict_spread(self, space, genotype, batch: Optional[int] = None, dtype=None, device=None) -> float:
+        """Half the summed interquartile ranges of the entries :meth:`predict` adds (its ops and the larger of
+        the network-base entries): ``predict(...) ± predict_spread(...)`` is the interval the table's own
+        run-to-run spread allows. 0 where the entries carry no spread (simulated tables)."""
+        args = self._lookup_args(batch, dtype, device)
+        keys = [c.key() for c in genotype_configs(space, genotype, *args)]
+        iqr = sum(float(self.entries[k].get("iqr") or 0.0) for k in keys if k in self.entries)
+        bases = [float(self.entries[k].get("iqr") or 0.0) for k in
+                 (BaseConfig.of(space, *args, inputs=i).key() for i in BASE_INPUTS) if k in self.entries]
+        return 0.5 * (iqr + max(bases, default=0.0))
+
 
 # ---------------------------------------------------------------------- normalisation
 def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None) -> Tensor:

@@ -1,0 +1,101 @@
+"""Architectures for a latency budget: within it, no worse as it grows, a clear error below the cheapest."""
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from dartscc_fast import cli
+from dartscc_fast.evaluation.budget import BudgetError, derive_for_budget, family_for_budgets
+from dartscc_fast.evaluation.evaluate import genotype_weights, inherited_accuracies
+from dartscc_fast.latency import LatencyTable
+from dartscc_fast.search import SearchConfig, load_search, run_search
+from dartscc_fast.space import get_space, random_genotype
+
+TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, warmup_epochs=0, batch_size=16,
+                    max_steps_per_epoch=3, progress=False, per_sample=True)
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    out = tmp_path_factory.mktemp("budget") / "search"
+    return load_search(run_search(dataclasses.replace(TINY, out_dir=str(out))))
+
+
+def test_each_pick_is_within_its_budget_and_no_worse_as_the_budget_grows(search):
+    fam = family_for_budgets(search, grid_steps=3, levels=(0.0, 0.5, 1.0), progress=False)
+    lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
+    assert lo < hi and [d.predicted_ms for d in fam] == sorted(d.predicted_ms for d in fam)
+    budgets = [lo, lo + (hi - lo) / 3, lo + 2 * (hi - lo) / 3, hi, 2 * hi]
+    picks = derive_for_budget(search, budgets, grid_steps=3, levels=(0.0, 0.5, 1.0), progress=False)
+    assert [p.budget_ms for p in picks] == budgets
+    for p in picks:
+        assert p.predicted_ms <= p.budget_ms and p.spread_ms >= 0 and p.candidates >= 1
+        assert p.meets_budget is None  # not measured
+    accs = [p.val_acc for p in picks]
+    assert accs == sorted(accs)  # a larger budget keeps every architecture of a smaller one
+    assert picks[0].derived.genotype.to_json() == fam[0].genotype.to_json()  # at the cheapest: only it fits
+    assert picks[-1].candidates == len(fam)
+
+
+def test_a_budget_below_the_cheapest_names_it(search):
+    fam = family_for_budgets(search, grid_steps=3, levels=(0.0, 1.0), progress=False)
+    with pytest.raises(BudgetError, match=rf"cheapest, at S = .* is predicted at {fam[0].predicted_ms:.2f} ms"):
+        derive_for_budget(search, [0.5 * fam[0].predicted_ms], grid_steps=3, levels=(0.0, 1.0), progress=False)
+    with pytest.raises(ValueError, match="positive"):
+        derive_for_budget(search, [-1.0], progress=False)
+    with pytest.raises(ValueError, match="at least one budget"):
+        derive_for_budget(search, [], progress=False)
+
+
+def test_measured_picks_say_whether_they_meet_the_budget(search):
+    top = family_for_budgets(search, grid_steps=2, levels=(1.0,), progress=False)[-1].predicted_ms
+    (p,) = derive_for_budget(search, [top], grid_steps=2, levels=(1.0,), measure=True, max_batches=1,
+                             progress=False)
+    assert p.derived.measured_ms > 0 and p.meets_budget == (p.derived.measured_ms <= top)
+    assert p.to_dict()["predicted_interval_ms"][0] <= p.predicted_ms
+
+
+def test_cli_budgets_write_genotype_and_exports(search, tmp_path, capsys):
+    top = family_for_budgets(search, grid_steps=2, levels=(0.0, 0.5, 1.0), progress=False)[-1].predicted_ms
+    out = tmp_path / "family"
+    ckpt = str(search.config.out_dir)
+    assert cli.main(["derive", "--search", ckpt, "--budget-ms", f"{top:.4f}", f"{2 * top:.4f}", "--grid", "2",
+                     "--levels", "3", "--out", str(out), "--export", "torchscript"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("budget ") == 2 and "predicted interval" in text
+    records = sorted(out.glob("budget*.json"))
+    assert len(records) == 2 and len(list(out.glob("budget*.pt"))) == 2
+    rec = json.loads(records[0].read_text())
+    assert rec["predicted_ms"] <= rec["budget_ms"] and "kappa" in rec and "S" in rec
+    assert cli.main(["derive", "--search", ckpt, "--budget-ms", "1e-6", "--levels", "2"]) == 2
+    assert "cheapest" in capsys.readouterr().err
+    assert cli.main(["derive", "--search", ckpt]) == 2  # neither --S nor --budget-ms
+
+
+def test_inherited_accuracies_of_many_equal_one_at_a_time_with_gradients(search):
+    """One copy of the supernet and no autograd give the figures of a fresh copy per genotype under autograd."""
+    fam = family_for_budgets(search, grid_steps=2, levels=(0.0, 1.0), progress=False)[:3]
+    loaders = search.config.loaders()
+    many = inherited_accuracies(search.supernet, search.space, [d.genotype for d in fam], loaders.val)
+    for d, acc in zip(fam, many):
+        net = copy.deepcopy(search.supernet).train()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.track_running_stats = False
+        wn, wr = genotype_weights(search.space, d.genotype)
+        hits = sum(int((net(x, wn, wr, hard=True).argmax(1) == y).sum()) for x, y in loaders.val)
+        assert acc == hits / len(loaders.val.dataset)
+
+
+def test_predict_spread_is_half_the_summed_spreads():
+    space = get_space("fmnist-paper", C=4, input_size=8)
+    g = random_genotype(space, torch.Generator().manual_seed(0))
+    from dartscc_fast.latency.keys import genotype_configs
+    keys = [c.key() for c in genotype_configs(space, g, 64)]
+    t = LatencyTable(meta={"device": "cpu", "batch": 64, "dtype": "float32", "spaces": [space.name]})
+    for k in set(keys):
+        t.add(k, median=1.0, iqr=0.2)
+    assert t.predict_spread(space, g) == pytest.approx(0.5 * 0.2 * len(keys))
+    assert t.predict(space, g) == pytest.approx(len(keys))
