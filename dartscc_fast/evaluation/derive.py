@@ -151,8 +151,9 @@ def export_model(model: nn.Module, space: SearchSpace, path: Union[str, os.PathL
         except ImportError as e:
             raise ValueError("ONNX export needs the onnx package (pip install onnx); "
                              "or export --format torchscript") from e
+        # the TorchScript-based exporter: the dynamo one needs onnxscript, and both give the same graph here
         torch.onnx.export(model, (x,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     else:
         raise ValueError(f"export format must be 'torchscript' or 'onnx', got {fmt!r}")
     return path
