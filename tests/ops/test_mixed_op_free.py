@@ -105,7 +105,7 @@ def test_thread_count_does_not_change_the_result():
 
 def test_baseline_isa_matches():
     """The kernels compiled for the baseline ISA (DARTSCC_CPU_ISA=baseline) agree with the reference too."""
-    code = ("import sys; sys.path.insert(0, 'tests'); import torch; torch.manual_seed(0)\n"
+    code = ("import sys; sys.path[:0] = ['tests', 'tests/ops']; import torch; torch.manual_seed(0)\n"
             "from test_mixed_op_free import check\n"
             "for stride in (1, 2):\n"
             "    prims = ['none', 'max_pool', 'avg_pool', 'identity' if stride == 1 else 'param', 'param']\n"
