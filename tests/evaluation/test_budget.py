@@ -49,6 +49,7 @@ def test_a_budget_below_the_cheapest_names_it(search):
         derive_for_budget(search, [], progress=False)
 
 
+@pytest.mark.slow
 def test_measured_picks_say_whether_they_meet_the_budget(search):
     top = family_for_budgets(search, grid_steps=2, levels=(1.0,), progress=False)[-1].predicted_ms
     (p,) = derive_for_budget(search, [top], grid_steps=2, levels=(1.0,), measure=True, max_batches=1,
@@ -57,6 +58,7 @@ def test_measured_picks_say_whether_they_meet_the_budget(search):
     assert p.to_dict()["predicted_interval_ms"][0] <= p.predicted_ms
 
 
+@pytest.mark.slow
 def test_cli_budgets_write_genotype_and_exports(search, tmp_path, capsys):
     top = family_for_budgets(search, grid_steps=2, levels=(0.0, 0.5, 1.0), progress=False)[-1].predicted_ms
     out = tmp_path / "family"

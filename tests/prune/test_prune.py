@@ -204,6 +204,7 @@ def test_cli_rejects_negative_lambda(capsys):
     assert "every lambda must be finite and >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end(tmp_path, capsys):
     args = ["prune", "--tiny", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert main(args) == 0

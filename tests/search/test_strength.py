@@ -147,6 +147,7 @@ def test_mean_sd():
     assert mean_sd([None])["mean"] is None
 
 
+@pytest.mark.slow
 def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     cfg = ReproduceConfig(out_dir=str(tmp_path), seeds=(0, 1), limit=400, split=(0.5, 0.2, 0.3), epochs=1,
                           warmup_epochs=0, retrain_epochs=1, fbnet_kappas=(1.0,), grid=1, front_retrain=1,
