@@ -29,7 +29,8 @@ __all__ = ["ReproduceConfig", "run_reproduce", "aggregate", "results_markdown"]
 
 @dataclasses.dataclass
 class ReproduceConfig:
-    """The protocol; every size is an option. The defaults fit 90 minutes on 2 cores (docs/results.md)."""
+    """The protocol; every size is an option. The defaults are sized for 90 minutes on 2 idle cores; the latest
+    timings, on a busy machine, are in docs/results.md."""
     out_dir: str = "runs/reproduce"
     seeds: tuple = (0, 1, 2)
     limit: Optional[int] = None        # all 6,226 shipped images
