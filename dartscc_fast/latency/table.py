@@ -12,7 +12,7 @@ A JSON object::
       "unit": "ms",                             # every time in the file (version 1: always ms)
       "meta": {                                 # how and where it was measured
         "device": "cpu",                        # the device token of the keys
-        "device_name": "AMD EPYC ...",          # CPU model / GPU name / preset description
+        "device_name": "<CPU model>",           # CPU model / GPU name / preset description
         "torch": "2.13.0+cpu", "dartscc_fast": "0.1.0", "python": "3.11.7",
         "threads": 2,                           # torch.get_num_threads() (CPU), else null
         "date": "2025-01-01T12:00:00+00:00",    # ISO 8601, UTC
