@@ -82,7 +82,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "onnx": ["onnx", "onnxruntime"],
-                    "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "onnx", "onnxruntime"]},
+    extras_require={"plot": ["matplotlib"], "onnx": ["onnx", "onnxruntime"], "openvino": ["onnx", "openvino"],
+                    "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "onnx", "onnxruntime", "openvino"]},
     entry_points={"console_scripts": ["dartscc-fast=dartscc_fast.cli:main"]},
 )

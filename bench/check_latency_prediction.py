@@ -1,59 +1,49 @@
-"""Check a latency table against reality: predicted vs measured whole-network latency.
+"""Check a latency table against reality: predicted vs measured whole-network latency, on its runtime.
 
-Takes N random discrete architectures of a search space (default: 30 of
-fmnist-paper), predicts each one's latency from the per-op table (the sum over
-its chosen ops, and that sum plus the measured network base: stem,
-preprocessing, node sums, concatenation, pooling, classifier) and measures its
-whole forward on this CPU. Prints Kendall's tau (tau-b, numpy only) and the
-mean absolute percentage error (MAPE) of each predictor:
+Takes N random discrete architectures of a search space (default: 200 of fmnist-paper), predicts
+each one's latency from the table (the network base plus the sum of its chosen ops, what
+``LatencyTable.predict`` and ``derive --budget-ms`` use) and measures each whole network on the
+table's runtime (eager torch, or exported to ONNX and run in ONNX Runtime), interleaved: every round
+times a few forwards of each network of a chunk in turn, so a burst of load lands on all alike.
+Prints Kendall's tau (tau-b), the mean absolute percentage error (MAPE), the mean error and the
+share of architectures within +-10 % and +-5 %, for
 
-- ``sum``:          the sum of the chosen ops' table entries;
-- ``base+sum``:     plus the table's network-base entry (what `predict` does);
-- ``base+sum+c``:   plus a per-network constant c for what the base misses,
-                    fitted leave-one-out (c = median residual of the others),
-                    so no architecture is scored with its own measurement.
+- ``base+sum``:   the table's prediction;
+- ``base+sum+c``: plus a per-network constant c fitted leave-one-out (the median residual of the
+                  other architectures): what a calibration on measured networks would add.
 
-The table is measured in the same run, interleaved with the networks (R rounds,
-each timing every op configuration and every network), so a drift in the
-machine's state affects the table and the networks alike. Give --table to use
-a table made earlier (e.g. by ``dartscc-fast profile``) instead.
+It writes a predicted-against-measured scatter plot (--plot) and, with --json, every figure. The
+table's measurement conditions (threads, load, governor) are printed beside the network's, and a
+warning fires when the machine was too busy for trustworthy timings.
 
-With one thread (the default) the clock is the thread's CPU time: on a small
-machine shared with other processes (builds, tests), wall-clock medians favour
-short runs, which slip between preemptions, over long ones, which cannot, and
-so bias per-op sums against whole networks. ``--clock wall`` measures elapsed
-time instead (use it on an idle machine, and with more threads).
+With --search DIR it also checks budgets: --budgets K budgets spread over the family's predicted
+range, the architecture ``derive_for_budget`` picks for each (on this table), each measured: the
+share that meets its budget.
 
-    python bench/check_latency_prediction.py                 # 30 archs, batch 64, 1 thread
-    python bench/check_latency_prediction.py --threads 2 --clock wall --n 40 --rounds 4
+    dartscc-fast profile --runtime onnxruntime --threads 1 --out ort1.json
+    python bench/check_latency_prediction.py --table ort1.json --plot ort1.png
+    python bench/check_latency_prediction.py --runtime torch --threads 2 --save-table torch2.json
+    python bench/check_latency_prediction.py --table ort1.json --n 0 --search runs/search --budgets 10
 
-The figures it gave, and what they say: docs/latency.md, "Is the prediction right?".
+Without --table, a table is profiled here first (--runtime, --threads). The figures it gave, and
+what they say: docs/latency.md, "Is the prediction right?".
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
 
-from dartscc_fast.latency import LatencyTable
-from dartscc_fast.latency._time import utc_now
-from dartscc_fast.latency.keys import BaseConfig, space_configs
-from dartscc_fast.latency.measure import (
-    Timing,
-    build_base_network,
-    build_network,
-    build_op,
-    device_name,
-    in_format,
-    network_input,
-    num_threads,
-    time_callable,
-)
+from dartscc_fast.latency import LatencyTable, profile_space
+from dartscc_fast.latency.measure import device_name, measurement_conditions, time_genotypes
+from dartscc_fast.latency.runtimes import RUNTIMES
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import get_space, random_genotype
 
@@ -81,119 +71,187 @@ def loo_constant(pred, meas) -> np.ndarray:
     return np.array([pred[i] + np.median(np.delete(r, i)) for i in range(len(pred))])
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--space", default="fmnist-paper")
-    ap.add_argument("--n", type=int, default=30, help="random architectures (default 30)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a small shared machine, more threads than idle cores "
-                         "makes OpenMP timings erratic)")
-    ap.add_argument("--clock", choices=["auto", "wall", "thread"], default="auto",
-                    help="thread CPU time or elapsed time (default: thread with 1 thread, else wall)")
-    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
-    ap.add_argument("--runs", type=int, default=3, help="timed forwards per network per round (default 3)")
-    ap.add_argument("--op-seconds", type=float, default=0.3, help="timing budget per op config per round")
-    ap.add_argument("--table", help="use this table instead of measuring one here")
-    ap.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
-                    help="layout of the ops and networks (default channels_last, as profile_space on the CPU; "
-                         "with --table, the table's)")
-    ap.add_argument("--top2", action="store_true", help="DARTS genotypes: two inputs per node")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--save-table", help="write the table measured here to this file")
-    ap.add_argument("--json", help="write the per-architecture results to this file")
-    ap.add_argument("--verbose", action="store_true", help="print every architecture")
-    args = ap.parse_args(argv)
+def scores(pred, meas) -> dict:
+    err = (np.asarray(pred) - np.asarray(meas)) / np.asarray(meas) * 100
+    return {"kendall_tau": kendall_tau(pred, meas), "mape": mape(pred, meas), "mean_error": float(np.mean(err)),
+            "within_10": float(np.mean(np.abs(err) <= 10) * 100), "within_5": float(np.mean(np.abs(err) <= 5) * 100)}
 
-    space = get_space(args.space)
-    dtype, dev = "float32", torch.device("cpu")
-    gen = torch.Generator().manual_seed(args.seed)
-    genotypes, seen = [], set()
-    while len(genotypes) < args.n:
-        g = random_genotype(space, gen, top2=args.top2)
+
+def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks"):
+    """Median measured latency (ms) and IQR of every genotype, interleaved within chunks of ``chunk``
+    (a graph runtime holds a session per network: all 200 at once need gigabytes)."""
+    med, iqr = [], []
+    bar = Progress(total=len(genotypes), desc=f"timing {desc} ({table.runtime}, {threads} thread(s))")
+    for i in range(0, len(genotypes), chunk):
+        part = genotypes[i:i + chunk]
+        tms = time_genotypes(space, part, batch=table.batch or 64, dtype=table.dtype, threads=threads,
+                             memory_format=table.memory_format, rounds=rounds, runs=runs, clock=clock,
+                             runtime=table.runtime)
+        med += [tm.median for tm in tms]
+        iqr += [tm.iqr for tm in tms]
+        bar.update(len(part))
+    bar.close()
+    return np.array(med), np.array(iqr)
+
+
+def plot(path, pred, meas, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = min(pred.min(), meas.min()) * 0.95, max(pred.max(), meas.max()) * 1.05
+    xs = np.array([lo, hi])
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="tab:green", alpha=0.12, label="±10 %")
+    ax.fill_between(xs, xs * 0.95, xs * 1.05, color="tab:green", alpha=0.2, label="±5 %")
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.scatter(meas, pred, s=9, color="tab:blue")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured whole network (ms)")
+    ax.set_ylabel("predicted by the table (ms)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def conditions_text(c: dict) -> str:
+    return (f"load average {c.get('load_average')}, busy CPUs {c.get('busy_cpus')}, "
+            f"governor {c.get('governor')}")
+
+
+def get_table(args, space):
+    if args.table:
+        table = LatencyTable.load(args.table)
+        if args.runtime and args.runtime != table.runtime:
+            raise SystemExit(f"--runtime {args.runtime}, but {args.table} was measured on {table.runtime}: "
+                             f"profile a table on {args.runtime} (dartscc-fast profile --runtime {args.runtime})")
+        return table
+    table = profile_space(space, batch=args.batch, threads=args.threads or 1, runtime=args.runtime or "torch",
+                          clock=args.clock, passes=2)
+    if args.save_table:
+        table.save(args.save_table)
+    return table
+
+
+def random_genotypes(space, n, seed, top2):
+    gen = torch.Generator().manual_seed(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        g = random_genotype(space, gen, top2=top2)
         if g.to_json() not in seen:
             seen.add(g.to_json())
-            genotypes.append(g)
-    table = LatencyTable.load(args.table, device="cpu") if args.table else None
-    fmt = table.memory_format if table is not None else args.memory_format
-    nets = [build_network(space, g, dtype, dev, fmt) for g in genotypes]
-    x = network_input(space, args.batch, dtype, dev, fmt)
+            out.append(g)
+    return out
 
-    jobs = {}  # key -> callable: the table's entries, measured here unless --table
-    if args.table is None:
-        for cfg in space_configs(space, args.batch, dtype, "cpu"):
-            op, xi = build_op(cfg, fmt), in_format(torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w), fmt)
-            jobs[cfg.key()] = lambda op=op, xi=xi: op(xi)
-        for inputs in ("top2", "all"):
-            base_net = build_base_network(space, inputs, dtype, dev, fmt)
-            jobs[BaseConfig.of(space, args.batch, dtype, "cpu", inputs).key()] = lambda net=base_net: net(x)
-    op_t = {k: Timing() for k in jobs}
-    net_t = [Timing() for _ in nets]
 
-    clock = args.clock if args.clock != "auto" else ("thread" if args.threads == 1 else "wall")
-    t0 = time.perf_counter()
-    with num_threads(args.threads) as threads:
-        bar = Progress(total=args.rounds * (len(jobs) + len(nets)), desc="timing")
-        for _ in range(args.rounds):
-            for key, fn in jobs.items():
-                time_callable(fn, dev, warmup=2, min_runs=5, max_runs=200, max_seconds=args.op_seconds,
-                              rel_ci=0.0, timing=op_t[key], clock=clock)
-                bar.update()
-            for net, tm in zip(nets, net_t):
-                time_callable(lambda net=net: net(x), dev, warmup=1, min_runs=args.runs, max_runs=args.runs,
-                              timing=tm, clock=clock)
-                bar.update()
-        bar.close()
-    elapsed = time.perf_counter() - t0
+def check_budgets(args, space, table, threads, log):
+    """Budgets across the family's range: the share of picks whose measured latency meets the budget."""
+    from dartscc_fast.evaluation.budget import derive_for_budget, family_for_budgets
+    from dartscc_fast.search import load_search
+    result = load_search(args.search)
+    if result.space.name != space.name:
+        raise SystemExit(f"--search {args.search} searched {result.space.name}, not {space.name}")
+    fam = family_for_budgets(dataclasses.replace(result, table=table), progress=False)
+    lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
+    budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
+    picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches)
+    meas, _ = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
+                      args.runs, args.chunk, desc="budget picks")
+    hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
+    log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted): {sum(hits)} of {len(hits)} picks "
+        f"measure within their budget ({np.mean(hits) * 100:.0f}%)")
+    for p, m, h in zip(picks, meas, hits):
+        log(f"  budget {p.budget_ms:8.2f}  predicted {p.predicted_ms:8.2f} ± {p.spread_ms:5.2f}  measured "
+            f"{m:8.2f}  {'ok' if h else 'OVER'}")
+    return {"budgets": budgets, "predicted": [p.predicted_ms for p in picks], "measured": meas.tolist(),
+            "hits": int(sum(hits)), "share": float(np.mean(hits))}
 
-    if args.table is None:
-        table = LatencyTable(meta={"device": "cpu", "device_name": device_name(dev), "torch": torch.__version__,
-                                   "threads": threads, "clock": clock, "date": utc_now(), "batch": args.batch,
-                                   "dtype": dtype, "memory_format": fmt,
-                                   "spaces": [space.name],
-                                   "method": f"bench/check_latency_prediction.py: {args.rounds} interleaved "
-                                             f"rounds, {clock} clock, inference_mode, median of pooled runs"})
-        for key, tm in op_t.items():
-            table.add(key, **tm.entry())
-        if args.save_table:
-            table.save(args.save_table)
-    else:
-        if table.meta.get("threads") not in (None, threads):
-            print(f"warning: the table was measured with {table.meta.get('threads')} threads, the networks "
-                  f"with {threads}", file=sys.stderr)
 
-    meas = np.array([tm.median for tm in net_t])
-    spread = np.array([tm.iqr / tm.median for tm in net_t])
-    s = np.array([table.predict(space, g, batch=args.batch, include_base=False) for g in genotypes])
-    base = np.array([table.base(space, g, batch=args.batch) for g in genotypes])
-    preds = {"sum": s, "base+sum": s + base, "base+sum+c": loo_constant(s + base, meas)}
-    c = float(np.median(meas - (s + base)))
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--table", help="the table to check (default: profile one here first)")
+    ap.add_argument("--runtime", choices=sorted(RUNTIMES), default=None,
+                    help="the runtime to measure on (default: the table's; without --table: torch)")
+    ap.add_argument("--space", default="fmnist-paper")
+    ap.add_argument("--n", type=int, default=200, help="random architectures (default 200; 0: budgets only)")
+    ap.add_argument("--batch", type=int, default=64, help="without --table: the batch to profile at")
+    ap.add_argument("--threads", type=int, default=None, help="default: the table's, else 1")
+    ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                    help="wall: elapsed time (default); thread: the calling thread's CPU time (one thread only; "
+                         "robust to other work on a shared machine)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--runs", type=int, default=3, help="timed forwards per network per round (default 3)")
+    ap.add_argument("--chunk", type=int, default=25, help="networks interleaved at a time (default 25)")
+    ap.add_argument("--top2", action="store_true", help="DARTS genotypes: two inputs per node")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-table", help="write the table profiled here to this file")
+    ap.add_argument("--plot", default="latency_prediction.png", help="scatter plot to write ('' for none)")
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--search", help="also check budgets on this search's family")
+    ap.add_argument("--budgets", type=int, default=10, help="budgets across the family's range (default 10)")
+    ap.add_argument("--max-batches", type=int, default=None, help="validation batches ranking the budget picks")
+    ap.add_argument("--verbose", action="store_true", help="print every architecture")
+    args = ap.parse_args(argv)
+    if args.n < 0 or args.rounds < 1 or args.runs < 1 or args.chunk < 1:
+        raise SystemExit("--n must be >= 0, --rounds, --runs and --chunk >= 1")
 
-    print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
-          f"batch {args.batch}, {dtype}, {fmt}, CPU {device_name(dev)}, torch {torch.__version__}, "
-          f"{threads} thread(s), "
-          f"{clock} clock, {args.rounds} rounds x {args.runs} runs per network, {elapsed:.0f} s, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms (median IQR/median "
-          f"{np.median(spread) * 100:.1f}%); table base {np.median(base):.2f} ms; residual constant c = {c:+.2f} ms")
-    if args.verbose:
-        for g, m, p in zip(genotypes, meas, preds["base+sum"]):
-            print(f"  {g.op_counts(space)}  measured {m:8.2f}  predicted {p:8.2f}  ({(p - m) / m * 100:+.1f}%)")
-    print(f"{'predictor':<12} {'kendall_tau':>11} {'MAPE_%':>8} {'mean_err_%':>10}")
-    results = {}
-    for name, p in preds.items():
-        tau, err = kendall_tau(p, meas), mape(p, meas)
-        bias = float(np.mean((p - meas) / meas) * 100)
-        results[name] = {"kendall_tau": tau, "mape": err, "mean_error": bias}
-        print(f"{name:<12} {tau:>11.3f} {err:>8.2f} {bias:>+10.2f}")
+    space = get_space(args.space)
+    table = get_table(args, space)
+    threads = args.threads or table.meta.get("threads") or 1
+    if table.meta.get("threads") not in (None, threads):
+        warnings.warn(f"the table was measured with {table.meta.get('threads')} threads, the networks are timed "
+                      f"with {threads}")
+    m = table.meta
+    print(f"table {args.table or '(profiled here)'}: {table.runtime} {m.get('runtime_version') or m.get('torch')}, "
+          f"{m.get('provider') or 'eager'}, {m.get('threads')} thread(s), ops {m.get('op_timing') or 'isolated'}, "
+          f"batch {table.batch}, {table.memory_format}; measured with {conditions_text(m)}")
+    out = {"args": vars(args), "table_meta": m, "threads": threads}
+    if args.n:
+        out.update(check_random(args, space, table, threads))
+    if args.search:
+        out["budget_check"] = check_budgets(args, space, table, threads, print)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "threads": threads, "clock": clock, "results": results,
-                       "network_times": [tm.times for tm in net_t],
-                       "op_times": {k: tm.times for k, tm in op_t.items()}, "measured": meas.tolist(),
-                       "predicted_sum": s.tolist(), "base": base.tolist(),
-                       "genotypes": [g.to_json() for g in genotypes]}, f, indent=1)
+            json.dump(out, f, indent=1)
     return 0
+
+
+def check_random(args, space, table, threads) -> dict:
+    genotypes = random_genotypes(space, args.n, args.seed, args.top2)
+    before = measurement_conditions(torch.device("cpu"), threads, args.clock)
+    t0 = time.perf_counter()
+    meas, iqr = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    elapsed = time.perf_counter() - t0
+    after = measurement_conditions(torch.device("cpu"), threads, args.clock)
+    pred = np.array([table.predict(space, g) for g in genotypes])
+    preds = {"base+sum": pred, "base+sum+c": loo_constant(pred, meas)}
+    print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
+          f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
+          f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "
+          f"machine before: {conditions_text(before)}; after: {conditions_text(after)}")
+    print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms (median IQR/median "
+          f"{np.median(iqr / meas) * 100:.1f}%); residual constant c = {np.median(meas - pred):+.2f} ms")
+    if args.verbose:
+        for g, mm, p in zip(genotypes, meas, pred):
+            print(f"  {g.op_counts(space)}  measured {mm:8.2f}  predicted {p:8.2f}  ({(p - mm) / mm * 100:+.1f}%)")
+    print(f"{'predictor':<12} {'kendall_tau':>11} {'MAPE_%':>8} {'mean_err_%':>10} {'within10_%':>10} "
+          f"{'within5_%':>9}")
+    results = {}
+    for name, p in preds.items():
+        r = results[name] = scores(p, meas)
+        print(f"{name:<12} {r['kendall_tau']:>11.3f} {r['mape']:>8.2f} {r['mean_error']:>+10.2f} "
+              f"{r['within_10']:>10.1f} {r['within_5']:>9.1f}")
+    if args.plot:
+        r = results["base+sum"]
+        plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} random archs, {table.runtime}, {threads} "
+                                    f"thread(s): tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.1f} %, "
+                                    f"{r['within_10']:.0f} % within ±10 %")
+        print(f"wrote {args.plot}")
+    return {"results": results, "measured": meas.tolist(), "measured_iqr": iqr.tolist(), "predicted": pred.tolist(),
+            "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
+            "seconds": elapsed, "cpus": os.cpu_count()}
 
 
 if __name__ == "__main__":

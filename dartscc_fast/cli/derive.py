@@ -8,6 +8,7 @@ import torch
 
 from dartscc_fast.evaluation.budget import STRENGTH_LEVELS, derive_for_budget
 from dartscc_fast.evaluation.derive import Derived, derive, describe, export_model
+from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.search import load_search
 from dartscc_fast.search.hypernet import PROFILES
 from dartscc_fast.space import DiscreteNetwork
@@ -37,6 +38,9 @@ def register(sub) -> None:
                    help="--S: the trade-off on the search's strength axis, in [0, kappa_max] (default: the search's)")
     p.add_argument("--top2", action="store_true", help="keep the 2 strongest incoming edges per node (DARTS)")
     p.add_argument("--measure", action="store_true", help="also time the network on this device")
+    p.add_argument("--table", default=None,
+                   help="with --budget-ms: predict and measure on this latency table instead of the search's "
+                        "(e.g. one from `dartscc-fast profile --runtime onnxruntime`)")
     p.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="torch threads for the timing")
     p.add_argument("--out", default=None, help="directory for genotype JSON (and exports)")
     p.add_argument("--export", choices=[*EXPORTS, "both"], default=None,
@@ -51,8 +55,9 @@ def _main(args) -> int:
     out = Path(args.out) if args.out else None
     if args.budget_ms is not None:
         levels = [i / max(args.levels - 1, 1) for i in range(args.levels)]
+        table = LatencyTable.load(args.table) if args.table else None
         picks = derive_for_budget(result, args.budget_ms, grid_steps=args.grid, levels=levels, measure=args.measure,
-                                  threads=args.threads)
+                                  threads=args.threads, table=table)
         export = args.export or ("both" if out is not None else None)
         for p in picks:
             print(_budget_text(p))

@@ -8,6 +8,7 @@ from typing import List
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, device_token, parse_key, space_configs
 from dartscc_fast.latency.measure import profile_space, time_genotype
 from dartscc_fast.latency.roofline import PRESETS as DEVICES
+from dartscc_fast.latency.runtimes import RUNTIMES, table_runtime
 from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.nn.primitives import OP_TYPES, op_type
 from dartscc_fast.space import PRESETS as SPACES
@@ -39,6 +40,16 @@ def register(sub) -> None:
     p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default=None,
                    help="layout the ops and networks run in (default: channels_last on cpu, contiguous on cuda); "
                         "derived networks are measured in the table's layout")
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), default="torch",
+                   help="what runs the ops: torch (eager, default), onnxruntime or openvino (each configuration "
+                        "exported to ONNX and timed in that runtime with its deployment optimisations; needs "
+                        "dartscc_fast[onnx] or [openvino])")
+    ctx = p.add_mutually_exclusive_group()
+    ctx.add_argument("--in-context", dest="in_context", action="store_true", default=None,
+                     help="time each op inside its network (the base with the op on every edge of its "
+                          "configuration, minus the base): the default on the graph runtimes, which fuse across ops")
+    ctx.add_argument("--isolated", dest="in_context", action="store_false",
+                     help="time each op alone: the default on torch")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", help="the table file to write")
@@ -98,7 +109,7 @@ def _profile(args) -> int:
     table = profile_space(spaces, args.device, args.batch, args.dtype, threads=args.threads,
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
                           max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock,
-                          memory_format=args.memory_format)
+                          memory_format=args.memory_format, runtime=args.runtime, in_context=args.in_context)
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -121,6 +132,11 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
              f"  device {m.get('device')} ({m.get('device_name')}), threads {m.get('threads')}, "
              f"torch {m.get('torch')}, batch {m.get('batch')}, {m.get('dtype')}, {table.memory_format}, "
              f"spaces {', '.join(m.get('spaces', []))}, {m.get('date')}",
+             f"  runtime {table_runtime(m)} {m.get('runtime_version') or m.get('torch') or ''}, provider "
+             f"{m.get('provider') or m.get('device')}, optimisation {m.get('optimisation') or 'eager'}, ops timed "
+             f"{m.get('op_timing') or 'isolated'}",
+             f"  conditions: load average {m.get('load_average')}, busy CPUs {m.get('busy_cpus')}, governor "
+             f"{m.get('governor')}, clock {m.get('clock') or 'wall'}",
              f"  method: {m.get('method')}"]
     rows = []
     for key, e in table.entries.items():
@@ -221,7 +237,7 @@ def _predict(args) -> int:
         if table.device not in ("cpu", "cuda"):
             raise ValueError(f"cannot measure on the simulated device {table.device!r}")
         tm = time_genotype(space, genotype, batch, table.dtype, table.device, threads=args.threads,
-                           max_seconds=5.0, memory_format=table.memory_format)
+                           max_seconds=5.0, memory_format=table.memory_format, runtime=table_runtime(table.meta))
         print(f"measured  {tm.median:.3f} ms (IQR {tm.iqr:.3f}, {tm.runs} runs); prediction error "
               f"{(pred - tm.median) / tm.median * 100:+.1f}%")
     return 0

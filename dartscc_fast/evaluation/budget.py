@@ -18,6 +18,7 @@ import torch
 
 from dartscc_fast.evaluation.derive import Derived, derive, measure_latency
 from dartscc_fast.evaluation.evaluate import inherited_accuracies
+from dartscc_fast.latency.keys import space_configs
 from dartscc_fast.progress import Progress
 from dartscc_fast.search.hypernet import simplex_grid
 
@@ -78,7 +79,7 @@ def family_for_budgets(result, grid_steps: int = 6, levels: Sequence[float] = ST
 def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_steps: int = 6,
                       levels: Sequence[float] = STRENGTH_LEVELS, measure: bool = False,
                       threads: Optional[int] = None, max_batches: Optional[int] = None,
-                      progress: bool = True) -> List[BudgetPick]:
+                      progress: bool = True, table=None) -> List[BudgetPick]:
     """For each budget (ms, on the search's latency table), the family's most accurate architecture within it.
 
     Args:
@@ -88,6 +89,9 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         grid_steps, levels: how finely the simplex and the strength axis are walked.
         measure: also time each pick here (the table's batch and layout) and say whether it meets its budget.
         max_batches: rank on this many validation batches only (quicker, noisier).
+        table: predict (and measure) on this :class:`~dartscc_fast.latency.LatencyTable` instead of the
+            search's, e.g. one measured on the runtime you deploy with (``profile --runtime onnxruntime``).
+            The family is the search's either way: its architectures do not depend on the table.
 
     Raises :class:`BudgetError` for a budget below the family's cheapest architecture, naming it.
     """
@@ -97,6 +101,13 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
     bad = [b for b in budgets if not b > 0]
     if bad:
         raise ValueError(f"budgets must be positive milliseconds, got {bad}")
+    if table is not None:
+        missing = [c.key() for c in space_configs(result.space, table.batch or 64, table.dtype, table.device)
+                   if c.key() not in table]
+        if missing:
+            raise BudgetError(f"{table._where()} does not cover the search's space {result.space.name}: "
+                              f"{len(missing)} configuration(s) missing, e.g. {missing[0]!r}")
+        result = dataclasses.replace(result, table=table)
     family = family_for_budgets(result, grid_steps, levels, progress)
     cheapest = family[0]
     for b in budgets:
@@ -134,7 +145,7 @@ def _measure(result, picks: List[BudgetPick], threads: Optional[int]) -> None:
         if key not in done:
             torch.manual_seed(0)
             done[key] = measure_latency(result.space, p.derived.genotype, batch=table.batch or 64, threads=threads,
-                                        memory_format=table.memory_format)
+                                        memory_format=table.memory_format, runtime=table.runtime)
         p.derived.measured_ms, p.derived.measured_iqr_ms = done[key]["median"], done[key]["iqr"]
 
 

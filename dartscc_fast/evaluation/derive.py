@@ -64,11 +64,13 @@ def predicted_latency(table: Optional[LatencyTable], space: SearchSpace, genotyp
 
 
 def measure_latency(space: SearchSpace, genotype: Genotype, batch: int = 64, threads: Optional[int] = None,
-                    max_seconds: float = 0.3, memory_format: Optional[str] = None) -> Dict[str, float]:
+                    max_seconds: float = 0.3, memory_format: Optional[str] = None,
+                    runtime: str = "torch") -> Dict[str, float]:
     """Measured forward latency (ms) of the whole discrete network on this CPU, as the profiler times ops,
-    in ``memory_format`` (give the latency table's, so that prediction and measurement agree on it)."""
+    in ``memory_format`` on ``runtime`` (give the latency table's, so that prediction and measurement
+    describe the same network)."""
     t = time_genotype(space, genotype, batch=batch, threads=threads, max_seconds=max_seconds,
-                      memory_format=memory_format)
+                      memory_format=memory_format, runtime=runtime)
     return {"median": t.median, "iqr": t.iqr, "runs": t.runs}
 
 
@@ -83,7 +85,8 @@ def derive_from_alphas(space: SearchSpace, alpha_normal: Tensor, alpha_reduce: T
     if measure:
         b = batch or (table.batch if table is not None and table.batch else 64)
         m = measure_latency(space, g, batch=b, threads=threads,
-                            memory_format=table.memory_format if table is not None else None)
+                            memory_format=table.memory_format if table is not None else None,
+                            runtime=table.runtime if table is not None else "torch")
         d.measured_ms, d.measured_iqr_ms = m["median"], m["iqr"]
     return d
 

@@ -245,7 +245,7 @@ def _measure(space, table, every: Sequence[Derived], evaluated: Dict, threads, r
                 if "measured_ms" not in evaluated.get(k, {})]
     log(f"measuring the latency of {len(distinct)} distinct networks, interleaved ({rounds} rounds)")
     times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
-                           memory_format=table.memory_format, rounds=rounds)
+                           memory_format=table.memory_format, rounds=rounds, runtime=table.runtime)
     for (key, _), tm in zip(distinct, times):
         evaluated.setdefault(key, {}).update(measured_ms=tm.median, measured_iqr_ms=tm.iqr)
 

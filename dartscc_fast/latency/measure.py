@@ -22,6 +22,11 @@ memory format (channels_last on the CPU by default, see
 - reported: the median, the interquartile range (the spread), the number of
   runs and the fastest run.
 
+What runs the module is a runtime (:mod:`dartscc_fast.latency.runtimes`): eager torch by default, or
+ONNX Runtime, where each configuration is exported to ONNX and run in a session with every graph
+optimisation; there each op is timed by default in context (:func:`build_context_network`), since
+the runtime fuses and shares work across ops that an op timed alone does not show.
+
 ``passes > 1`` repeats the sweep over all configurations and pools the runs, so
 a burst of load from another process lands on every configuration alike.
 
@@ -42,7 +47,7 @@ import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -60,6 +65,8 @@ from dartscc_fast.latency.keys import (
     torch_dtype,
 )
 from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
+from dartscc_fast.latency.runtimes import get_runtime
+from dartscc_fast.latency.runtimes.base import num_threads  # noqa: F401  (its home before runtimes existed)
 from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.nn.primitives import derived_op
 from dartscc_fast.progress import Progress
@@ -97,20 +104,6 @@ class Timing:
         return {"median": self.median, "iqr": self.iqr, "runs": self.runs, "min": self.min}
 
 
-@contextlib.contextmanager
-def num_threads(n: Optional[int]) -> Iterator[int]:
-    """Run with ``torch.set_num_threads(n)`` (None: leave it), restoring it after; yields the count."""
-    old = torch.get_num_threads()
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
 def _run_device(device: Union[str, torch.device]) -> torch.device:
     d = torch.device(device)
     if d.type == "cuda" and not torch.cuda.is_available():
@@ -146,10 +139,12 @@ def warm_allocator() -> None:
 
 def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "cpu", warmup: int = 3,
                   min_runs: int = 10, max_runs: int = 300, max_seconds: float = 1.0, rel_ci: float = 0.01,
-                  timing: Optional[Timing] = None, clock: str = "wall") -> Timing:
-    """Time ``fn()`` as the module docstring says; extends ``timing`` if given."""
+                  timing: Optional[Timing] = None, clock: str = "wall", check: bool = True) -> Timing:
+    """Time ``fn()`` as the module docstring says; extends ``timing`` if given. ``check=False``: the caller
+    has checked the clock against the runtime that computes ``fn``."""
     d = _run_device(device)
-    check_clock(clock, d, torch.get_num_threads())
+    if check:
+        check_clock(clock, d, torch.get_num_threads())
     cuda = d.type == "cuda"
     if not cuda:
         warm_allocator()
@@ -266,6 +261,27 @@ def build_base_network(space, inputs: str = "all", dtype="float32", device="cpu"
     return net
 
 
+def build_context_network(space, cfg: OpConfig, dtype="float32", device="cpu",
+                          memory_format: str = "contiguous") -> Tuple[nn.Module, int]:
+    """The 'all' network base with every edge whose configuration is ``cfg`` running ``cfg``'s op, and how
+    many edges that is: timed against the base, the op's cost in context (what a whole network pays for it,
+    with the fusions and shared subexpressions a graph runtime finds across ops)."""
+    net = build_base_network(space, "all", dtype, device, memory_format)
+    by_edge = {(e.cell, e.src, e.dst): e for e in space.edges()}
+    n = 0
+    for c, cell in enumerate(net.cells):
+        k = 0
+        for i, node in enumerate(cell._nodes):
+            for _, j in node:
+                e = by_edge[(c, j, i + 2)]
+                if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride):
+                    op = derived_op(cfg.primitive, e.C, e.stride).eval().to(device, torch_dtype(dtype_name(dtype)))
+                    cell._ops[k] = in_format(op, memory_format)
+                    n += 1
+                k += 1
+    return net, n
+
+
 def network_input(space, batch: int, dtype="float32", device="cpu", memory_format: str = "contiguous") -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, space.in_channels, space.input_size, space.input_size, generator=g)
@@ -278,38 +294,52 @@ def build_network(space, genotype, dtype="float32", device="cpu", memory_format:
     return in_format(net, memory_format)
 
 
-def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
-                  memory_format: Optional[str] = None, **timing_kw) -> Timing:
-    """The measured forward time of a discrete architecture's whole network (time_callable's options),
-    in ``memory_format`` (None: the device's default, as :func:`profile_space`)."""
+def _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime):
+    """The runtime, its layout and one forward callable per genotype's whole network."""
     d = _run_device(device)
-    fmt = check_memory_format(memory_format, d)
-    net = build_network(space, genotype, dtype, d, fmt)
+    rt = get_runtime(runtime, d, threads)
+    fmt = check_memory_format(memory_format, d) if rt.uses_memory_format else "contiguous"
     x = network_input(space, batch, dtype, d, fmt)
-    with num_threads(threads if d.type == "cpu" else None):
-        return time_callable(lambda: net(x), d, **timing_kw)
+    return rt, [rt.prepare(build_network(space, g, dtype, d, fmt), x) for g in genotypes]
+
+
+def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
+                  memory_format: Optional[str] = None, runtime: str = "torch", **timing_kw) -> Timing:
+    """The measured forward time of a discrete architecture's whole network (time_callable's options),
+    in ``memory_format`` (None: the device's default, as :func:`profile_space`), on ``runtime``
+    (a name of :data:`~dartscc_fast.latency.runtimes.RUNTIMES`)."""
+    rt, (fn,) = _network_callables(space, [genotype], batch, dtype, device, threads, memory_format, runtime)
+    with rt.running() as n:
+        _check_runtime_clock(timing_kw.get("clock", "wall"), rt, n)
+        return time_callable(fn, rt.timer_device, check=False, **timing_kw)
 
 
 def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
                    memory_format: Optional[str] = None, rounds: int = 5, runs: int = 3,
-                   clock: str = "wall") -> List[Timing]:
+                   clock: str = "wall", runtime: str = "torch") -> List[Timing]:
     """Measured forward times of several whole networks, interleaved: ``rounds`` rounds, each timing
     ``runs`` forwards of every network in turn, runs pooled per network. A burst of load from another
     process, or a drift of the clock frequency, then lands on every network alike, so their order is
     what the machine says and not when each happened to run."""
     if rounds < 1 or runs < 1:
         raise ValueError(f"rounds and runs must be >= 1, got {rounds}, {runs}")
-    d = _run_device(device)
-    fmt = check_memory_format(memory_format, d)
-    nets = [build_network(space, g, dtype, d, fmt) for g in genotypes]
-    x = network_input(space, batch, dtype, d, fmt)
-    timings = [Timing() for _ in nets]
-    with num_threads(threads if d.type == "cpu" else None):
+    rt, fns = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime)
+    timings = [Timing() for _ in fns]
+    with rt.running() as n:
+        _check_runtime_clock(clock, rt, n)
         for r in range(rounds):
-            for net, tm in zip(nets, timings):
-                time_callable(lambda net=net: net(x), d, warmup=2 if r == 0 else 1, min_runs=runs, max_runs=runs,
-                              timing=tm, clock=clock)
+            for fn, tm in zip(fns, timings):
+                time_callable(fn, rt.timer_device, warmup=2 if r == 0 else 1, min_runs=runs, max_runs=runs,
+                              timing=tm, clock=clock, check=False)
     return timings
+
+
+def _check_runtime_clock(clock: str, rt, threads: int) -> None:
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "thread" and not rt.thread_clock_ok(threads):
+        raise ValueError(f"clock='thread' measures the calling thread's CPU time: {rt.name} computes elsewhere "
+                         f"with {threads} thread(s) on {rt.device.type}; use one CPU thread or clock='wall'")
 
 
 def busy_cores(window: float = 1.0) -> tuple:
@@ -356,12 +386,15 @@ def _warn_if_busy(device: torch.device, threads: int, clock: str) -> Optional[fl
     return round(load, 2)
 
 
-def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock) -> str:
+def _method(device: torch.device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock,
+            runtime: str = "torch") -> str:
     timer = "CUDA events around the call, then event synchronisation" if device.type == "cuda" else \
         ("time.thread_time (the thread's CPU time) around the call" if clock == "thread" else
          "time.perf_counter around the call")
-    return (f"{timer}; one forward of the eval-mode module on a fixed input [batch, C, H, W] under "
-            f"torch.inference_mode; {warmup} warm-up runs (and at least 50 ms); then runs until the 95% "
+    call = ("one forward of the eval-mode module on a fixed input [batch, C, H, W] under torch.inference_mode"
+            if runtime == "torch" else
+            f"one run of the module exported to ONNX, in a {runtime} session, on a fixed input [batch, C, H, W]")
+    return (f"{timer}; {call}; {warmup} warm-up runs (and at least 50 ms); then runs until the 95% "
             f"confidence half-width of the median (1.57 IQR / sqrt(runs)) is below {rel_ci:.1%} of it, or "
             f"{max_runs} runs, or {max_seconds} s (3x for network bases); {passes} pass(es) over all "
             f"configurations, runs pooled; median reported, spread = interquartile range")
@@ -371,13 +404,20 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
                   threads: Optional[int] = None, include_base: bool = True, passes: int = 1,
                   progress: bool = True, warmup: int = 3, min_runs: int = 10, max_runs: int = 300,
                   max_seconds: float = 1.0, rel_ci: float = 0.01, clock: str = "wall",
-                  memory_format: Optional[str] = None) -> LatencyTable:
+                  memory_format: Optional[str] = None, runtime: str = "torch",
+                  in_context: Optional[bool] = None) -> LatencyTable:
     """Measure every op configuration of the space(s) (and each space's network base) on ``device``.
 
     ``device`` 'sim:<preset>' builds the table from the roofline model instead.
     ``memory_format``: the layout the ops and networks run in, 'channels_last' or 'contiguous'
     (None: :func:`default_memory_format` of the device); recorded in the table's meta, and the
-    layout derived networks are measured in.
+    layout derived networks are measured in. ``runtime``: what runs them, 'torch' (eager) or
+    'onnxruntime' (exported to ONNX and timed in an ONNX Runtime session;
+    :mod:`dartscc_fast.latency.runtimes`); recorded in the meta with its version, provider,
+    threads and optimisation level. ``in_context``: time each op in its network rather than alone
+    (:func:`build_context_network`: the base with every edge of the configuration running the op,
+    minus the base, per edge); None: in context on graph runtimes, which fuse across ops, alone on
+    eager torch (docs/latency.md compares both).
     """
     spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     dtype = dtype_name(dtype)
@@ -386,39 +426,88 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     d = _run_device(device)
-    fmt = check_memory_format(memory_format, d)
+    rt = get_runtime(runtime, d, threads)
+    in_context = (not rt.uses_memory_format) if in_context is None else bool(in_context)
+    fmt = check_memory_format(memory_format, d) if rt.uses_memory_format else "contiguous"
     tok = device_token(d)
-    jobs = _profile_jobs(spaces, batch, dtype, tok, include_base)
+    jobs = _profile_jobs(spaces, batch, dtype, tok, include_base or in_context)
     timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
-                     rel_ci=rel_ci, clock=clock)
-    timings: Dict[str, Timing] = {}
-    with num_threads(threads if d.type == "cpu" else None) as n_threads:
-        check_clock(clock, d, n_threads)
-        load = _warn_if_busy(d, n_threads, clock)
-        bar = Progress(total=len(jobs) * passes, desc=f"profiling {tok}", enabled=None if progress else False)
-        for _ in range(passes):
-            for cfg, space in jobs:
-                fn, kw = _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw)
-                key = cfg.key()
-                timings[key] = time_callable(fn, d, timing=timings.get(key), **kw)
-                bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
-                             f" {timings[key].median:.3g}ms")
-                bar.update()
-        bar.close()
-        meta = {
-            "device": tok, "device_name": device_name(d), "torch": str(torch.__version__),
-            "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(),
-            "threads": n_threads if d.type == "cpu" else None,
-            "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" else None,
-            "cuda": torch.version.cuda if d.type == "cuda" else None, "date": utc_now(),
-            "method": _method(d, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock), "clock": clock,
-            "load_average": load, "batch": batch, "dtype": dtype, "memory_format": fmt,
-            "spaces": [s.name for s in spaces], "host": _host(),
-        }
+                     rel_ci=rel_ci, clock=clock, check=False)
+    with rt.running() as n_threads:
+        _check_runtime_clock(clock, rt, n_threads)
+        conditions = measurement_conditions(d, n_threads, clock)
+        timings = _time_jobs(jobs, passes, progress, rt, f"profiling {tok} ({rt.name})",
+                             lambda cfg, space: _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw, rt,
+                                                              in_context))
+    meta = dict(_table_meta(d, tok, n_threads, rt, batch, dtype, fmt, spaces), **conditions, clock=clock,
+                method=_method(rt.timer_device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock,
+                                              rt.name),
+                op_timing="in context" if in_context else "isolated")
     t = LatencyTable(meta=meta)
-    for key, tm in timings.items():
-        t.add(key, **tm.entry())
+    for cfg, space in jobs:
+        tm = timings[cfg.key()]
+        if in_context and isinstance(cfg, OpConfig):
+            _add_in_context(t, cfg, space, tm, timings[BaseConfig.of(space, batch, dtype, tok, "all").key()])
+        elif include_base or not isinstance(cfg, BaseConfig):
+            t.add(cfg, **tm.entry())
     return t
+
+
+def _time_jobs(jobs, passes: int, progress: bool, rt, desc: str, make) -> Dict[str, Timing]:
+    """Time every job ``passes`` times over, runs pooled; ``make(cfg, space)`` gives (callable, timing options)."""
+    timings: Dict[str, Timing] = {}
+    fns = {}
+    bar = Progress(total=len(jobs) * passes, desc=desc, enabled=None if progress else False)
+    for _ in range(passes):
+        for cfg, space in jobs:
+            key = cfg.key()
+            if key not in fns:
+                fns[key] = make(cfg, space)
+            fn, kw = fns[key]
+            timings[key] = time_callable(fn, rt.timer_device, timing=timings.get(key), **kw)
+            bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
+                         f" {timings[key].median:.3g}ms")
+            bar.update()
+    bar.close()
+    return timings
+
+
+def _add_in_context(table: LatencyTable, cfg: OpConfig, space, context: Timing, base: Timing) -> None:
+    """The op's entry from its context network's timing and the base's: the difference per edge (at least 0)."""
+    n = len([e for e in space.edges() if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride)])
+    table.add(cfg, max(0.0, (context.median - base.median) / n), (context.iqr + base.iqr) / n,
+              min(context.runs, base.runs), min=max(0.0, (context.min - base.min) / n), edges=n,
+              context_median=context.median)
+
+
+def _table_meta(d: torch.device, tok: str, n_threads: int, rt, batch: int, dtype: str, fmt: str, spaces) -> Dict:
+    return {
+        "device": tok, "device_name": device_name(d), "torch": str(torch.__version__),
+        "dartscc_fast": BUILD_INFO["version"], "python": platform.python_version(),
+        "threads": n_threads if d.type == "cpu" else None,
+        "interop_threads": torch.get_num_interop_threads() if d.type == "cpu" and rt.name == "torch" else None,
+        "cuda": torch.version.cuda if d.type == "cuda" else None, "date": utc_now(),
+        "batch": batch, "dtype": dtype, "memory_format": fmt,
+        "spaces": [s.name for s in spaces], "host": _host(), **rt.meta(),
+    }
+
+
+def measurement_conditions(device: torch.device, threads: int, clock: str) -> Dict:
+    """What the machine was doing when a table was measured: the load average (and a warning when other
+    work wants the cores a wall-clock run needs), the busy CPUs now, and the CPU frequency governor
+    where Linux exposes it."""
+    load = _warn_if_busy(device, threads, clock)
+    busy, how = busy_cores(0.25)
+    return {"load_average": load, "busy_cpus": round(busy, 2), "busy_cpus_how": how,
+            "governor": _governor()}
+
+
+def _governor() -> Optional[str]:
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _profile_jobs(spaces, batch: int, dtype: str, tok: str, include_base: bool) -> List[Tuple[object, object]]:
@@ -435,18 +524,24 @@ def _profile_jobs(spaces, batch: int, dtype: str, tok: str, include_base: bool) 
     return jobs
 
 
-def _job_callable(cfg, space, batch: int, dtype: str, d: torch.device, fmt: str, timing_kw: Dict):
-    """What to time for one configuration (an op on its input, or a network base) and its timing options."""
+def _job_callable(cfg, space, batch: int, dtype: str, d: torch.device, fmt: str, timing_kw: Dict, rt,
+                  in_context: bool = False):
+    """What to time for one configuration (an op on its input, its context network, or a network base) on
+    runtime ``rt``, and its timing options."""
     kw = dict(timing_kw)
+    if in_context and isinstance(cfg, OpConfig):
+        net, _ = build_context_network(space, cfg, dtype, d, fmt)
+        kw["max_seconds"] *= 3
+        return rt.prepare(net, network_input(space, batch, dtype, d, fmt)), kw
     if isinstance(cfg, BaseConfig):
         net = build_base_network(space, cfg.inputs, dtype, d, fmt)
         x = network_input(space, batch, dtype, d, fmt)
         # a whole network runs ~10x longer than an op: give it the runs an op gets
         kw["max_seconds"] *= 3
-        return (lambda: net(x)), kw
+        return rt.prepare(net, x), kw
     op = build_op(cfg, fmt).to(d)
     x = in_format(torch.randn(cfg.batch, cfg.cin, cfg.h, cfg.w, dtype=torch_dtype(dtype), device=d), fmt)
-    return (lambda: op(x)), kw
+    return rt.prepare(op, x), kw
 
 
 def _host() -> Dict:

@@ -19,6 +19,12 @@ A JSON object::
         "method": "...",                        # timer, warm-up, stopping rule, statistic
         "batch": 64, "dtype": "float32",        # the defaults of lookups
         "memory_format": "channels_last",       # the layout the ops and networks ran in (absent: contiguous)
+        "runtime": "onnxruntime",               # what ran them: torch (eager; absent: torch) or onnxruntime
+        "runtime_version": "1.32.0", "provider": "CPUExecutionProvider",
+        "optimisation": "ORT_ENABLE_ALL, ...",  # the runtime's graph optimisation level and execution mode
+        "op_timing": "in context",              # each op timed alone ('isolated') or inside its network
+        "load_average": 0.1, "busy_cpus": 0.0,  # the machine when it was measured (a busy one warns)
+        "governor": "performance",              # CPU frequency governor where Linux exposes it, else null
         "spaces": ["fmnist-paper"],             # the search spaces it was made for
         ...                                     # free-form extras (host, preset parameters)
       },
@@ -27,7 +33,8 @@ A JSON object::
           "median": 1.234,                      # the latency (required, finite, >= 0)
           "iqr": 0.021,                         # spread: interquartile range of the runs
           "runs": 57,                           # timed runs (0: computed, not measured)
-          "min": 1.201                          # fastest run (optional)
+          "min": 1.201,                         # fastest run (optional)
+          "edges": 6, "context_median": 60.1    # in context: the edges running it, its network's time
         }, ...
       }
     }
@@ -176,6 +183,12 @@ class LatencyTable:
         the field existed were measured contiguous)."""
         return self.meta.get("memory_format", "contiguous")
 
+    @property
+    def runtime(self) -> str:
+        """What ran the ops: 'torch' (eager; tables from before the field existed) or 'onnxruntime'
+        (:mod:`dartscc_fast.latency.runtimes`)."""
+        return self.meta.get("runtime") or "torch"
+
     def __repr__(self) -> str:
         return (f"LatencyTable({len(self)} entries, device={self.device!r}, batch={self.batch}, "
                 f"dtype={self.dtype!r}{', from ' + self.source if self.source else ''})")
@@ -260,6 +273,9 @@ class LatencyTable:
         sources = [self.source or "(unsaved)"]
         for o in others:
             if strict:
+                if self.runtime != o.runtime:
+                    raise LatencyTableError(f"cannot merge {o._where()} into {self._where()}: measured on different "
+                                            f"runtimes ({o.runtime} vs {self.runtime})")
                 if self.memory_format != o.memory_format:
                     raise LatencyTableError(
                         f"cannot merge {o._where()} into {self._where()}: measured in different memory formats "

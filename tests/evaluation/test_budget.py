@@ -101,3 +101,22 @@ def test_predict_spread_is_half_the_summed_spreads():
         t.add(k, median=1.0, iqr=0.2)
     assert t.predict_spread(space, g) == pytest.approx(0.5 * 0.2 * len(keys))
     assert t.predict(space, g) == pytest.approx(len(keys))
+
+
+def test_budgets_on_another_table_predict_with_it(search):
+    """A table of the runtime you deploy with (here: the search's, every entry doubled) gives the same family
+    at its own latencies; a table that misses the space is refused by name."""
+    doubled = LatencyTable(meta=dict(search.table.meta, runtime="onnxruntime"))
+    for k, e in search.table.entries.items():
+        doubled.add(k, median=2 * e["median"], iqr=2 * e.get("iqr", 0.0))
+    kw = dict(grid_steps=2, levels=(0.0, 1.0), progress=False)
+    fam = family_for_budgets(search, **kw)
+    top = 2 * fam[-1].predicted_ms
+    (own,) = derive_for_budget(search, [top / 2], **kw)
+    (other,) = derive_for_budget(search, [top], table=doubled, **kw)
+    assert other.predicted_ms == pytest.approx(2 * own.predicted_ms)
+    assert other.derived.genotype.to_json() == own.derived.genotype.to_json()
+    assert search.table is not doubled  # the search itself keeps its table
+    empty = LatencyTable(meta=dict(search.table.meta))
+    with pytest.raises(BudgetError, match="does not cover the search's space"):
+        derive_for_budget(search, [top], table=empty, **kw)
