@@ -8,9 +8,11 @@ times a few forwards of each network of a chunk in turn, so a burst of load land
 Prints Kendall's tau (tau-b), the mean absolute percentage error (MAPE), the mean error and the
 share of architectures within +-10 % and +-5 %, for
 
-- ``base+sum``:   the table's prediction;
-- ``base+sum+c``: plus a per-network constant c fitted leave-one-out (the median residual of the
-                  other architectures): what a calibration on measured networks would add.
+- ``table``:      the table's prediction (with its calibration, if it has one);
+- ``+c (LOO)``:   plus a per-network constant c fitted leave-one-out (the median residual of the
+                  other architectures);
+- ``+offset(K)``: plus the median residual of the first K architectures, scored on the others: what
+                  ``profile --calibrate K`` adds to an uncalibrated table.
 
 It writes a predicted-against-measured scatter plot (--plot) and, with --json, every figure. The
 table's measurement conditions (threads, load, governor) are printed beside the network's, and a
@@ -80,7 +82,7 @@ def scores(pred, meas) -> dict:
 def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks"):
     """Median measured latency (ms) and IQR of every genotype, interleaved within chunks of ``chunk``
     (a graph runtime holds a session per network: all 200 at once need gigabytes)."""
-    med, iqr = [], []
+    med, iqr, fastest = [], [], []
     bar = Progress(total=len(genotypes), desc=f"timing {desc} ({table.runtime}, {threads} thread(s))")
     for i in range(0, len(genotypes), chunk):
         part = genotypes[i:i + chunk]
@@ -89,9 +91,10 @@ def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="
                              runtime=table.runtime)
         med += [tm.median for tm in tms]
         iqr += [tm.iqr for tm in tms]
+        fastest += [tm.min for tm in tms]
         bar.update(len(part))
     bar.close()
-    return np.array(med), np.array(iqr)
+    return np.array(med), np.array(iqr), np.array(fastest)
 
 
 def plot(path, pred, meas, title):
@@ -157,7 +160,7 @@ def check_budgets(args, space, table, threads, log):
     lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches)
-    meas, _ = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
+    meas, _, _ = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
                       args.runs, args.chunk, desc="budget picks")
     hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
     log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted): {sum(hits)} of {len(hits)} picks "
@@ -181,8 +184,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["wall", "thread"], default="wall",
                     help="wall: elapsed time (default); thread: the calling thread's CPU time (one thread only; "
                          "robust to other work on a shared machine)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    ap.add_argument("--runs", type=int, default=3, help="timed forwards per network per round (default 3)")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="interleaved rounds (default 6: a network's time drifts by 10 %% over tens of seconds on a "
+                         "shared virtual machine, so many short rounds beat a few long ones)")
+    ap.add_argument("--runs", type=int, default=2, help="timed forwards per network per round (default 2)")
     ap.add_argument("--chunk", type=int, default=25, help="networks interleaved at a time (default 25)")
     ap.add_argument("--top2", action="store_true", help="DARTS genotypes: two inputs per node")
     ap.add_argument("--seed", type=int, default=0)
@@ -192,6 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--search", help="also check budgets on this search's family")
     ap.add_argument("--budgets", type=int, default=10, help="budgets across the family's range (default 10)")
     ap.add_argument("--max-batches", type=int, default=None, help="validation batches ranking the budget picks")
+    ap.add_argument("--refit", type=int, default=20,
+                    help="also score the table plus the offset `profile --calibrate K` fits, fitted on the first K "
+                         "architectures and scored on the others (default 20; 0: not)")
     ap.add_argument("--verbose", action="store_true", help="print every architecture")
     args = ap.parse_args(argv)
     if args.n < 0 or args.rounds < 1 or args.runs < 1 or args.chunk < 1:
@@ -222,11 +230,14 @@ def check_random(args, space, table, threads) -> dict:
     genotypes = random_genotypes(space, args.n, args.seed, args.top2)
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
-    meas, iqr = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    meas, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
     elapsed = time.perf_counter() - t0
     after = measurement_conditions(torch.device("cpu"), threads, args.clock)
     pred = np.array([table.predict(space, g) for g in genotypes])
-    preds = {"base+sum": pred, "base+sum+c": loo_constant(pred, meas)}
+    preds = {"table": pred, "+c (LOO)": loo_constant(pred, meas)}
+    k = args.refit
+    if 0 < k < len(genotypes) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
+        preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
     print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
           f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "
@@ -240,16 +251,18 @@ def check_random(args, space, table, threads) -> dict:
           f"{'within5_%':>9}")
     results = {}
     for name, p in preds.items():
-        r = results[name] = scores(p, meas)
+        held = slice(k, None) if name.startswith("+offset") else slice(None)
+        r = results[name] = scores(p[held], meas[held])
         print(f"{name:<12} {r['kendall_tau']:>11.3f} {r['mape']:>8.2f} {r['mean_error']:>+10.2f} "
               f"{r['within_10']:>10.1f} {r['within_5']:>9.1f}")
     if args.plot:
-        r = results["base+sum"]
+        r = results["table"]
         plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} random archs, {table.runtime}, {threads} "
                                     f"thread(s): tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.1f} %, "
                                     f"{r['within_10']:.0f} % within ±10 %")
         print(f"wrote {args.plot}")
-    return {"results": results, "measured": meas.tolist(), "measured_iqr": iqr.tolist(), "predicted": pred.tolist(),
+    return {"results": results, "measured": meas.tolist(), "measured_iqr": iqr.tolist(),
+            "measured_min": fastest.tolist(), "predicted": pred.tolist(),
             "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
             "seconds": elapsed, "cpus": os.cpu_count()}
 

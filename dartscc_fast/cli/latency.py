@@ -13,7 +13,7 @@ from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.nn.primitives import OP_TYPES, op_type
 from dartscc_fast.space import PRESETS as SPACES
 from dartscc_fast.space import Genotype, get_space
-from dartscc_fast.validate import POSITIVE, POSITIVE_INT, Float, arg
+from dartscc_fast.validate import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Float, arg
 
 
 def register(sub) -> None:
@@ -50,6 +50,9 @@ def register(sub) -> None:
                           "configuration, minus the base): the default on the graph runtimes, which fuse across ops")
     ctx.add_argument("--isolated", dest="in_context", action="store_false",
                      help="time each op alone: the default on torch")
+    p.add_argument("--calibrate", type=arg(NON_NEGATIVE_INT), default=None, metavar="N",
+                   help="then time N random networks whole and fit predict = base + scale x ops + offset to them "
+                        "(default 20 on a measured device; 0: none)")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", help="the table file to write")
@@ -109,7 +112,8 @@ def _profile(args) -> int:
     table = profile_space(spaces, args.device, args.batch, args.dtype, threads=args.threads,
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
                           max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock,
-                          memory_format=args.memory_format, runtime=args.runtime, in_context=args.in_context)
+                          memory_format=args.memory_format, runtime=args.runtime, in_context=args.in_context,
+                          calibrate_networks=_calibration_networks(args))
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -117,6 +121,22 @@ def _profile(args) -> int:
         print(_format(table))
         print(f"wrote {len(table)} entries to {args.out}")
     return 0
+
+
+def _calibration_networks(args) -> int:
+    """--calibrate, or its default of 20 networks on a measured device (why: docs/latency.md, "Is the prediction
+    right?"; the eager sum over-predicted by 17 %, by 5 % after the fit)."""
+    if args.calibrate is not None or str(args.device).startswith("sim:"):
+        return args.calibrate or 0
+    return 20
+
+
+def _calibration_text(c) -> str:
+    if not c:
+        return "  calibration: none (predict = base + sum of the ops)"
+    fit = c.get("mape_on_fit", float("nan"))
+    return (f"  calibration: predict = base + {c['scale']:.3f} x sum of the ops {c['offset_ms']:+.2f} ms, fitted on "
+            f"{c['networks']} random {c.get('space')} networks (MAPE on them {fit:.1f} %)")
 
 
 def _describe(key: str):
@@ -137,6 +157,7 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
              f"{m.get('op_timing') or 'isolated'}",
              f"  conditions: load average {m.get('load_average')}, busy CPUs {m.get('busy_cpus')}, governor "
              f"{m.get('governor')}, clock {m.get('clock') or 'wall'}",
+             _calibration_text(m.get("calibration")),
              f"  method: {m.get('method')}"]
     rows = []
     for key, e in table.entries.items():

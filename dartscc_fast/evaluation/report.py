@@ -20,6 +20,7 @@ from dartscc_fast.evaluation.derive import Derived, derive, derive_from_alphas, 
 from dartscc_fast.evaluation.evaluate import (
     RetrainConfig,
     genotype_weights,
+    inherited_accuracies,
     inherited_accuracy,
     random_matched,
     retrain,
@@ -401,10 +402,9 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
         if used() >= count:
             break
         cands = [d for d in distinct if _within(d.predicted_ms, budget)]
-        for d in cands:
-            key = d.genotype.to_json()
-            if key not in val_acc:
-                val_acc[key] = inherited_accuracy(supernet, space, d.genotype, val_loader)
+        todo = [d.genotype for d in cands if d.genotype.to_json() not in val_acc]
+        for g, acc in zip(todo, inherited_accuracies(supernet, space, todo, val_loader) if todo else []):
+            val_acc[g.to_json()] = acc  # one copy of the supernet for all of them
         if cands:
             best = max(cands, key=lambda d: val_acc[d.genotype.to_json()])
             chosen.setdefault(best.genotype.to_json(), f"budget of {label}")

@@ -25,6 +25,7 @@ A JSON object::
         "op_timing": "in context",              # each op timed alone ('isolated') or inside its network
         "load_average": 0.1, "busy_cpus": 0.0,  # the machine when it was measured (a busy one warns)
         "governor": "performance",              # CPU frequency governor where Linux exposes it, else null
+        "calibration": {"scale": 0.8, "offset_ms": 1.5, ...},  # optional: predict = base + scale*sum + offset
         "spaces": ["fmnist-paper"],             # the search spaces it was made for
         ...                                     # free-form extras (host, preset parameters)
       },
@@ -424,11 +425,22 @@ class LatencyTable:
 
     def predict(self, space, genotype, batch: Optional[int] = None, dtype=None, device=None,
                 include_base: bool = True, fallback: Union[None, str, Callable] = None) -> float:
-        """Predicted latency (ms) of a discrete architecture: base + the sum of its chosen ops."""
+        """Predicted latency (ms) of a discrete architecture: base + the sum of its chosen ops; on a calibrated
+        table (``meta['calibration']``, see :meth:`calibration`) base + scale x sum + offset."""
         args = self._lookup_args(batch, dtype, device)
         keys = [c.key() for c in genotype_configs(space, genotype, *args)]
         total = float(self.lookup(keys, 1, fallback).sum()) if keys else 0.0
-        return total + (self.base(space, genotype, *args) if include_base else 0.0)
+        if not include_base:
+            return total
+        scale, offset = self.calibration()
+        return scale * total + self.base(space, genotype, *args) + offset
+
+    def calibration(self) -> Tuple[float, float]:
+        """(scale, offset in ms) of the whole-network calibration: what a runtime's graph does to the per-op sum
+        (fusions, shared work, layout changes), fitted on measured random networks when the table was profiled
+        (:func:`dartscc_fast.latency.measure.calibrate`); (1, 0) for an uncalibrated table."""
+        c = self.meta.get("calibration") or {}
+        return float(c.get("scale", 1.0)), float(c.get("offset_ms", 0.0))
 
     def predict_spread(self, space, genotype, batch: Optional[int] = None, dtype=None, device=None) -> float:
         """Half the summed interquartile ranges of the entries :meth:`predict` adds (its ops and the larger of
@@ -439,7 +451,7 @@ class LatencyTable:
         iqr = sum(float(self.entries[k].get("iqr") or 0.0) for k in keys if k in self.entries)
         bases = [float(self.entries[k].get("iqr") or 0.0) for k in
                  (BaseConfig.of(space, *args, inputs=i).key() for i in BASE_INPUTS) if k in self.entries]
-        return 0.5 * (iqr + max(bases, default=0.0))
+        return 0.5 * (self.calibration()[0] * iqr + max(bases, default=0.0))
 
 
 # ---------------------------------------------------------------------- normalisation

@@ -123,12 +123,15 @@ def test_thread_clock_needs_one_thread_on_the_calling_thread():
         time_genotypes(TINY, [g], batch=2, threads=2, rounds=1, runs=1, clock="thread")
 
 
-def test_profile_cli_takes_the_runtime(tmp_path):
+def test_profile_cli_takes_the_runtime(tmp_path, capsys):
     out = tmp_path / "t.json"
     args = ["profile", "--space", "fmnist-paper", "--batch", "1", "--threads", "1", "--max-seconds", "0.01",
-            "--out", str(out), "--quiet", "--isolated", "--no-base"]
-    assert main(args) == 0
-    assert LatencyTable.load(out).meta["op_timing"] == "isolated"
+            "--out", str(out), "--quiet", "--isolated"]
+    assert main(args + ["--calibrate", "3"]) == 0
+    t = LatencyTable.load(out)
+    assert t.meta["op_timing"] == "isolated" and t.meta["calibration"]["networks"] == 3
+    assert main(["table", "show", str(out)]) == 0
+    assert "calibration: predict = base + " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(args + ["--runtime", "tvm"])
 
@@ -141,12 +144,27 @@ def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
                   warmup=1, runtime=runtime).save(table)
     out, png = tmp_path / "check.json", tmp_path / "check.png"
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "check_latency_prediction.py"), "--table",
-                        str(table), "--n", "5", "--rounds", "1", "--runs", "2", "--json", str(out), "--plot",
-                        str(png)], capture_output=True, text=True, timeout=600)
+                        str(table), "--n", "5", "--rounds", "1", "--runs", "2", "--refit", "2", "--json", str(out),
+                        "--plot", str(png)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "kendall_tau" in r.stdout and "within10_%" in r.stdout and png.stat().st_size > 0
     res = json.loads(out.read_text())
     assert len(res["measured"]) == 5 and all(m > 0 for m in res["measured"])
     for k in ("kendall_tau", "mape", "within_10", "within_5"):
-        assert k in res["results"]["base+sum"]
+        assert k in res["results"]["table"] and k in res["results"]["+offset(2)"]
     assert res["table_meta"]["runtime"] == runtime
+
+
+def test_calibration_fits_whole_networks_and_predict_applies_it():
+    t = profile_space(TINY, calibrate_networks=4, **QUICK)
+    cal = t.meta["calibration"]
+    assert cal["networks"] == 4 and cal["space"] == TINY.name and cal["scale"] > 0
+    assert t.calibration() == (cal["scale"], cal["offset_ms"])
+    g = random_genotype(TINY, torch.Generator().manual_seed(7))
+    ops, base = t.predict(TINY, g, include_base=False), t.base(TINY, g)
+    assert t.predict(TINY, g) == pytest.approx(cal["scale"] * ops + base + cal["offset_ms"])
+    t.meta.pop("calibration")
+    assert t.calibration() == (1.0, 0.0) and t.predict(TINY, g) == pytest.approx(ops + base)
+    from dartscc_fast.latency.measure import calibrate
+    with pytest.raises(ValueError, match="at least 3 networks"):
+        calibrate(t, TINY, networks=2)
