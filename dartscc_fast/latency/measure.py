@@ -502,8 +502,8 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
     ``networks`` random architectures of ``space`` (seeded; the checks of bench/check_latency_prediction.py
     draw others) are measured whole on the table's runtime, interleaved; the offset is the median of
     (measured - base - sum of the ops' entries): what the runtime does around the ops, per network. The
-    scale stays 1: fitted too, on 20 networks timed with 5-10 % noise, it ranged from 0.58 to 1.45 and
-    helped in 3 of 7 fits, hurt in 2 (docs/latency.md). Returns the calibration dict.
+    scale stays 1: fitted too, on 20 networks timed with 5-10 % noise, it ranged from 0.58 to 1.60 and
+    helped in 4 of 9 fits, hurt in 3 (docs/latency.md). Returns the calibration dict.
     """
     if networks < 3:
         raise ValueError(f"calibration needs at least 3 networks, got {networks}")
