@@ -145,7 +145,8 @@ def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
     out, png = tmp_path / "check.json", tmp_path / "check.png"
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "check_latency_prediction.py"), "--table",
                         str(table), "--n", "5", "--rounds", "1", "--runs", "2", "--refit", "2", "--json", str(out),
-                        "--plot", str(png)], capture_output=True, text=True, timeout=600)
+                        "--plot", str(png)], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])))
     assert r.returncode == 0, r.stderr
     assert "kendall_tau" in r.stdout and "within10_%" in r.stdout and png.stat().st_size > 0
     res = json.loads(out.read_text())
