@@ -1,7 +1,9 @@
 """The interface every runtime module implements."""
 from __future__ import annotations
 
+import abc
 import contextlib
+import os
 from typing import Callable, Dict, Iterator, Optional
 
 import torch
@@ -26,7 +28,7 @@ class RuntimeUnavailable(ValueError):
     """The runtime's package is missing, or it cannot run on the device asked for."""
 
 
-class Runtime:
+class Runtime(abc.ABC):
     """One way of running a network: what a latency table measures and a deployment runs.
 
     Subclasses set :attr:`name` and implement :meth:`prepare` and :meth:`meta`.
@@ -34,21 +36,24 @@ class Runtime:
     name: str = ""
     #: whether the table's memory format applies (eager torch); a compiled graph picks its own layout
     uses_memory_format: bool = True
+    #: threads=None means every CPU (the graph runtimes' own default), else one
+    all_cpus_by_default: bool = False
 
     def __init__(self, device: torch.device, threads: Optional[int]):
         self.device = device
         self.threads = threads
-        self.cpu_threads = int(threads) if threads else 1  # what the timed calls compute with
+        default = (os.cpu_count() or 1) if self.all_cpus_by_default else 1
+        self.cpu_threads = int(threads) if threads else default  # what the timed calls compute with
         self.timer_device = device  # where time_callable times a call (CUDA events on a torch GPU)
 
+    @abc.abstractmethod
     def prepare(self, module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
         """A callable that runs one forward of the eval-mode ``module`` on ``x`` in this runtime."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def meta(self) -> Dict:
         """What a table made on this runtime records: runtime, runtime_version, provider, threads,
         optimisation."""
-        raise NotImplementedError
 
     @contextlib.contextmanager
     def running(self) -> Iterator[int]:

@@ -10,7 +10,6 @@ per-call cost of the Python binding is part of every timing, as in a deployment 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from typing import Callable, Dict
 
@@ -45,6 +44,7 @@ def export_onnx(module: nn.Module, x: torch.Tensor) -> bytes:
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
+    all_cpus_by_default = True
     uses_memory_format = False  # ONNX graphs are NCHW; ORT picks its own internal layouts
 
     def __init__(self, device: torch.device, threads):
@@ -57,7 +57,6 @@ class OnnxRuntime(Runtime):
                                      "onnxruntime-gpu")
         self.provider = want
         self.timer_device = torch.device("cpu")  # a session run returns when its work is done: host clock
-        self.cpu_threads = int(threads) if threads else (os.cpu_count() or 1)
 
     def options(self):
         so = self.ort.SessionOptions()

@@ -6,7 +6,6 @@ shared without a copy. ``pip install openvino``.
 from __future__ import annotations
 
 import io
-import os
 from typing import Callable, Dict
 
 import torch
@@ -27,6 +26,7 @@ def _ov():
 
 class OpenVino(Runtime):
     name = "openvino"
+    all_cpus_by_default = True
     uses_memory_format = False  # the plugin picks its own layouts
 
     def __init__(self, device: torch.device, threads):
@@ -35,7 +35,6 @@ class OpenVino(Runtime):
             raise RuntimeUnavailable(f"the openvino runtime here runs on its CPU plugin only, not {device.type}")
         self.ov = _ov()
         self.core = self.ov.Core()
-        self.cpu_threads = int(threads) if threads else (os.cpu_count() or 1)
         # f32: the table's dtype (the plugin would pick bf16 on CPUs that have it)
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.cpu_threads,
                        "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
