@@ -1,6 +1,8 @@
 """``dartscc-fast demo``: the command line of :mod:`dartscc_fast.evaluation.demo`."""
 from __future__ import annotations
 
+import argparse
+
 from dartscc_fast.evaluation.demo import DemoConfig, run_demo
 from dartscc_fast.evaluation.demo import __doc__ as _DOC
 from dartscc_fast.latency import NORMALISATIONS
@@ -20,6 +22,8 @@ def register(sub) -> None:
                    help="the profiles' trade-off (with --no-strength: the one weight searched with)")
     p.add_argument("--kappa-max", type=float, default=d.kappa_max, help="the strength axis's strongest weight")
     p.add_argument("--no-strength", action="store_true", help="search one fixed --kappa instead of the axis")
+    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
+                   help="every search step also trains the accurate end, t = 0 (twice the step's work)")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--stride-balance", type=float, default=d.stride_balance,
@@ -43,7 +47,7 @@ def register(sub) -> None:
 def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
                      warmup_epochs=args.warmup_epochs, kappa=args.kappa, kappa_max=args.kappa_max,
-                     strength=not args.no_strength, normalise=args.normalise,
+                     strength=not args.no_strength, sandwich=args.sandwich, normalise=args.normalise,
                      stride_balance=args.stride_balance, per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,

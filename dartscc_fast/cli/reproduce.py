@@ -1,6 +1,8 @@
 """``dartscc-fast reproduce``: the command line of :mod:`dartscc_fast.evaluation.reproduce`."""
 from __future__ import annotations
 
+import argparse
+
 from dartscc_fast.evaluation.reproduce import ReproduceConfig, run_reproduce
 from dartscc_fast.evaluation.reproduce import __doc__ as _DOC
 
@@ -28,6 +30,8 @@ def register(sub) -> None:
                    help="the profiles at these trade-offs too, from the same searches")
     p.add_argument("--kappa-max", type=float, default=None)
     p.add_argument("--no-strength", action="store_true", help="one fixed --kappa per search, as the seeds")
+    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
+                   help="every search step also trains the accurate end, t = 0 (twice the step's work)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--retrain-max-steps", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="refuse to read back earlier seeds (default: resume)")
@@ -41,7 +45,8 @@ def _main(args) -> int:
                           front_retrain=args.front_retrain, table_threads=tuple(args.table_threads),
                           threads=args.threads, kappa=args.kappa, extra_kappas=tuple(args.extra_kappas),
                           kappa_max=args.kappa_max,
-                          strength=not args.no_strength, max_steps_per_epoch=args.max_steps_per_epoch,
+                          strength=not args.no_strength, sandwich=args.sandwich,
+                          max_steps_per_epoch=args.max_steps_per_epoch,
                           retrain_max_steps=args.retrain_max_steps, resume=not args.fresh)
     run_reproduce(cfg)
     return 0

@@ -182,11 +182,11 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
     S leaves nothing to draw per sample).
     """
     if kind == "darts":
-        return dataclasses.replace(base, hypernet="constant", strength=False, fixed_S=UNIFORM_S, kappa=0.0,
-                                   per_sample=False,
+        return dataclasses.replace(base, hypernet="constant", strength=False, sandwich=False, fixed_S=UNIFORM_S,
+                                   kappa=0.0, per_sample=False,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
     if kind == "fbnet":
-        return dataclasses.replace(base, hypernet="constant", strength=False, fixed_S=UNIFORM_S,
+        return dataclasses.replace(base, hypernet="constant", strength=False, sandwich=False, fixed_S=UNIFORM_S,
                                    kappa=float(kappa), per_sample=False,
                                    normalise="uniform" if base.normalise.startswith("type") else base.normalise,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))

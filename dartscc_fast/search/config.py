@@ -69,6 +69,9 @@ class SearchConfig:
     # the share of draws at t = 0 exactly (the cross-entropy alone), the rest uniform on [0, 1]: the accurate
     # end's knot and the convolutions' weights then train as often as a DARTS search's would (docs/design.md)
     strength_zero_share: float = 0.25
+    # every step after the warm-up also trains the accurate end (t = 0, a second S draw) on the same batch, as
+    # BigNAS's sandwich rule trains the largest child every step: twice the step's work (docs/design.md)
+    sandwich: bool = False
     # with the strength axis: the default trade-off that derive, report and the profiles A, B, C take
     # (any kappa in [0, kappa_max] can be asked for afterwards); without it: the one weight searched with
     kappa: float = 2.0
@@ -128,6 +131,9 @@ class SearchConfig:
             if self.hypernet == "constant":
                 raise ValueError("the strength axis needs an S-dependent hypernetwork; hypernet='constant' "
                                  "(the DARTS / FBNet baselines) needs strength=False")
+        elif self.sandwich:
+            raise ValueError("sandwich trains the strength axis's accurate end (t = 0) every step; it needs "
+                             "strength=True")
         if self.fixed_S is not None:
             parse_S(self.fixed_S)
 
@@ -141,6 +147,7 @@ class SearchConfig:
         # a search saved before the strength axis existed searched one fixed kappa
         d.setdefault("strength", False)
         d.setdefault("strength_zero_share", 0.0)  # before it existed, t was uniform
+        d.setdefault("sandwich", False)  # before it existed, one draw per step
         if d.get("max_steps_per_epoch") == 0:  # before the options were checked, 0 meant no cap
             d["max_steps_per_epoch"] = None
         if "split" in d:

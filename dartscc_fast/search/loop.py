@@ -158,11 +158,14 @@ class _SearchRun:
             return self.fixed_S if not self.cfg.per_sample else self.fixed_S.expand(n, -1)
         return sample_S(len(OP_TYPES), n if self.cfg.per_sample else None, gen)
 
-    def loss_on(self, x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
-        """CE + kappa * Lat_S(gamma) of one batch, for S, t and gamma drawn from ``gen``."""
+    def loss_on(self, x, y, gen, tau, warm: bool, accurate_end: bool = False) -> Tuple[Tensor, Dict]:
+        """CE + kappa * Lat_S(gamma) of one batch, for S, t and gamma drawn from ``gen`` (t = 0 with
+        ``accurate_end``)."""
         cfg, L, ti = self.cfg, self.L, self.type_index
         S = self.draw_S(gen, x.shape[0])
         t = draw_strength(cfg, gen, x.shape[0])
+        if accurate_end:
+            t = torch.zeros_like(t)
         seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
         logits, gamma, alpha = self.ddp(x, S, tau, cfg.hard, seeds, warm, t)
         ce = F.cross_entropy(logits, y)
@@ -182,6 +185,12 @@ class _SearchRun:
         self.opt_a.zero_grad(set_to_none=True)
         loss, stats = self.loss_on(x, y, gen, tau, warm)
         loss.backward()
+        if self.cfg.sandwich and not warm:
+            # the sandwich rule: the accurate end's gradients on the same batch join the one update (a forward
+            # and backward of their own, so that DDP sees one forward per backward)
+            loss0, _ = self.loss_on(x, y, gen, tau, False, accurate_end=True)
+            loss0.backward()
+            loss = loss.detach() + loss0.detach()
         self.check_step(loss, nn.utils.clip_grad_norm_(self.model.supernet.parameters(), self.cfg.grad_clip))
         self.opt_w.step()
         if not warm:

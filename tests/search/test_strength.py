@@ -174,3 +174,22 @@ def test_reproduce_cli_refuses_bad_settings():
     with pytest.raises(ValueError, match="seeds must differ"):
         ReproduceConfig(seeds=(1, 1))
     assert cli.main(["reproduce", "--seeds", "0", "0"]) == 2
+
+
+def test_sandwich_trains_the_accurate_end_every_step_and_resumes_exactly(tmp_path):
+    cfg = dataclasses.replace(TINY, per_sample=True, kappa=3.0, kappa_max=10.0, sandwich=True, epochs=3,
+                              strength_zero_share=0.0, out_dir=str(tmp_path / "a"))
+    whole = load_search(run_search(cfg))
+    plain = load_search(run_search(dataclasses.replace(cfg, sandwich=False, out_dir=str(tmp_path / "p"))))
+    # the extra t = 0 gradients move the accurate end's knot, which uniform draws in (0, 1] barely reach
+    knot0 = lambda r: r.hypernet.nets[0].A0  # noqa: E731
+    assert not torch.equal(knot0(whole), knot0(plain))
+    # stopped after one epoch and resumed: bitwise the uninterrupted search
+    part = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"))
+    run_search(part, stop_after_epochs=1)
+    resumed = load_search(run_search(part, resume=True))
+    for kappa in (0.0, 3.0):
+        torch.testing.assert_close(resumed.alphas("B", kappa)[0], whole.alphas("B", kappa)[0], rtol=0, atol=0)
+    assert SearchConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "sandwich"}).sandwich is False
+    with pytest.raises(ValueError, match="sandwich"):
+        dataclasses.replace(TINY, strength=False, sandwich=True)
