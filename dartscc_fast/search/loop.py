@@ -40,8 +40,9 @@ from dartscc_fast.validate import first_nonfinite
 
 __all__ = ["run_search", "NonFiniteError"]
 
-#: Settings a resumed search may change: they alter no step of the search.
-RESUMABLE_CHANGES = ("epochs", "out_dir", "progress", "log", "checkpoint_every")
+#: Settings a resumed search may change: they alter no step of the search. The latency table's path may move
+#: with its run directory: its contents are checked by digest.
+RESUMABLE_CHANGES = ("epochs", "out_dir", "progress", "log", "checkpoint_every", "latency_table")
 
 
 class NonFiniteError(ValueError):

@@ -115,6 +115,11 @@ def test_resume_refuses_a_changed_latency_table_unless_forced(tmp_path):
     table_path.write_text(json.dumps(d))
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, resume=True, on_step=_crash_at(2))
+    # nor is the same table at another path (a run directory moved with its table)
+    moved = tmp_path / "moved.json"
+    moved.write_text(table_path.read_text())
+    with pytest.raises(KeyboardInterrupt):
+        run_search(dataclasses.replace(cfg, latency_table=str(moved)), resume=True, on_step=_crash_at(2))
     # a changed price is not
     old_digest = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["latency_digest"]
     for entry in d["entries"].values():
