@@ -117,12 +117,14 @@ def _run_device(device: Union[str, torch.device]) -> torch.device:
 CLOCKS = ("wall", "thread")
 
 
-def check_clock(clock: str, device: torch.device, threads: int) -> None:
+def check_clock(clock: str, rt, threads: int) -> None:
+    """Refuse a clock that cannot time ``rt`` computing with ``threads`` CPU threads (``rt`` a runtime of
+    :mod:`dartscc_fast.latency.runtimes`: the thread clock only sees work done on the calling thread)."""
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-    if clock == "thread" and (device.type != "cpu" or threads != 1):
-        raise ValueError("clock='thread' measures the calling thread's CPU time: it needs the CPU and one torch "
-                         f"thread (got {device.type}, {threads} threads)")
+    if clock == "thread" and not rt.thread_clock_ok(threads):
+        raise ValueError(f"clock='thread' measures the calling thread's CPU time: {rt.name} computes elsewhere "
+                         f"with {threads} thread(s) on {rt.device.type}; use one CPU thread or clock='wall'")
 
 
 _ALLOCATOR_WARM = False
@@ -144,7 +146,7 @@ def time_callable(fn: Callable[[], object], device: Union[str, torch.device] = "
     has checked the clock against the runtime that computes ``fn``."""
     d = _run_device(device)
     if check:
-        check_clock(clock, d, torch.get_num_threads())
+        check_clock(clock, get_runtime("torch", d), torch.get_num_threads())
     cuda = d.type == "cuda"
     if not cuda:
         warm_allocator()
@@ -310,7 +312,7 @@ def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu
     (a name of :data:`~dartscc_fast.latency.runtimes.RUNTIMES`)."""
     rt, (fn,) = _network_callables(space, [genotype], batch, dtype, device, threads, memory_format, runtime)
     with rt.running() as n:
-        _check_runtime_clock(timing_kw.get("clock", "wall"), rt, n)
+        check_clock(timing_kw.get("clock", "wall"), rt, n)
         return time_callable(fn, rt.timer_device, check=False, **timing_kw)
 
 
@@ -326,20 +328,12 @@ def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="c
     rt, fns = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime)
     timings = [Timing() for _ in fns]
     with rt.running() as n:
-        _check_runtime_clock(clock, rt, n)
+        check_clock(clock, rt, n)
         for r in range(rounds):
             for fn, tm in zip(fns, timings):
                 time_callable(fn, rt.timer_device, warmup=2 if r == 0 else 1, min_runs=runs, max_runs=runs,
                               timing=tm, clock=clock, check=False)
     return timings
-
-
-def _check_runtime_clock(clock: str, rt, threads: int) -> None:
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-    if clock == "thread" and not rt.thread_clock_ok(threads):
-        raise ValueError(f"clock='thread' measures the calling thread's CPU time: {rt.name} computes elsewhere "
-                         f"with {threads} thread(s) on {rt.device.type}; use one CPU thread or clock='wall'")
 
 
 def busy_cores(window: float = 1.0) -> tuple:
@@ -435,7 +429,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
                      rel_ci=rel_ci, clock=clock, check=False)
     with rt.running() as n_threads:
-        _check_runtime_clock(clock, rt, n_threads)
+        check_clock(clock, rt, n_threads)
         conditions = measurement_conditions(d, n_threads, clock)
         timings = _time_jobs(jobs, passes, progress, rt, f"profiling {tok} ({rt.name})",
                              lambda cfg, space: _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw, rt,
