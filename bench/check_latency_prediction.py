@@ -12,7 +12,10 @@ share of architectures within +-10 % and +-5 %, for
 - ``+c (LOO)``:   plus a per-network constant c fitted leave-one-out (the median residual of the
                   other architectures);
 - ``+offset(K)``: plus the median residual of the first K architectures, scored on the others: what
-                  ``profile --calibrate K`` adds to an uncalibrated table.
+                  ``profile --calibrate K`` adds to an uncalibrated table;
+- ``retest``:     with --retest, the same architectures measured again (a second interleaved pass) as if
+                  it were the prediction: how well the machine agrees with itself, the ceiling any table
+                  can reach against one pass.
 
 It writes a predicted-against-measured scatter plot (--plot) and, with --json, every figure. The
 table's measurement conditions (threads, load, governor) are printed beside the network's, and a
@@ -200,6 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--refit", type=int, default=20,
                     help="also score the table plus the offset `profile --calibrate K` fits, fitted on the first K "
                          "architectures and scored on the others (default 20; 0: not)")
+    ap.add_argument("--retest", action="store_true",
+                    help="measure every architecture twice and score the second pass against the first (the "
+                         "machine's own repeatability; twice the time)")
     ap.add_argument("--verbose", action="store_true", help="print every architecture")
     args = ap.parse_args(argv)
     if args.n < 0 or args.rounds < 1 or args.runs < 1 or args.chunk < 1:
@@ -238,6 +244,10 @@ def check_random(args, space, table, threads) -> dict:
     k = args.refit
     if 0 < k < len(genotypes) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
         preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
+    if args.retest:
+        preds["retest"], _, _ = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs,
+                                        args.chunk, desc="networks again")
+        elapsed = time.perf_counter() - t0
     print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
           f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "

@@ -45,7 +45,7 @@ def variants(result, S):
             a = base.clone()
             a[rows] = -1.0
             a[rows, col] = 1.0
-            out[f"stride-1 {kind}, {where} cell"] = a
+            out[f"stride-1 {kind}, {where} cell{'s' if where == 'every' else ''}"] = a
     return {name: (a[:E], a[E:]) for name, a in out.items()}
 
 

@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--kappa-max", type=float, default=d.kappa_max, help="the strength axis's strongest weight")
     p.add_argument("--no-strength", action="store_true", help="search one fixed --kappa instead of the axis")
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
-                   help="every search step also trains the accurate end, t = 0 (twice the step's work)")
+                   help="every search step also trains the accurate end, t = 0 (twice the step's work after "
+                        "the warm-up; default: on with the strength axis)")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--stride-balance", type=float, default=d.stride_balance,

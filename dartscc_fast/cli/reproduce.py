@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--kappa-max", type=float, default=None)
     p.add_argument("--no-strength", action="store_true", help="one fixed --kappa per search, as the seeds")
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
-                   help="every search step also trains the accurate end, t = 0 (twice the step's work)")
+                   help="every search step also trains the accurate end, t = 0 (twice the step's work after "
+                        "the warm-up; default: on with the strength axis)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--retrain-max-steps", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="refuse to read back earlier seeds (default: resume)")

@@ -40,8 +40,9 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
                    help="hypernetworks interpolated along the strength axis")
     p.add_argument("--strength-zero-share", type=arg(FRACTION), default=d.strength_zero_share,
                    help="share of the strength draws at t = 0 exactly (no latency term); the rest uniform")
-    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
-                   help="every step also trains the accurate end, t = 0, on the same batch (twice the step's work)")
+    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=None,
+                   help="every step also trains the accurate end, t = 0, on the same batch (twice the step's "
+                        "work after the warm-up; default: on with the strength axis)")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
@@ -75,7 +76,7 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
         fixed_S=args.fixed_S, kappa=args.kappa, strength=not args.no_strength and args.hypernet != "constant",
         kappa_max=args.kappa_max, strength_knots=args.strength_knots,
         strength_zero_share=args.strength_zero_share,
-        sandwich=args.sandwich and not args.no_strength and args.hypernet != "constant",
+        sandwich=args.sandwich,
         latency_table=args.latency_table, normalise=args.normalise,
         stride_balance=args.stride_balance,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],

@@ -47,7 +47,7 @@ class DemoConfig:
     kappa: float = SearchConfig.kappa          # the profiles' trade-off on the strength axis
     kappa_max: float = SearchConfig.kappa_max  # the strength axis's strongest latency weight
     strength: bool = True                      # False: one fixed kappa, as the seeds (docs/design.md)
-    sandwich: bool = SearchConfig.sandwich     # every step also trains the accurate end (t = 0)
+    sandwich: Optional[bool] = None            # every step also trains the accurate end (None: with strength)
     normalise: str = "type-stride"
     stride_balance: float = STRIDE_BALANCE
     per_sample: bool = True
@@ -87,7 +87,7 @@ class DemoConfig:
         """The hypernetwork search's configuration (writing under ``out_dir``/search)."""
         base = SearchConfig(space=self.space, limit=self.limit, split=tuple(self.split), epochs=self.epochs,
                             warmup_epochs=self.warmup_epochs, kappa=self.kappa, kappa_max=self.kappa_max,
-                            strength=self.strength, sandwich=self.sandwich and self.strength,
+                            strength=self.strength, sandwich=self.sandwich,
                             normalise=self.normalise,
                             stride_balance=self.stride_balance, per_sample=self.per_sample, seed=self.seed,
                             latency_table=latency_table, out_dir=str(Path(self.out_dir) / "search"),

@@ -48,7 +48,7 @@ class ReproduceConfig:
     extra_kappas: tuple = (5.0,)       # the profiles at these trade-offs too, from the same searches
     kappa_max: Optional[float] = None
     strength: bool = True
-    sandwich: bool = DemoConfig.sandwich  # every step also trains the accurate end (t = 0)
+    sandwich: Optional[bool] = None  # every step also trains the accurate end, t = 0 (None: with strength)
     max_steps_per_epoch: Optional[int] = None
     retrain_max_steps: Optional[int] = None
     profile_seconds: float = DemoConfig.profile_seconds  # per op configuration of each seed's table
@@ -71,7 +71,7 @@ class ReproduceConfig:
                           fbnet_kappas=tuple(self.fbnet_kappas), darts=self.darts, grid=self.grid,
                           front_retrain=self.front_retrain, threads=self.threads, seed=seed,
                           table_threads=int(self.table_threads[self.seeds.index(seed) % len(self.table_threads)]),
-                          strength=self.strength, sandwich=self.sandwich and self.strength,
+                          strength=self.strength, sandwich=self.sandwich,
                           extra_kappas=tuple(self.extra_kappas) if self.strength else (),
                           max_steps_per_epoch=self.max_steps_per_epoch,
                           retrain_max_steps=self.retrain_max_steps, profile_seconds=self.profile_seconds,

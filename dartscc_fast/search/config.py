@@ -70,8 +70,9 @@ class SearchConfig:
     # end's knot and the convolutions' weights then train as often as a DARTS search's would (docs/design.md)
     strength_zero_share: float = 0.25
     # every step after the warm-up also trains the accurate end (t = 0, a second S draw) on the same batch, as
-    # BigNAS's sandwich rule trains the largest child every step: twice the step's work (docs/design.md)
-    sandwich: bool = False
+    # BigNAS's sandwich rule trains the largest child every step: twice the step's work, and the family then
+    # reaches the DARTS search's latency and accuracy (docs/design.md). None: on; off without the strength axis
+    sandwich: Optional[bool] = None
     # with the strength axis: the default trade-off that derive, report and the profiles A, B, C take
     # (any kappa in [0, kappa_max] can be asked for afterwards); without it: the one weight searched with
     kappa: float = 2.0
@@ -131,9 +132,9 @@ class SearchConfig:
             if self.hypernet == "constant":
                 raise ValueError("the strength axis needs an S-dependent hypernetwork; hypernet='constant' "
                                  "(the DARTS / FBNet baselines) needs strength=False")
-        elif self.sandwich:
-            raise ValueError("sandwich trains the strength axis's accurate end (t = 0) every step; it needs "
-                             "strength=True")
+        # stored resolved, as warmup_epochs (a resume compares what ran); without the axis there is no
+        # accurate end to train apart, so a fixed-kappa search runs without
+        self.sandwich = bool(self.strength and (self.sandwich is None or self.sandwich))
         if self.fixed_S is not None:
             parse_S(self.fixed_S)
 
