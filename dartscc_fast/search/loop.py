@@ -180,18 +180,23 @@ class _SearchRun:
         return loss, {"loss": loss.item(), "ce": ce.item(), "lat": lat.item(), "exp_lat": exp_lat.item(),
                       "acc": acc.item()}
 
+    def backward(self, x, y, gen, tau, warm: bool) -> Tuple[Tensor, Dict]:
+        """The batch's loss, backpropagated; with the sandwich rule (after the warm-up) the accurate end's too,
+        on the same batch, so that both join the one update. Returns the (summed) loss and the first's stats."""
+        loss, stats = self.loss_on(x, y, gen, tau, warm)
+        loss.backward()
+        if self.cfg.sandwich and not warm:
+            # a forward and backward of its own, so that DDP sees one forward per backward
+            loss0, _ = self.loss_on(x, y, gen, tau, False, accurate_end=True)
+            loss0.backward()
+            loss = loss.detach() + loss0.detach()
+        return loss, stats
+
     def single_step(self, x, y, gen, tau, warm: bool) -> Dict:
         """The seeds' single-level step: one batch updates the weights and (after the warm-up) the hypernet."""
         self.opt_w.zero_grad(set_to_none=True)
         self.opt_a.zero_grad(set_to_none=True)
-        loss, stats = self.loss_on(x, y, gen, tau, warm)
-        loss.backward()
-        if self.cfg.sandwich and not warm:
-            # the sandwich rule: the accurate end's gradients on the same batch join the one update (a forward
-            # and backward of their own, so that DDP sees one forward per backward)
-            loss0, _ = self.loss_on(x, y, gen, tau, False, accurate_end=True)
-            loss0.backward()
-            loss = loss.detach() + loss0.detach()
+        loss, stats = self.backward(x, y, gen, tau, warm)
         self.check_step(loss, nn.utils.clip_grad_norm_(self.model.supernet.parameters(), self.cfg.grad_clip))
         self.opt_w.step()
         if not warm:
@@ -202,13 +207,11 @@ class _SearchRun:
         """DARTS's first-order step: the hypernet on a validation batch, then the weights on ``x``."""
         xv, yv = self.next_val()
         self.opt_a.zero_grad(set_to_none=True)
-        loss_a, _ = self.loss_on(xv, yv, gen, tau, False)
-        loss_a.backward()
+        loss_a, _ = self.backward(xv, yv, gen, tau, False)
         self.check_step(loss_a)
         self.opt_a.step()
         self.opt_w.zero_grad(set_to_none=True)
-        loss, stats = self.loss_on(x, y, gen, tau, False)
-        loss.backward()
+        loss, stats = self.backward(x, y, gen, tau, False)
         self.check_step(loss, nn.utils.clip_grad_norm_(self.model.supernet.parameters(), self.cfg.grad_clip))
         self.opt_w.step()
         return stats
