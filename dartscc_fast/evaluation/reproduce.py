@@ -78,11 +78,18 @@ class ReproduceConfig:
                           measure=self.measure, resume=self.resume, **extra)
 
 
+def _sandwich(config: Dict) -> bool:
+    """Whether a demo configuration ran the sandwich rule: None is the default (on with the strength axis);
+    a report from before the option existed ran without."""
+    on = config.get("sandwich", False)
+    return bool(config.get("strength", True) and (on is None or on))
+
+
 def _same_protocol(saved: Dict, cfg: DemoConfig) -> bool:
     want = dataclasses.asdict(cfg)
-    keep = [k for k in want if k not in ("resume", "threads")]
-    return all(json.dumps(saved.get(k), default=str) == json.dumps(want[k], default=str)
-               for k in keep if k in saved)
+    keep = [k for k in want if k not in ("resume", "threads", "sandwich")]
+    return _sandwich(saved) == _sandwich(want) and all(
+        json.dumps(saved.get(k), default=str) == json.dumps(want[k], default=str) for k in keep if k in saved)
 
 
 def run_reproduce(cfg: ReproduceConfig, log=print) -> Dict:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dartscc_fast import cli
+from dartscc_fast.evaluation.demo import DemoConfig
 from dartscc_fast.evaluation.derive import derive, edges_changed, table_only, table_only_alphas
-from dartscc_fast.evaluation.reproduce import ReproduceConfig, aggregate, mean_sd, run_reproduce
+from dartscc_fast.evaluation.reproduce import ReproduceConfig, _same_protocol, aggregate, mean_sd, run_reproduce
 from dartscc_fast.search import SearchConfig, default_warmup, draw_strength, load_search, run_search
 from dartscc_fast.search.hypernet import StrengthHypernet, hypernet_from_config, kappa_of_t, t_of_kappa
 from dartscc_fast.space import SearchSpace, derive_genotype
@@ -193,3 +194,12 @@ def test_sandwich_trains_the_accurate_end_every_step_and_resumes_exactly(tmp_pat
     assert SearchConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "sandwich"}).sandwich is False
     # on by default with the axis; a fixed-kappa search has no accurate end to train apart
     assert TINY.sandwich is True and dataclasses.replace(TINY, strength=False).sandwich is False
+
+
+def test_a_reproduce_seed_from_before_the_sandwich_rule_is_not_read_back_as_one_with_it():
+    cfg = DemoConfig(out_dir="x")
+    saved = dataclasses.asdict(cfg)
+    assert _same_protocol(saved, cfg) and _same_protocol(saved, dataclasses.replace(cfg, sandwich=True))
+    old = {k: v for k, v in saved.items() if k != "sandwich"}  # a report written before the option existed
+    assert not _same_protocol(old, cfg) and _same_protocol(old, dataclasses.replace(cfg, sandwich=False))
+    assert _same_protocol(dict(saved, strength=False), dataclasses.replace(cfg, strength=False, sandwich=False))
