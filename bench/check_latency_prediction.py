@@ -237,6 +237,8 @@ def check_random(args, space, table, threads) -> dict:
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
     meas, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    retest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk,
+                     desc="networks again")[0] if args.retest else None
     elapsed = time.perf_counter() - t0
     after = measurement_conditions(torch.device("cpu"), threads, args.clock)
     pred = np.array([table.predict(space, g) for g in genotypes])
@@ -244,10 +246,8 @@ def check_random(args, space, table, threads) -> dict:
     k = args.refit
     if 0 < k < len(genotypes) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
         preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
-    if args.retest:
-        preds["retest"], _, _ = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs,
-                                        args.chunk, desc="networks again")
-        elapsed = time.perf_counter() - t0
+    if retest is not None:
+        preds["retest"] = retest
     print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
           f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "

@@ -510,10 +510,10 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
     table.meta.pop("calibration", None)
     ops = np.array([table.predict(space, g, include_base=False) for g in gs])
     rest = meas - np.array([table.base(space, g) for g in gs])
-    scale, offset, how = 1.0, float(np.median(rest - ops)), "median of (measured - base - sum of the ops)"
-    fit = scale * ops + offset - rest
-    table.meta["calibration"] = {"scale": float(scale), "offset_ms": float(offset), "networks": networks,
-                                 "seed": seed, "space": space.name, "fit": how,
+    offset = float(np.median(rest - ops))
+    fit = ops + offset - rest
+    table.meta["calibration"] = {"scale": 1.0, "offset_ms": offset, "networks": networks, "seed": seed,
+                                 "space": space.name, "fit": "median of (measured - base - sum of the ops)",
                                  "mape_on_fit": float(np.mean(np.abs(fit) / meas) * 100)}
     return table.meta["calibration"]
 
