@@ -417,6 +417,9 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     dtype = dtype_name(dtype)
     if str(device).startswith("sim:"):
+        if calibrate_networks:
+            raise ValueError(f"a simulated device ({device}) cannot time whole networks, so its table cannot be "
+                             "calibrated: calibrate on a measured device (cpu or cuda), or pass 0 networks")
         return simulate_table(spaces, str(device), batch, dtype, include_base)
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")

@@ -413,6 +413,9 @@ def test_cli(tmp_path, capsys):
     assert "sep_conv_3x3" in shown and "(network base, all)" in shown and "sim-edge-gpu" in shown
     assert main(["table", "check", str(out), "--space", "fmnist-paper"]) == 0
     capsys.readouterr()
+    assert main(["profile", "--device", "sim:edge-gpu", "--space", "fmnist-paper", "--out", str(out), "--quiet",
+                 "--calibrate", "3"]) == 2
+    assert "simulated device (sim:edge-gpu) cannot time whole networks" in capsys.readouterr().err
     assert main(["profile", "--list", "--space", "darts-cifar"]) == 0
     listed = capsys.readouterr().out.split()
     assert len(listed) == 35 + 2 and all(k.endswith(":n64:float32:cpu") for k in listed)
