@@ -1,6 +1,7 @@
 """Check a latency table against reality: predicted vs measured whole-network latency, on its runtime.
 
-Takes N random discrete architectures of a search space (default: 200 of fmnist-paper), predicts
+Takes N random discrete architectures of a search space (default: 200 of fmnist-paper; --sample mixed
+draws each one's own mix of primitives, spreading them over the space's range of latency), predicts
 each one's latency from the table (the network base plus the sum of its chosen ops, what
 ``LatencyTable.predict`` and ``derive --budget-ms`` use) and measures each whole network on the
 table's runtime (eager torch, or exported to ONNX and run in ONNX Runtime), interleaved: every round
@@ -50,7 +51,7 @@ from dartscc_fast.latency import LatencyTable, profile_space
 from dartscc_fast.latency.measure import device_name, measurement_conditions, time_genotypes
 from dartscc_fast.latency.runtimes import RUNTIMES
 from dartscc_fast.progress import Progress
-from dartscc_fast.space import get_space, random_genotype
+from dartscc_fast.space import get_space, mixed_random_genotype, random_genotype
 
 
 def kendall_tau(x, y) -> float:
@@ -141,11 +142,17 @@ def get_table(args, space):
     return table
 
 
-def random_genotypes(space, n, seed, top2):
+SAMPLES = {"uniform": random_genotype, "mixed": mixed_random_genotype}
+
+
+def random_genotypes(space, n, seed, top2, sample="uniform"):
+    """n distinct random architectures: ``uniform`` (every edge's primitive uniform) or ``mixed`` (each
+    architecture its own mix of primitives, so the sample spans the space's range of latency)."""
+    draw = SAMPLES[sample]
     gen = torch.Generator().manual_seed(seed)
     out, seen = [], set()
     while len(out) < n:
-        g = random_genotype(space, gen, top2=top2)
+        g = draw(space, gen, top2=top2)
         if g.to_json() not in seen:
             seen.add(g.to_json())
             out.append(g)
@@ -193,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=2, help="timed forwards per network per round (default 2)")
     ap.add_argument("--chunk", type=int, default=25, help="networks interleaved at a time (default 25)")
     ap.add_argument("--top2", action="store_true", help="DARTS genotypes: two inputs per node")
+    ap.add_argument("--sample", choices=sorted(SAMPLES), default="uniform",
+                    help="uniform primitives per edge (default), or a mix per architecture (a wider latency range)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-table", help="write the table profiled here to this file")
     ap.add_argument("--plot", default="latency_prediction.png", help="scatter plot to write ('' for none)")
@@ -233,7 +242,7 @@ def main(argv=None) -> int:
 
 
 def check_random(args, space, table, threads) -> dict:
-    genotypes = random_genotypes(space, args.n, args.seed, args.top2)
+    genotypes = random_genotypes(space, args.n, args.seed, args.top2, args.sample)
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
     meas, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
@@ -248,12 +257,13 @@ def check_random(args, space, table, threads) -> dict:
         preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
     if retest is not None:
         preds["retest"] = retest
-    print(f"space {space.name}, {len(genotypes)} random architectures{' (top2)' if args.top2 else ''}, "
+    print(f"space {space.name}, {len(genotypes)} random architectures ({args.sample}{', top2' if args.top2 else ''}), "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
           f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "
           f"machine before: {conditions_text(before)}; after: {conditions_text(after)}")
-    print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms (median IQR/median "
-          f"{np.median(iqr / meas) * 100:.1f}%); residual constant c = {np.median(meas - pred):+.2f} ms")
+    print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms, sd of log {np.std(np.log(meas)):.3f} "
+          f"(median IQR/median {np.median(iqr / meas) * 100:.1f}%); residual constant c = "
+          f"{np.median(meas - pred):+.2f} ms")
     if args.verbose:
         for g, mm, p in zip(genotypes, meas, pred):
             print(f"  {g.op_counts(space)}  measured {mm:8.2f}  predicted {p:8.2f}  ({(p - mm) / mm * 100:+.1f}%)")
@@ -267,11 +277,12 @@ def check_random(args, space, table, threads) -> dict:
               f"{r['within_10']:>10.1f} {r['within_5']:>9.1f}")
     if args.plot:
         r = results["table"]
-        plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} random archs, {table.runtime}, {threads} "
-                                    f"thread(s): tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.1f} %, "
+        plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} {args.sample} random archs, {table.runtime}, "
+                                    f"{threads} thread(s): tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.1f} %, "
                                     f"{r['within_10']:.0f} % within ±10 %")
         print(f"wrote {args.plot}")
-    return {"results": results, "measured": meas.tolist(), "measured_iqr": iqr.tolist(),
+    return {"results": results, "sample": args.sample, "measured_log_sd": float(np.std(np.log(meas))),
+            "measured": meas.tolist(), "measured_iqr": iqr.tolist(),
             "measured_min": fastest.tolist(), "predicted": pred.tolist(),
             "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
             "seconds": elapsed, "cpus": os.cpu_count()}

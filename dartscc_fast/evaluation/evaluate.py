@@ -28,7 +28,7 @@ from torch import nn
 from dartscc_fast.latency.measure import check_memory_format, in_format
 from dartscc_fast.nn.optim import adam
 from dartscc_fast.progress import Progress
-from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, genotype_weights, random_genotype
+from dartscc_fast.space import DiscreteNetwork, Genotype, SearchSpace, genotype_weights, mixed_random_genotype
 from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, check_fields
 
 __all__ = ["genotype_weights", "inherited_accuracy", "inherited_accuracies",
@@ -198,22 +198,15 @@ def random_matched(space: SearchSpace, table, targets_ms: Sequence[float], candi
     """For each target latency, the random architecture (of `candidates` drawn) predicted closest to it,
     a different one per target and none of ``exclude`` (genotype JSONs: the architectures compared with).
 
-    Each candidate draws its own mix of primitives for the stride-1 edges and
-    another for the stride-2 edges, then every edge's primitive from its mix. A
-    mix weighs primitive m by E_m ** 2, E_m exponential (Dirichlet(1) squared:
-    one primitive often dominates). Uniform architectures (a third of each
-    primitive) span too narrow a band of latency to match a search's cheap or dear
-    picks: on one 2-core CPU's table, 300 of them lay between 126 and 196 ms, the
-    profiles at 79-119 ms. With Dirichlet(1) mixes the cheapest profile (B,
-    pooling on the stride-2 edges, identity on the others) was still missed by
+    The candidates are :func:`~dartscc_fast.space.mixed_random_genotype`: each draws its own mix of
+    primitives, so that they span the latencies a search's picks lie at. With Dirichlet(1) mixes the
+    cheapest profile (B, pooling on the stride-2 edges, identity on the others) was still missed by
     14 %; with these, the profiles of three tables were matched within 2.6 %.
     """
     gen = torch.Generator().manual_seed(seed)
-    stride2 = torch.tensor(space.row_strides()).view(2, space.num_edges, 1) == 2
     pool = []
     for _ in range(candidates):
-        mix = torch.rand(2, space.k, generator=gen, dtype=torch.float64).log().square()
-        g = random_genotype(space, gen, top2=top2, op_probs=torch.where(stride2, mix[1], mix[0]))
+        g = mixed_random_genotype(space, gen, top2=top2)
         pool.append((g, float(table.predict(space, g))))
     out, used = [], set(exclude)
     for t in targets_ms:

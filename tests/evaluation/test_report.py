@@ -109,7 +109,7 @@ def test_random_baselines_match_the_profiles_latency():
 
     from dartscc_fast.evaluation.evaluate import random_matched
     from dartscc_fast.latency import simulate_table
-    from dartscc_fast.space import Genotype, get_space, random_genotype
+    from dartscc_fast.space import Genotype, get_space, mixed_random_genotype, random_genotype
     space = get_space("fmnist-paper")
     table = simulate_table(space, "sim:mobile-cpu", batch=64)
     cheap = Genotype(**{c: [[("skip_connect" if src >= 2 or c == "normal" else "max_pool_3x3", src)
@@ -120,6 +120,9 @@ def test_random_baselines_match_the_profiles_latency():
     uniform = [float(table.predict(space, random_genotype(space, torch.Generator().manual_seed(i))))
                for i in range(300)]
     assert min(uniform) > targets[0] * 1.05 and max(uniform) < targets[1] * 0.95
+    gen = torch.Generator().manual_seed(0)
+    mixed = [float(table.predict(space, mixed_random_genotype(space, gen))) for _ in range(300)]
+    assert min(mixed) < min(uniform) and max(mixed) > max(uniform)   # each its own mix: a wider range
     picks = random_matched(space, table, targets, seed=0)
     for (g, pred), t in zip(picks, targets):
         assert pred == pytest.approx(float(table.predict(space, g))) and pred == pytest.approx(t, rel=0.05)

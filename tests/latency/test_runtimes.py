@@ -139,13 +139,14 @@ def test_profile_cli_takes_the_runtime(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
 def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
+    sample = "mixed" if runtime == "torch" else "uniform"
     table = tmp_path / "t.json"
     profile_space(get_space("fmnist-paper"), batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3,
                   warmup=1, runtime=runtime).save(table)
     out, png = tmp_path / "check.json", tmp_path / "check.png"
     r = subprocess.run([sys.executable, os.path.join(REPO, "bench", "check_latency_prediction.py"), "--table",
                         str(table), "--n", "5", "--rounds", "1", "--runs", "2", "--refit", "2", "--retest", "--json",
-                        str(out), "--plot", str(png)], capture_output=True, text=True, timeout=600,
+                        str(out), "--plot", str(png), "--sample", sample], capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])))
     assert r.returncode == 0, r.stderr
     assert "kendall_tau" in r.stdout and "within10_%" in r.stdout and png.stat().st_size > 0
@@ -153,7 +154,7 @@ def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
     assert len(res["measured"]) == 5 and all(m > 0 for m in res["measured"])
     for k in ("kendall_tau", "mape", "within_10", "within_5"):
         assert k in res["results"]["table"] and k in res["results"]["+offset(2)"] and k in res["results"]["retest"]
-    assert res["table_meta"]["runtime"] == runtime
+    assert res["table_meta"]["runtime"] == runtime and res["sample"] == sample
 
 
 def test_calibration_fits_whole_networks_and_predict_applies_it():
