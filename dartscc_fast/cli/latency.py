@@ -6,7 +6,7 @@ import sys
 from typing import List
 
 from dartscc_fast.latency.keys import BaseConfig, OpConfig, device_token, parse_key, space_configs
-from dartscc_fast.latency.measure import profile_space, time_genotype
+from dartscc_fast.latency.measure import calibrate, profile_space, time_genotype
 from dartscc_fast.latency.roofline import PRESETS as DEVICES
 from dartscc_fast.latency.runtimes import RUNTIMES, table_runtime
 from dartscc_fast.latency.table import LatencyTable
@@ -92,6 +92,17 @@ def _register_table(sub) -> None:
     pd.add_argument("--measure", action="store_true", help="also time the whole network here (table's device)")
     pd.add_argument("--threads", type=arg(POSITIVE_INT), default=None)
     pd.set_defaults(func=_predict)
+    ca = tsub.add_parser("calibrate", help="refit a table's whole-network offset on this machine, now",
+                         description="Time random whole networks on the table's runtime here and refit the "
+                                     "offset LatencyTable.predict adds (meta.calibration): what to run when "
+                                     "measured latencies drift from the table's predictions.")
+    ca.add_argument("path")
+    ca.add_argument("--networks", type=arg(POSITIVE_INT), default=20, help="random networks to time (default 20)")
+    ca.add_argument("--space", default=None, choices=sorted(SPACES),
+                    help="default: the space of the table's calibration, else fmnist-paper")
+    ca.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="default: the table's")
+    ca.add_argument("--out", default=None, help="the table to write (default: PATH itself)")
+    ca.set_defaults(func=_calibrate)
     pr = tsub.add_parser("presets", help="list the simulated devices and their sources")
     pr.set_defaults(func=_presets)
     t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
@@ -261,6 +272,21 @@ def _predict(args) -> int:
                            max_seconds=5.0, memory_format=table.memory_format, runtime=table_runtime(table.meta))
         print(f"measured  {tm.median:.3f} ms (IQR {tm.iqr:.3f}, {tm.runs} runs); prediction error "
               f"{(pred - tm.median) / tm.median * 100:+.1f}%")
+    return 0
+
+
+def _calibrate(args) -> int:
+    table = LatencyTable.load(args.path)
+    if table.device not in ("cpu", "cuda"):
+        raise ValueError(f"cannot calibrate the simulated device {table.device!r}: it cannot time networks")
+    old = table.meta.get("calibration") or {}
+    space = get_space(args.space or old.get("space") or "fmnist-paper")
+    cal = calibrate(table, space, networks=args.networks, threads=args.threads)
+    out = args.out or args.path
+    table.save(out)
+    was = f"{old['offset_ms']:+.2f} ms" if old else "none"
+    print(f"calibration offset {cal['offset_ms']:+.2f} ms (was {was}), fitted on {cal['networks']} random "
+          f"{space.name} networks timed here (MAPE on them {cal['mape_on_fit']:.1f} %); wrote {out}")
     return 0
 
 

@@ -416,6 +416,8 @@ def test_cli(tmp_path, capsys):
     assert main(["profile", "--device", "sim:edge-gpu", "--space", "fmnist-paper", "--out", str(out), "--quiet",
                  "--calibrate", "3"]) == 2
     assert "simulated device (sim:edge-gpu) cannot time whole networks" in capsys.readouterr().err
+    assert main(["table", "calibrate", str(out)]) == 2
+    assert "cannot calibrate the simulated device" in capsys.readouterr().err
     assert main(["profile", "--list", "--space", "darts-cifar"]) == 0
     listed = capsys.readouterr().out.split()
     assert len(listed) == 35 + 2 and all(k.endswith(":n64:float32:cpu") for k in listed)

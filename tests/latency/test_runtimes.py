@@ -132,6 +132,11 @@ def test_profile_cli_takes_the_runtime(tmp_path, capsys):
     assert t.meta["op_timing"] == "isolated" and t.meta["calibration"]["networks"] == 3
     assert main(["table", "show", str(out)]) == 0
     assert "calibration: predict = base + " in capsys.readouterr().out
+    again = tmp_path / "again.json"
+    assert main(["table", "calibrate", str(out), "--networks", "4", "--out", str(again)]) == 0
+    assert "calibration offset" in capsys.readouterr().out
+    assert LatencyTable.load(again).meta["calibration"]["networks"] == 4
+    assert LatencyTable.load(out).meta["calibration"]["networks"] == 3   # --out leaves the input as it was
     with pytest.raises(SystemExit):
         main(args + ["--runtime", "tvm"])
 
