@@ -169,11 +169,13 @@ def check_budgets(args, space, table, threads, log):
     fam = family_for_budgets(dataclasses.replace(result, table=table), progress=False)
     lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
-    picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches)
+    picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
+                              conservative=args.conservative)
     meas, _, _ = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
                       args.runs, args.chunk, desc="budget picks")
     hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
-    log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted): {sum(hits)} of {len(hits)} picks "
+    log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted"
+        f"{', conservative picks' if args.conservative else ''}): {sum(hits)} of {len(hits)} picks "
         f"measure within their budget ({np.mean(hits) * 100:.0f}%)")
     for p, m, h in zip(picks, meas, hits):
         log(f"  budget {p.budget_ms:8.2f}  predicted {p.predicted_ms:8.2f} ± {p.spread_ms:5.2f}  measured "
@@ -208,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--search", help="also check budgets on this search's family")
     ap.add_argument("--budgets", type=int, default=10, help="budgets across the family's range (default 10)")
+    ap.add_argument("--conservative", action="store_true",
+                    help="budget picks: the top of the predicted interval must fit (derive --conservative)")
     ap.add_argument("--max-batches", type=int, default=None, help="validation batches ranking the budget picks")
     ap.add_argument("--refit", type=int, default=20,
                     help="also score the table plus the offset `profile --calibrate K` fits, fitted on the first K "

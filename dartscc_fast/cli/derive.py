@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--table", default=None,
                    help="with --budget-ms: predict and measure on this latency table instead of the search's "
                         "(e.g. one from `dartscc-fast profile --runtime onnxruntime`)")
+    p.add_argument("--conservative", action="store_true",
+                   help="with --budget-ms: the top of the predicted interval (the table's spreads) must fit the "
+                        "budget, not the prediction alone")
     p.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="torch threads for the timing")
     p.add_argument("--out", default=None, help="directory for genotype JSON (and exports)")
     p.add_argument("--export", choices=[*EXPORTS, "both"], default=None,
@@ -57,7 +60,7 @@ def _main(args) -> int:
         levels = [i / max(args.levels - 1, 1) for i in range(args.levels)]
         table = LatencyTable.load(args.table) if args.table else None
         picks = derive_for_budget(result, args.budget_ms, grid_steps=args.grid, levels=levels, measure=args.measure,
-                                  threads=args.threads, table=table)
+                                  threads=args.threads, table=table, conservative=args.conservative)
         export = args.export or ("both" if out is not None else None)
         for p in picks:
             print(_budget_text(p))

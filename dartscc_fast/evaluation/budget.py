@@ -79,7 +79,7 @@ def family_for_budgets(result, grid_steps: int = 6, levels: Sequence[float] = ST
 def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_steps: int = 6,
                       levels: Sequence[float] = STRENGTH_LEVELS, measure: bool = False,
                       threads: Optional[int] = None, max_batches: Optional[int] = None,
-                      progress: bool = True, table=None) -> List[BudgetPick]:
+                      progress: bool = True, table=None, conservative: bool = False) -> List[BudgetPick]:
     """For each budget (ms, on the search's latency table), the family's most accurate architecture within it.
 
     Args:
@@ -92,6 +92,9 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         table: predict (and measure) on this :class:`~dartscc_fast.latency.LatencyTable` instead of the
             search's, e.g. one measured on the runtime you deploy with (``profile --runtime onnxruntime``).
             The family is the search's either way: its architectures do not depend on the table.
+        conservative: fit the top of the prediction's interval (predicted + the table's spread) within the
+            budget, not the prediction: a pick predicted just under its budget measures over it about half
+            the time (docs/latency.md, "Budget hits").
 
     Raises :class:`BudgetError` for a budget below the family's cheapest architecture, naming it.
     """
@@ -109,22 +112,28 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
                               f"{len(missing)} configuration(s) missing, e.g. {missing[0]!r}")
         result = dataclasses.replace(result, table=table)
     family = family_for_budgets(result, grid_steps, levels, progress)
-    cheapest = family[0]
+    spread = {d.genotype.to_json(): result.table.predict_spread(result.space, d.genotype) for d in family}
+
+    def bound(d: Derived) -> float:  # what has to fit the budget
+        return d.predicted_ms + (spread[d.genotype.to_json()] if conservative else 0.0)
+
+    cheapest = min(family, key=bound)
     for b in budgets:
-        if b < cheapest.predicted_ms:
+        if b < bound(cheapest):
             raise BudgetError(f"no architecture of this search fits {b:g} ms: the cheapest, at "
                               f"S = {cheapest.S_text}{_kappa_text(cheapest)}, is predicted at "
-                              f"{cheapest.predicted_ms:.2f} ms on {_table_text(result.table)}")
+                              f"{cheapest.predicted_ms:.2f} ms"
+                              f"{f' (at most {bound(cheapest):.2f} ms)' if conservative else ''} on "
+                              f"{_table_text(result.table)}")
     loaders = loaders if loaders is not None else result.config.loaders()
-    ranked = _rank(result, [d for d in family if d.predicted_ms <= max(budgets)], loaders.val,
-                   max_batches, progress)
+    ranked = _rank(result, [d for d in family if bound(d) <= max(budgets)], loaders.val, max_batches, progress)
     picks = []
     for b in budgets:
-        within = [d for d in family if d.predicted_ms <= b]
+        within = [d for d in family if bound(d) <= b]
         # the best validation accuracy; of equals, the cheaper
         best = max(within, key=lambda d: (ranked[d.genotype.to_json()], -d.predicted_ms))
-        spread = result.table.predict_spread(result.space, best.genotype)
-        picks.append(BudgetPick(b, best, ranked[best.genotype.to_json()], spread, len(within)))
+        key = best.genotype.to_json()
+        picks.append(BudgetPick(b, best, ranked[key], spread[key], len(within)))
     if measure:
         _measure(result, picks, threads)
     return picks

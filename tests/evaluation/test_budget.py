@@ -49,6 +49,29 @@ def test_a_budget_below_the_cheapest_names_it(search):
         derive_for_budget(search, [], progress=False)
 
 
+def test_conservative_picks_fit_the_top_of_their_interval(search):
+    spread = LatencyTable(meta=dict(search.table.meta))  # the search's table, with spreads (simulated has none)
+    for k, e in search.table.entries.items():
+        spread.add(k, median=e["median"], iqr=0.2 * e["median"])
+    kw = dict(grid_steps=3, levels=(0.0, 0.5, 1.0), progress=False, table=spread)
+    fam = family_for_budgets(dataclasses.replace(search, table=spread), grid_steps=3, levels=kw["levels"],
+                             progress=False)
+    top = {d.genotype.to_json(): d.predicted_ms + spread.predict_spread(search.space, d.genotype) for d in fam}
+    lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
+    assert min(top.values()) > lo
+    budgets = [min(top.values()), (lo + hi) / 2, max(top.values())]
+    picks = derive_for_budget(search, budgets, conservative=True, **kw)
+    plain = derive_for_budget(search, budgets, **kw)
+    for p, q in zip(picks, plain):
+        assert p.predicted_ms + p.spread_ms <= p.budget_ms * (1 + 1e-9)
+        assert p.candidates == sum(t <= p.budget_ms for t in top.values()) <= q.candidates
+    assert picks[1].candidates < plain[1].candidates and picks[-1].candidates == len(fam)
+    # the cheapest prediction fits plainly, but not the top of its interval
+    assert derive_for_budget(search, [lo], **kw)[0].predicted_ms == pytest.approx(lo)
+    with pytest.raises(BudgetError, match=r"\(at most [0-9.]+ ms\)"):
+        derive_for_budget(search, [lo], conservative=True, **kw)
+
+
 @pytest.mark.slow
 def test_measured_picks_say_whether_they_meet_the_budget(search):
     top = family_for_budgets(search, grid_steps=2, levels=(1.0,), progress=False)[-1].predicted_ms
