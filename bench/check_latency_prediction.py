@@ -167,7 +167,9 @@ def check_budgets(args, space, table, threads, log):
     if result.space.name != space.name:
         raise SystemExit(f"--search {args.search} searched {result.space.name}, not {space.name}")
     fam = family_for_budgets(dataclasses.replace(result, table=table), progress=False)
-    lo, hi = fam[0].predicted_ms, fam[-1].predicted_ms
+    # conservative picks fit the top of their interval: the budgets span the range of those tops
+    top = [d.predicted_ms + (table.predict_spread(space, d.genotype) if args.conservative else 0.0) for d in fam]
+    lo, hi = min(top), max(top)
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
                               conservative=args.conservative)
