@@ -76,7 +76,8 @@ def _main(args) -> int:
 
 
 def _budget_text(p) -> str:
-    head = f"budget {p.budget_ms:g} ms: {p.candidates} architectures of the family fit; the most accurate on the " \
+    fit = "fit (the top of their interval)" if p.conservative else "fit"
+    head = f"budget {p.budget_ms:g} ms: {p.candidates} architectures of the family {fit}; the most accurate on the " \
            f"validation split (supernet weights, {p.val_acc:.1%}):"
     lines = [head, describe(p.derived),
              f"  predicted interval: {p.predicted_ms - p.spread_ms:.2f}-{p.predicted_ms + p.spread_ms:.2f} ms "

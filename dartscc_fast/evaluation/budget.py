@@ -40,6 +40,7 @@ class BudgetPick:
     val_acc: float                  # validation accuracy with the supernet's weights
     spread_ms: float                # the prediction's half-interval from the table's spreads
     candidates: int                 # distinct family architectures within the budget
+    conservative: bool = False      # the top of the interval, not the prediction, fits the budget
 
     @property
     def predicted_ms(self) -> float:
@@ -54,7 +55,7 @@ class BudgetPick:
     def to_dict(self) -> Dict:
         return {"budget_ms": self.budget_ms, **self.derived.to_dict(), "val_acc": self.val_acc,
                 "predicted_interval_ms": [self.predicted_ms - self.spread_ms, self.predicted_ms + self.spread_ms],
-                "candidates": self.candidates, "meets_budget": self.meets_budget}
+                "candidates": self.candidates, "conservative": self.conservative, "meets_budget": self.meets_budget}
 
 
 def family_for_budgets(result, grid_steps: int = 6, levels: Sequence[float] = STRENGTH_LEVELS,
@@ -94,7 +95,7 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
             The family is the search's either way: its architectures do not depend on the table.
         conservative: fit the top of the prediction's interval (predicted + the table's spread) within the
             budget, not the prediction: a pick predicted just under its budget measures over it about half
-            the time (docs/latency.md, "Budget hits").
+            the time (docs/latency.md, budget hits).
 
     Raises :class:`BudgetError` for a budget below the family's cheapest architecture, naming it.
     """
@@ -133,7 +134,7 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         # the best validation accuracy; of equals, the cheaper
         best = max(within, key=lambda d: (ranked[d.genotype.to_json()], -d.predicted_ms))
         key = best.genotype.to_json()
-        picks.append(BudgetPick(b, best, ranked[key], spread[key], len(within)))
+        picks.append(BudgetPick(b, best, ranked[key], spread[key], len(within), conservative))
     if measure:
         _measure(result, picks, threads)
     return picks

@@ -65,6 +65,7 @@ def test_conservative_picks_fit_the_top_of_their_interval(search):
     for p, q in zip(picks, plain):
         assert p.predicted_ms + p.spread_ms <= p.budget_ms * (1 + 1e-9)
         assert p.candidates == sum(t <= p.budget_ms for t in top.values()) <= q.candidates
+        assert p.to_dict()["conservative"] and not q.to_dict()["conservative"]
     assert picks[1].candidates < plain[1].candidates and picks[-1].candidates == len(fam)
     # the cheapest prediction fits plainly, but not the top of its interval
     assert derive_for_budget(search, [lo], **kw)[0].predicted_ms == pytest.approx(lo)
