@@ -105,13 +105,7 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
     bad = [b for b in budgets if not b > 0]
     if bad:
         raise ValueError(f"budgets must be positive milliseconds, got {bad}")
-    if table is not None:
-        missing = [c.key() for c in space_configs(result.space, table.batch or 64, table.dtype, table.device)
-                   if c.key() not in table]
-        if missing:
-            raise BudgetError(f"{table._where()} does not cover the search's space {result.space.name}: "
-                              f"{len(missing)} configuration(s) missing, e.g. {missing[0]!r}")
-        result = dataclasses.replace(result, table=table)
+    result = _with_table(result, table)
     family = family_for_budgets(result, grid_steps, levels, progress)
     spread = {d.genotype.to_json(): result.table.predict_spread(result.space, d.genotype) for d in family}
 
@@ -138,6 +132,18 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
     if measure:
         _measure(result, picks, threads)
     return picks
+
+
+def _with_table(result, table):
+    """The search predicting on ``table`` (None: its own), which must cover the search's space."""
+    if table is None:
+        return result
+    missing = [c.key() for c in space_configs(result.space, table.batch or 64, table.dtype, table.device)
+               if c.key() not in table]
+    if missing:
+        raise BudgetError(f"{table._where()} does not cover the search's space {result.space.name}: "
+                          f"{len(missing)} configuration(s) missing, e.g. {missing[0]!r}")
+    return dataclasses.replace(result, table=table)
 
 
 def _rank(result, candidates, val_loader, max_batches, progress) -> Dict[str, float]:
