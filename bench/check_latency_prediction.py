@@ -161,15 +161,15 @@ def random_genotypes(space, n, seed, top2, sample="uniform"):
 
 def check_budgets(args, space, table, threads, log):
     """Budgets across the family's range: the share of picks whose measured latency meets the budget."""
-    from dartscc_fast.evaluation.budget import derive_for_budget, family_for_budgets
+    from dartscc_fast.evaluation.budget import derive_for_budget, family_for_budgets, fit_ms
     from dartscc_fast.search import load_search
     result = load_search(args.search)
     if result.space.name != space.name:
         raise SystemExit(f"--search {args.search} searched {result.space.name}, not {space.name}")
-    fam = family_for_budgets(dataclasses.replace(result, table=table), progress=False)
-    # conservative picks fit the top of their interval: the budgets span the range of those tops
-    top = [d.predicted_ms + (table.predict_spread(space, d.genotype) if args.conservative else 0.0) for d in fam]
-    lo, hi = min(top), max(top)
+    on_table = dataclasses.replace(result, table=table)
+    # the budgets span what has to fit them (conservative: the tops of the predicted intervals)
+    need = [fit_ms(on_table, d, args.conservative) for d in family_for_budgets(on_table, progress=False)]
+    lo, hi = min(need), max(need)
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
                               conservative=args.conservative)

@@ -22,7 +22,7 @@ from dartscc_fast.latency.keys import space_configs
 from dartscc_fast.progress import Progress
 from dartscc_fast.search.hypernet import simplex_grid
 
-__all__ = ["BudgetError", "BudgetPick", "family_for_budgets", "derive_for_budget", "STRENGTH_LEVELS"]
+__all__ = ["BudgetError", "BudgetPick", "family_for_budgets", "derive_for_budget", "fit_ms", "STRENGTH_LEVELS"]
 
 #: Fractions t of a strength axis whose architectures join the family (kappa = kappa_of_t(t)).
 STRENGTH_LEVELS = tuple(i / 16 for i in range(17))
@@ -107,10 +107,10 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         raise ValueError(f"budgets must be positive milliseconds, got {bad}")
     result = _with_table(result, table)
     family = family_for_budgets(result, grid_steps, levels, progress)
-    spread = {d.genotype.to_json(): result.table.predict_spread(result.space, d.genotype) for d in family}
+    need = {d.genotype.to_json(): fit_ms(result, d, conservative) for d in family}
 
-    def bound(d: Derived) -> float:  # what has to fit the budget
-        return d.predicted_ms + (spread[d.genotype.to_json()] if conservative else 0.0)
+    def bound(d: Derived) -> float:
+        return need[d.genotype.to_json()]
 
     cheapest = min(family, key=bound)
     for b in budgets:
@@ -127,11 +127,17 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         within = [d for d in family if bound(d) <= b]
         # the best validation accuracy; of equals, the cheaper
         best = max(within, key=lambda d: (ranked[d.genotype.to_json()], -d.predicted_ms))
-        key = best.genotype.to_json()
-        picks.append(BudgetPick(b, best, ranked[key], spread[key], len(within), conservative))
+        spread = result.table.predict_spread(result.space, best.genotype)
+        picks.append(BudgetPick(b, best, ranked[best.genotype.to_json()], spread, len(within), conservative))
     if measure:
         _measure(result, picks, threads)
     return picks
+
+
+def fit_ms(result, d: Derived, conservative: bool = False) -> float:
+    """What has to fit a budget on the search's table: the predicted latency, or with ``conservative`` the top
+    of its interval (predicted + the table's spread)."""
+    return d.predicted_ms + (result.table.predict_spread(result.space, d.genotype) if conservative else 0.0)
 
 
 def _with_table(result, table):

@@ -504,6 +504,8 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
     """
     if networks < 3:
         raise ValueError(f"calibration needs at least 3 networks, got {networks}")
+    if table.device not in ("cpu", "cuda"):
+        raise ValueError(f"cannot calibrate the simulated device {table.device!r}: it cannot time networks")
     gen = torch.Generator().manual_seed(seed)
     gs = [random_genotype(space, gen) for _ in range(networks)]
     tms = time_genotypes(space, gs, batch=table.batch or 64, dtype=table.dtype, device=table.device,
