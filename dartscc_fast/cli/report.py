@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--grid", type=int, default=4, help="simplex grid step 1/N")
     p.add_argument("--retrain-epochs", type=int, default=2, help="0: inherited weights only")
     p.add_argument("--retrain-max-steps", type=int, default=None, help="cap the steps of each retraining epoch")
-    p.add_argument("--front-retrain", type=int, default=6, help="grid architectures to retrain for the front")
+    p.add_argument("--front-retrain", type=int, default=6,
+                   help="family architectures to retrain for the front (two per baseline budget, then spread)")
     p.add_argument("--no-measure", action="store_true", help="skip measuring latency on this device")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/report")

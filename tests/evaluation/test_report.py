@@ -40,10 +40,20 @@ def test_one_pick_per_budget_by_validation_accuracy(val_acc):
     assert len(set(val_acc)) == 5 and len(val_acc) == 5  # each architecture evaluated once
 
 
+def test_then_the_dearest_within_each_budget(val_acc):
+    budgets = [("fbnet 1", 31.0), ("fbnet 2", 29.0), ("darts", 60.0)]
+    picks = report.front_picks(None, None, FAMILY, budgets, "val", 5)
+    # after the three inherited picks, the budget-filling ones, dearest budget first: e for darts (60 ms), then
+    # c for fbnet 1 (31 ms holds a, b, c); fbnet 2's dearest is a, already picked
+    assert picks == {"a": "budget of fbnet 2", "b": "budget of fbnet 1", "d": "budget of darts",
+                     "e": "fills the budget of darts", "c": "fills the budget of fbnet 1"}
+    assert list(report.front_picks(None, None, FAMILY, budgets, "val", 4)) == ["a", "b", "d", "e"]
+
+
 def test_fills_with_the_spread_and_skips_what_is_retrained_anyway(val_acc):
     picks = report.front_picks(None, None, FAMILY, [("fbnet", 31.0)], "val", 3, already={"b"})
-    # b (a profile's architecture) takes no place: all three places go to the spread, cheapest, middle, dearest
-    assert picks == {"b": "budget of fbnet", "a": "spread over latency", "c": "spread over latency",
+    # b (a profile's architecture) takes no place: c fills the budget, the spread gives the cheapest and dearest
+    assert picks == {"b": "budget of fbnet", "c": "fills the budget of fbnet", "a": "spread over latency",
                      "e": "spread over latency"}
 
 
@@ -68,6 +78,20 @@ def test_front_comparison_tells_a_shortfall_within_noise_from_a_loss():
     assert got == {"k1": (0.790, True, True), "k2": (0.790, False, True), "k3": (0.790, False, False),
                    "k4": (None, False, None)}
     assert (fr["matched"], fr["within_noise"], fr["of"]) == (1, 2, 4)
+    assert {r["picked_by"] for r in fr["rows"]} == {"test_acc"}  # no validation accuracy to pick by
+
+
+def test_front_comparison_picks_by_validation_accuracy_after_retraining():
+    def row(label, ms, acc, val):
+        return {"label": label, "predicted_ms": ms, "test_acc": acc, "retrain": {"val_acc": val}}
+
+    rep = {"split": {"test": 2000}, "searches": {"hypernet": 1, "darts": 1}, "grid": [],
+           "profiles": [row("A", 30.0, 0.90, 0.80), row("B", 40.0, 0.85, 0.84), row("C", 41.0, 0.86, 0.84)],
+           "baselines": {"fbnet": [], "darts": [row("darts", 45.0, 0.86, 0.85)]}}
+    r = report.front_comparison(rep)["rows"][0]
+    # B and C tie on validation accuracy, the cheaper B is picked; A's better test accuracy is never looked at
+    assert (r["family_acc"], r["family_latency"], r["candidates"], r["picked_by"]) == (0.85, 40.0, 3, "val_acc")
+    assert not r["family_at_least_as_good"] and r["within_noise"]
 
 
 def _ops(cell):
