@@ -8,11 +8,12 @@ import torch
 
 from dartscc_fast.evaluation.budget import STRENGTH_LEVELS, derive_for_budget
 from dartscc_fast.evaluation.derive import Derived, derive, describe, export_model
+from dartscc_fast.evaluation.evaluate import RetrainConfig
 from dartscc_fast.latency.table import LatencyTable
 from dartscc_fast.search import load_search
 from dartscc_fast.search.hypernet import PROFILES
 from dartscc_fast.space import DiscreteNetwork
-from dartscc_fast.validate import POSITIVE, POSITIVE_INT, arg
+from dartscc_fast.validate import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, arg
 
 EXPORTS = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -44,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--conservative", action="store_true",
                    help="with --budget-ms: the top of the predicted interval (the table's spreads) must fit the "
                         "budget, not the prediction alone")
+    p.add_argument("--retrain", type=arg(NON_NEGATIVE_INT), default=0, metavar="EPOCHS",
+                   help="with --budget-ms: retrain the pick and the dearest architecture within the budget for "
+                        "EPOCHS epochs, and keep the better on the validation split (the supernet's ranking "
+                        "favours cheap architectures: docs/design.md)")
     p.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="torch threads for the timing")
     p.add_argument("--out", default=None, help="directory for genotype JSON (and exports)")
     p.add_argument("--export", choices=[*EXPORTS, "both"], default=None,
@@ -60,7 +65,9 @@ def _main(args) -> int:
         levels = [i / max(args.levels - 1, 1) for i in range(args.levels)]
         table = LatencyTable.load(args.table) if args.table else None
         picks = derive_for_budget(result, args.budget_ms, grid_steps=args.grid, levels=levels, measure=args.measure,
-                                  threads=args.threads, table=table, conservative=args.conservative)
+                                  threads=args.threads, table=table, conservative=args.conservative,
+                                  retrain=RetrainConfig(epochs=args.retrain, seed=result.config.seed)
+                                  if args.retrain else None)
         export = args.export or ("both" if out is not None else None)
         for p in picks:
             print(_budget_text(p))
@@ -77,11 +84,18 @@ def _main(args) -> int:
 
 def _budget_text(p) -> str:
     fit = "fit (the top of their interval)" if p.conservative else "fit"
-    head = f"budget {p.budget_ms:g} ms: {p.candidates} architectures of the family {fit}; the most accurate on the " \
-           f"validation split (supernet weights, {p.val_acc:.1%}):"
+    how = "the better after retraining, on the validation split, of the supernet's pick and the dearest" \
+        if p.retrained is not None else "the most accurate on the validation split"
+    head = f"budget {p.budget_ms:g} ms: {p.candidates} architectures of the family {fit}; {how} " \
+           f"(supernet weights, {p.val_acc:.1%}):"
     lines = [head, describe(p.derived),
              f"  predicted interval: {p.predicted_ms - p.spread_ms:.2f}-{p.predicted_ms + p.spread_ms:.2f} ms "
              f"(the table's spreads)"]
+    if p.retrained is not None:
+        r, o = p.retrained, p.rival
+        lines.append(f"  retrained {r['epochs']} epochs: validation {r['val_acc']:.1%}, test {r['test_acc']:.1%}"
+                     + ("" if o is None else f"; the other candidate (S = {o['S']}, {o['predicted_ms']:.2f} ms): "
+                                             f"validation {o['val_acc']:.1%}, test {o['test_acc']:.1%}"))
     if p.meets_budget is not None:
         lines.append(f"  measured {p.derived.measured_ms:.2f} ms: {'within' if p.meets_budget else 'OVER'} the "
                      f"budget of {p.budget_ms:g} ms")

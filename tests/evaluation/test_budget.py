@@ -8,7 +8,7 @@ import torch
 
 from dartscc_fast import cli
 from dartscc_fast.evaluation.budget import BudgetError, derive_for_budget, family_for_budgets
-from dartscc_fast.evaluation.evaluate import genotype_weights, inherited_accuracies
+from dartscc_fast.evaluation.evaluate import RetrainConfig, genotype_weights, inherited_accuracies
 from dartscc_fast.latency import LatencyTable
 from dartscc_fast.search import SearchConfig, load_search, run_search
 from dartscc_fast.space import get_space, random_genotype
@@ -71,6 +71,36 @@ def test_conservative_picks_fit_the_top_of_their_interval(search):
     assert derive_for_budget(search, [lo], **kw)[0].predicted_ms == pytest.approx(lo)
     with pytest.raises(BudgetError, match=r"\(at most [0-9.]+ ms\)"):
         derive_for_budget(search, [lo], conservative=True, **kw)
+
+
+def test_retraining_takes_the_better_of_the_pick_and_the_dearest_on_validation(search, monkeypatch):
+    from dartscc_fast.evaluation import budget
+    kw = dict(grid_steps=3, levels=(0.0, 0.5, 1.0), progress=False)
+    fam = family_for_budgets(search, **{k: kw[k] for k in ("grid_steps", "levels")}, progress=False)
+    (plain,) = derive_for_budget(search, [fam[-1].predicted_ms], **kw)
+    assert plain.retrained is None and plain.to_dict()["rival"] is None
+    dearest = fam[-1].genotype.to_json()
+    seen = []
+
+    def fake(space, genotype, loaders, cfg, desc=""):  # the dearest scores better on validation, worse on test
+        seen.append(genotype.to_json())
+        top = genotype.to_json() == dearest
+        return {"val_acc": 0.9 if top else 0.5, "test_acc": 0.1 if top else 0.8, "epochs": cfg.epochs}
+
+    monkeypatch.setattr(budget, "retrain", fake)
+    cfg = RetrainConfig(epochs=1, progress=False)
+    (p,) = derive_for_budget(search, [fam[-1].predicted_ms], retrain=cfg, **kw)
+    if plain.derived.genotype.to_json() == dearest:  # nothing to choose between: one candidate, no rival
+        assert seen == [dearest] and p.rival is None
+    else:
+        assert set(seen) == {dearest, plain.derived.genotype.to_json()} and len(seen) == 2
+        assert p.rival["val_acc"] == 0.5 and p.rival["predicted_ms"] == plain.predicted_ms
+    assert p.derived.genotype.to_json() == dearest and p.retrained["val_acc"] == 0.9
+    assert p.spread_ms == search.table.predict_spread(search.space, p.derived.genotype)
+    # at the cheapest budget only one architecture fits: it is both candidates, retrained once
+    seen.clear()
+    (q,) = derive_for_budget(search, [fam[0].predicted_ms], retrain=cfg, **kw)
+    assert seen == [fam[0].genotype.to_json()] and q.rival is None
 
 
 @pytest.mark.slow
