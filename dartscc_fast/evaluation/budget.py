@@ -5,7 +5,7 @@ family over a fine simplex grid (and, with a strength axis, over the kappa level
 architectures whose predicted latency is within T, and picks the one with the best validation
 accuracy with the supernet's weights: what a user can tell without retraining, on images the test
 split never shares. That ranking favours the cheap architectures the supernet trained most; with
-``retrain_epochs`` the pick and the dearest architecture within T are retrained, and the better on
+``retrain`` the pick and the dearest architecture within T are retrained, and the better on
 the validation split after retraining is taken (docs/design.md, the front's picks). The prediction
 comes with an interval from the table's own spread, and with ``measure`` the network is timed here
 and checked against T.
@@ -44,8 +44,8 @@ class BudgetPick:
     spread_ms: float                # the prediction's half-interval from the table's spreads
     candidates: int                 # distinct family architectures within the budget
     conservative: bool = False      # the top of the interval, not the prediction, fits the budget
-    retrained: Optional[Dict] = None  # with retrain_epochs: the pick's retraining (val_acc, test_acc, epochs, ...)
-    rival: Optional[Dict] = None      # with retrain_epochs: the other candidate, retrained and not picked
+    retrained: Optional[Dict] = None  # with retrain: the pick's retraining (val_acc, test_acc, epochs, ...)
+    rival: Optional[Dict] = None      # with retrain: the other candidate, retrained and not picked
 
     @property
     def predicted_ms(self) -> float:

@@ -389,7 +389,7 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
     - the dearest one, which fills the budget; budgets dearest first. The
       inherited accuracy ranks the cheap, latency-pushed architectures the
       supernet trained most above the dear ones that retrain better
-      (docs/design.md, "Retraining the dearest architecture of a budget").
+      (docs/design.md, "The front's picks").
 
     :func:`front_comparison` then takes the better of them by retrained
     validation accuracy. Then architectures spread evenly over the predicted
