@@ -186,13 +186,13 @@ def _retrain_choice(result, picks: List[BudgetPick], family: List[Derived], boun
         dearest = max((d for d in family if bound(d) <= p.budget_ms), key=lambda d: d.predicted_ms)
         pair = [p.derived] + ([dearest] if dearest.genotype.to_json() != p.derived.genotype.to_json() else [])
         best = max(pair, key=lambda d: (retrained(d)["val_acc"], -d.predicted_ms))
-        others = [d for d in pair if d is not best]
+        other = next((d for d in pair if d is not best), None)
         if best is not p.derived:
             p.derived, p.val_acc = best, ranked[best.genotype.to_json()]
             p.spread_ms = result.table.predict_spread(result.space, best.genotype)
         p.retrained = retrained(best)
-        p.rival = {"S": others[0].S_text, "kappa": others[0].extra.get("kappa"),
-                   "predicted_ms": others[0].predicted_ms, **retrained(others[0])} if others else None
+        p.rival = None if other is None else {"S": other.S_text, "kappa": other.extra.get("kappa"),
+                                              "predicted_ms": other.predicted_ms, **retrained(other)}
 
 
 def _measure(result, picks: List[BudgetPick], threads: Optional[int]) -> None:
