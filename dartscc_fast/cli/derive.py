@@ -47,8 +47,8 @@ def register(sub) -> None:
                         "budget, not the prediction alone")
     p.add_argument("--retrain", type=arg(NON_NEGATIVE_INT), default=0, metavar="EPOCHS",
                    help="with --budget-ms: retrain the pick and the dearest architecture within the budget for "
-                        "EPOCHS epochs, and keep the better on the validation split (the supernet's ranking "
-                        "favours cheap architectures: docs/design.md)")
+                        "EPOCHS epochs, and keep the dearer unless the other is better on the validation split "
+                        "by more than 2 SE (the supernet's ranking favours cheap architectures: docs/design.md)")
     p.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="torch threads for the timing")
     p.add_argument("--out", default=None, help="directory for genotype JSON (and exports)")
     p.add_argument("--export", choices=[*EXPORTS, "both"], default=None,
@@ -84,7 +84,8 @@ def _main(args) -> int:
 
 def _budget_text(p) -> str:
     fit = "fit (the top of their interval)" if p.conservative else "fit"
-    how = "the better after retraining, on the validation split, of the supernet's pick and the dearest" \
+    how = "of the supernet's pick and the dearest, both retrained, the dearer unless the other is better on " \
+          "the validation split by more than 2 SE" \
         if p.retrained is not None else "the most accurate on the validation split"
     head = f"budget {p.budget_ms:g} ms: {p.candidates} architectures of the family {fit}; {how} " \
            f"(supernet weights, {p.val_acc:.1%}):"

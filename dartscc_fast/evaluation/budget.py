@@ -5,8 +5,9 @@ family over a fine simplex grid (and, with a strength axis, over the kappa level
 architectures whose predicted latency is within T, and picks the one with the best validation
 accuracy with the supernet's weights: what a user can tell without retraining, on images the test
 split never shares. That ranking favours the cheap architectures the supernet trained most; with
-``retrain`` the pick and the dearest architecture within T are retrained, and the better on
-the validation split after retraining is taken (docs/design.md, the front's picks). The prediction
+``retrain`` the pick and the dearest architecture within T are retrained, and the dearer is
+taken unless the other is better on the validation split by more than two standard errors
+(docs/design.md, the front's picks). The prediction
 comes with an interval from the table's own spread, and with ``measure`` the network is timed here
 and checked against T.
 
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from dartscc_fast.evaluation.derive import Derived, derive, measure_latency
-from dartscc_fast.evaluation.evaluate import RetrainConfig, inherited_accuracies, retrain
+from dartscc_fast.evaluation.evaluate import RetrainConfig, dearest_within_noise, inherited_accuracies, retrain
 from dartscc_fast.latency.keys import space_configs
 from dartscc_fast.progress import Progress
 from dartscc_fast.search.hypernet import simplex_grid
@@ -103,6 +104,9 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         conservative: fit the top of the prediction's interval (predicted + the table's spread) within the
             budget, not the prediction: a pick predicted just under its budget measures over it about half
             the time (docs/latency.md, budget hits).
+        retrain: retrain the pick and the dearest architecture within each budget from scratch with these
+            settings, and keep the dearer unless the other is better on the validation split by more than
+            two standard errors (``BudgetPick.retrained``, ``.rival``).
 
     Raises :class:`BudgetError` for a budget below the family's cheapest architecture, naming it.
     """
@@ -170,9 +174,11 @@ def _rank(result, candidates, val_loader, max_batches, progress) -> Dict[str, fl
 
 def _retrain_choice(result, picks: List[BudgetPick], family: List[Derived], bound, ranked: Dict[str, float],
                     loaders, cfg: RetrainConfig) -> None:
-    """Each pick against the dearest architecture within its budget, both retrained: the better validation
-    accuracy after retraining (of equals, the cheaper) becomes the pick."""
-    if not len(loaders.val.dataset):
+    """Each pick against the dearest architecture within its budget, both retrained: the dearer one unless
+    the other is better on the validation split by more than two standard errors
+    (:func:`dearest_within_noise`) becomes the pick."""
+    n_val = len(loaders.val.dataset)
+    if not n_val:
         raise ValueError("retraining picks by validation accuracy, and this split has no validation images")
     done: Dict[str, Dict] = {}
 
@@ -185,7 +191,7 @@ def _retrain_choice(result, picks: List[BudgetPick], family: List[Derived], boun
     for p in picks:
         dearest = max((d for d in family if bound(d) <= p.budget_ms), key=lambda d: d.predicted_ms)
         pair = [p.derived] + ([dearest] if dearest.genotype.to_json() != p.derived.genotype.to_json() else [])
-        best = max(pair, key=lambda d: (retrained(d)["val_acc"], -d.predicted_ms))
+        best = dearest_within_noise(pair, lambda d: retrained(d)["val_acc"], lambda d: d.predicted_ms, n_val)
         other = next((d for d in pair if d is not best), None)
         if best is not p.derived:
             p.derived, p.val_acc = best, ranked[best.genotype.to_json()]

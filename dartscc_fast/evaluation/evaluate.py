@@ -33,7 +33,7 @@ from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSI
 
 __all__ = ["genotype_weights", "inherited_accuracy", "inherited_accuracies",
            "train_discrete", "retrain", "baseline_config", "random_matched",
-           "UNIFORM_S"]
+           "difference_se", "dearest_within_noise", "UNIFORM_S"]
 
 UNIFORM_S = "pool=0.3333,identity=0.3333,conv=0.3334"
 
@@ -169,6 +169,30 @@ def retrain(space: SearchSpace, genotype: Genotype, loaders, cfg: RetrainConfig 
     return {"test_acc": accuracy(model, loaders.test, fmt), "val_acc": val_acc,
             "epochs": cfg.epochs, "memory_format": fmt, "seconds": time.perf_counter() - t0,
             "split": str(loaders.split)}
+
+
+# ------------------------------------------------------------------ picking among retrained candidates
+def difference_se(p: float, q: float, n: int) -> float:
+    """Standard error of the difference of two accuracies ``p`` and ``q``, each measured on ``n`` images."""
+    return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
+
+
+def dearest_within_noise(candidates: Sequence, val_acc, latency, n_val: int):
+    """Of retrained candidates for one latency budget, the dearest one the validation split cannot rule out.
+
+    A candidate is level with the best when its validation accuracy is within two standard errors of the
+    difference (:func:`difference_se` on ``n_val`` images); of those, the one with the highest predicted
+    latency is taken (ties: the better validation accuracy). Under a budget, latency left unspent buys
+    nothing, and a few hundred validation images cannot separate architectures a point or two apart
+    (docs/design.md, "The front's picks"). ``val_acc`` and ``latency`` map a candidate to its figure.
+    """
+    if not candidates:
+        raise ValueError("no candidates to pick from")
+    if n_val <= 0:
+        raise ValueError(f"picking by validation accuracy needs validation images, got n_val={n_val}")
+    best = max(val_acc(c) for c in candidates)
+    level = [c for c in candidates if best - val_acc(c) <= 2 * difference_se(best, val_acc(c), n_val)]
+    return max(level, key=lambda c: (latency(c), val_acc(c)))
 
 
 # --------------------------------------------------------------------------- baselines

@@ -19,6 +19,8 @@ import torch
 from dartscc_fast.evaluation.derive import Derived, derive, derive_from_alphas, edges_changed, table_only
 from dartscc_fast.evaluation.evaluate import (
     RetrainConfig,
+    dearest_within_noise,
+    difference_se,
     genotype_weights,
     inherited_accuracies,
     inherited_accuracy,
@@ -391,8 +393,8 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
       supernet trained most above the dear ones that retrain better
       (docs/design.md, "The front's picks").
 
-    :func:`front_comparison` then takes the better of them by retrained
-    validation accuracy. Then architectures spread evenly over the predicted
+    :func:`front_comparison` then picks among them on the retrained
+    validation accuracy (:func:`dearest_within_noise`). Then architectures spread evenly over the predicted
     latency, until ``count`` are chosen. Architectures in ``already`` (the
     profiles, retrained anyway) are kept but take no place.
 
@@ -437,12 +439,13 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
 def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     """For each baseline search: the family's pick at no more latency (retrained points only), and its accuracy.
 
-    The pick is the retrained family architecture within the baseline's latency
-    with the best *validation* accuracy after retraining (of equals, the
-    cheaper); its test accuracy is compared. Taking the best test accuracy would
-    select on the test images, and more retrained candidates would then look
-    better by chance alone. Where a split has no validation part, the test
-    accuracy picks, and ``picked_by`` says so.
+    The pick is made on the *validation* accuracy after retraining, of the
+    retrained family architectures within the baseline's latency: the dearest
+    of those level with the best within two standard errors
+    (:func:`dearest_within_noise`); its test accuracy is compared. Taking the
+    best test accuracy would select on the test images, and more retrained
+    candidates would then look better by chance alone. Where a split has no
+    validation part, the best test accuracy picks, and ``picked_by`` says so.
 
     "No more" allows LATENCY_TOLERANCE (2 %) above the baseline's latency: the
     table's own timing noise is of that order. Each row also says whether a
@@ -450,21 +453,25 @@ def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     the difference of two accuracies on ``report["split"]["test"]`` images.
     """
     family = [r for r in report["grid"] + report.get("family", []) + report["profiles"] if "retrain" in r]
-    n_test = (report.get("split") or {}).get("test")
+    n_test, n_val = ((report.get("split") or {}).get(k) for k in ("test", "val"))
     rows = []
     for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
         cands = [f for f in family if _within(f[x], b[x])]
-        by_val = bool(cands) and all(f["retrain"].get("val_acc") is not None for f in cands)
-        best = max(cands, key=lambda f: (f["retrain"]["val_acc"] if by_val else f["test_acc"], -f[x])) \
-            if cands else None
+        by_val = bool(cands) and bool(n_val) and all(f["retrain"].get("val_acc") is not None for f in cands)
+        if not cands:
+            best = None
+        elif by_val:
+            best = dearest_within_noise(cands, lambda f: f["retrain"]["val_acc"], lambda f: f[x], n_val)
+        else:
+            best = max(cands, key=lambda f: (f["test_acc"], -f[x]))
         row = {"baseline": b["label"], "latency": b[x], "acc": b["test_acc"],
                "family_acc": best["test_acc"] if best else None,
                "family_latency": best[x] if best else None, "candidates": len(cands),
-               "picked_by": "val_acc" if by_val else "test_acc",
+               "picked_by": "val_acc, dearest within 2 SE" if by_val else "test_acc",
                "family_at_least_as_good": bool(best and best["test_acc"] >= b["test_acc"] - 1e-9)}
         if best and n_test:
             p, q = b["test_acc"], best["test_acc"]
-            row["difference_se"] = math.sqrt((p * (1 - p) + q * (1 - q)) / n_test)
+            row["difference_se"] = difference_se(p, q, n_test)
             row["within_noise"] = row["family_at_least_as_good"] or p - q <= 2 * row["difference_se"]
         rows.append(row)
     n = len(rows)
@@ -538,8 +545,9 @@ def _front_lines(fr: Optional[Dict]) -> List[str]:
              "searches. The family's points are its retrained architectures: the profiles, and for each "
              "baseline's latency two candidates within it, the one with the best validation accuracy with "
              "the supernet's weights (what a user picks without retraining) and the dearest, then others "
-             "spread over latency. Of those within a baseline's latency, the family's pick is the one with "
-             "the best validation accuracy after retraining; its test accuracy is shown.", "",
+             "spread over latency. Of those within a baseline's latency, the family's pick is the dearest whose "
+             "validation accuracy after retraining is within two standard errors of the best one's; its test "
+             "accuracy is shown.", "",
              f"| baseline | latency ms | acc | family pick's acc at <= latency (+{LATENCY_TOLERANCE:.0%}) "
              "| its latency ms | family - baseline, points (2 SE) |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -73,29 +73,36 @@ def test_conservative_picks_fit_the_top_of_their_interval(search):
         derive_for_budget(search, [lo], conservative=True, **kw)
 
 
-def test_retraining_takes_the_better_of_the_pick_and_the_dearest_on_validation(search, monkeypatch):
+@pytest.mark.parametrize("dear_val, other_val, keeps_dearest", [
+    (0.9, 0.5, True),     # the dearest better on validation
+    (0.79, 0.8, True),    # level within 2 SE: the dearer
+    (0.1, 0.9, False),    # the supernet's pick better by far more than 2 SE
+])
+def test_retraining_keeps_the_dearest_unless_the_pick_is_clearly_better(search, monkeypatch, dear_val, other_val,
+                                                                        keeps_dearest):
     from dartscc_fast.evaluation import budget
     kw = dict(grid_steps=3, levels=(0.0, 0.5, 1.0), progress=False)
     fam = family_for_budgets(search, **{k: kw[k] for k in ("grid_steps", "levels")}, progress=False)
     (plain,) = derive_for_budget(search, [fam[-1].predicted_ms], **kw)
     assert plain.retrained is None and plain.to_dict()["rival"] is None
-    dearest = fam[-1].genotype.to_json()
+    dearest, pick = fam[-1].genotype.to_json(), plain.derived.genotype.to_json()
     seen = []
 
-    def fake(space, genotype, loaders, cfg, desc=""):  # the dearest scores better on validation, worse on test
+    def fake(space, genotype, loaders, cfg, desc=""):  # test accuracies the reverse of validation's
         seen.append(genotype.to_json())
-        top = genotype.to_json() == dearest
-        return {"val_acc": 0.9 if top else 0.5, "test_acc": 0.1 if top else 0.8, "epochs": cfg.epochs}
+        val = dear_val if genotype.to_json() == dearest else other_val
+        return {"val_acc": val, "test_acc": 1 - val, "epochs": cfg.epochs}
 
     monkeypatch.setattr(budget, "retrain", fake)
     cfg = RetrainConfig(epochs=1, progress=False)
     (p,) = derive_for_budget(search, [fam[-1].predicted_ms], retrain=cfg, **kw)
-    if plain.derived.genotype.to_json() == dearest:  # nothing to choose between: one candidate, no rival
-        assert seen == [dearest] and p.rival is None
-    else:
-        assert set(seen) == {dearest, plain.derived.genotype.to_json()} and len(seen) == 2
-        assert p.rival["val_acc"] == 0.5 and p.rival["predicted_ms"] == plain.predicted_ms
-    assert p.derived.genotype.to_json() == dearest and p.retrained["val_acc"] == 0.9
+    if pick == dearest:  # nothing to choose between: one candidate, no rival
+        assert seen == [dearest] and p.rival is None and p.derived.genotype.to_json() == dearest
+        return
+    assert set(seen) == {dearest, pick} and len(seen) == 2
+    kept, rival_val = (dearest, other_val) if keeps_dearest else (pick, dear_val)
+    assert p.derived.genotype.to_json() == kept and p.rival["val_acc"] == rival_val
+    assert p.retrained["val_acc"] == (dear_val if keeps_dearest else other_val)
     assert p.spread_ms == search.table.predict_spread(search.space, p.derived.genotype)
     # at the cheapest budget only one architecture fits: it is both candidates, retrained once
     seen.clear()
