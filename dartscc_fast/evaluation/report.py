@@ -455,7 +455,7 @@ def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
     family = [r for r in report["grid"] + report.get("family", []) + report["profiles"] if "retrain" in r]
     n_test, n_val = ((report.get("split") or {}).get(k) for k in ("test", "val"))
     rows = []
-    for b in report["baselines"]["fbnet"] + report["baselines"]["darts"]:
+    for b in report["baselines"].get("fbnet", []) + report["baselines"].get("darts", []):
         cands = [f for f in family if _within(f[x], b[x])]
         by_val = bool(cands) and bool(n_val) and all(f["retrain"].get("val_acc") is not None for f in cands)
         if not cands:

@@ -11,6 +11,10 @@ part of the claim, written to ``results.md``, ``results.json`` and
 
 Resumable: a seed whose report exists is read back, and a seed cut short
 continues from its latency table and its searches' checkpoints (``--resume``).
+The front is recomputed from each report's retrained figures
+(:func:`~dartscc_fast.evaluation.report.front_comparison`), so seeds read back
+are scored by the current rule, and seeds of several runs can be pooled by
+placing their directories under one ``--out``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from dartscc_fast.evaluation.demo import DemoConfig, run_demo
+from dartscc_fast.evaluation.report import front_comparison
 from dartscc_fast.search.hypernet import PROFILES
 
 __all__ = ["ReproduceConfig", "run_reproduce", "aggregate", "results_markdown"]
@@ -169,7 +174,9 @@ def aggregate(reports: List[Dict]) -> Dict:
         profiles[n]["test_acc"]["mean"] or 0 for n in PROFILES)
     front: Dict[str, List] = {}
     for r in reports:
-        for row in r.get("front", {}).get("rows", []):
+        fr = front_comparison(r) if all(k in r for k in ("grid", "profiles", "baselines", "searches")) \
+            else r.get("front", {})
+        for row in fr.get("rows", []):
             diff = None if row["family_acc"] is None else 100 * (row["family_acc"] - row["acc"])
             front.setdefault(row["baseline"], []).append(diff)
     cov = [r.get("coverage", {}) for r in reports]

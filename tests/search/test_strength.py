@@ -169,6 +169,10 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     again = run_reproduce(cfg, log=lambda m: None)
     assert again["profiles"] == res["profiles"]
     assert aggregate([rep])["seeds"] == 1
+    # the front is recomputed from the retrained figures, not read from a saved (possibly older) verdict
+    stale = {**rep, "front": {"rows": [{"baseline": "darts kappa=0", "family_acc": 1.0, "acc": 0.0}]}}
+    assert aggregate([stale])["front"] == aggregate([rep])["front"]
+    assert set(aggregate([stale])["front"]) == {"darts kappa=0", "fbnet kappa=1"}
 
 
 def test_reproduce_cli_refuses_bad_settings():
