@@ -92,7 +92,7 @@ def _sandwich(config: Dict) -> bool:
 
 def _same_protocol(saved: Dict, cfg: DemoConfig) -> bool:
     want = dataclasses.asdict(cfg)
-    keep = [k for k in want if k not in ("resume", "threads", "sandwich")]
+    keep = [k for k in want if k not in ("resume", "threads", "sandwich", "out_dir")]  # a run may be moved
     return _sandwich(saved) == _sandwich(want) and all(
         json.dumps(saved.get(k), default=str) == json.dumps(want[k], default=str) for k in keep if k in saved)
 

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -169,6 +170,12 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     again = run_reproduce(cfg, log=lambda m: None)
     assert again["profiles"] == res["profiles"]
     assert aggregate([rep])["seeds"] == 1
+    # a moved run directory is read back too (where a run lives is not part of its protocol)
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    shutil.copytree(tmp_path, moved)
+    lines = []
+    assert run_reproduce(dataclasses.replace(cfg, out_dir=str(moved)), log=lines.append)["profiles"] == res["profiles"]
+    assert sum("done before" in m for m in lines) == 2
     # the front is recomputed from the retrained figures, not read from a saved (possibly older) verdict
     stale = {**rep, "front": {"rows": [{"baseline": "darts kappa=0", "family_acc": 1.0, "acc": 0.0}]}}
     assert aggregate([stale])["front"] == aggregate([rep])["front"]
