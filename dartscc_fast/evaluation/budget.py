@@ -104,9 +104,8 @@ def derive_for_budget(result, budgets_ms: Sequence[float], loaders=None, grid_st
         conservative: fit the top of the prediction's interval (predicted + the table's spread) within the
             budget, not the prediction: a pick predicted just under its budget measures over it about half
             the time (docs/latency.md, budget hits).
-        retrain: retrain the pick and the dearest architecture within each budget from scratch with these
-            settings, and keep the dearer unless the other is better on the validation split by more than
-            two standard errors (``BudgetPick.retrained``, ``.rival``).
+        retrain: retrain the pick and the dearest within each budget with these settings; the dearer is kept
+            unless the other is better on validation by over 2 SE (``BudgetPick.retrained``, ``.rival``).
 
     Raises :class:`BudgetError` for a budget below the family's cheapest architecture, naming it.
     """
