@@ -33,7 +33,7 @@ from dartscc_fast.validate import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSI
 
 __all__ = ["genotype_weights", "inherited_accuracy", "inherited_accuracies",
            "train_discrete", "retrain", "baseline_config", "random_matched",
-           "difference_se", "dearest_within_noise", "UNIFORM_S"]
+           "difference_se", "within_noise", "dearest_within_noise", "UNIFORM_S"]
 
 UNIFORM_S = "pool=0.3333,identity=0.3333,conv=0.3334"
 
@@ -177,6 +177,11 @@ def difference_se(p: float, q: float, n: int) -> float:
     return math.sqrt((p * (1 - p) + q * (1 - q)) / n)
 
 
+def within_noise(best: float, other: float, n: int) -> bool:
+    """Whether accuracy ``other`` is no more than two standard errors of the difference below ``best``."""
+    return best - other <= 2 * difference_se(best, other, n)
+
+
 def dearest_within_noise(candidates: Sequence, val_acc, latency, n_val: int):
     """Of retrained candidates for one latency budget, the dearest one the validation split cannot rule out.
 
@@ -191,7 +196,7 @@ def dearest_within_noise(candidates: Sequence, val_acc, latency, n_val: int):
     if n_val <= 0:
         raise ValueError(f"picking by validation accuracy needs validation images, got n_val={n_val}")
     best = max(val_acc(c) for c in candidates)
-    level = [c for c in candidates if best - val_acc(c) <= 2 * difference_se(best, val_acc(c), n_val)]
+    level = [c for c in candidates if within_noise(best, val_acc(c), n_val)]
     return max(level, key=lambda c: (latency(c), val_acc(c)))
 
 

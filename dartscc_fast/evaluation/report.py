@@ -26,6 +26,7 @@ from dartscc_fast.evaluation.evaluate import (
     inherited_accuracy,
     random_matched,
     retrain,
+    within_noise,
 )
 from dartscc_fast.latency.measure import time_genotypes
 from dartscc_fast.nn.primitives import OP_TYPES
@@ -394,8 +395,8 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
       (docs/design.md, "The front's picks").
 
     :func:`front_comparison` then picks among them on the retrained
-    validation accuracy (:func:`dearest_within_noise`). Then architectures spread evenly over the predicted
-    latency, until ``count`` are chosen. Architectures in ``already`` (the
+    validation accuracy (:func:`dearest_within_noise`). Then architectures
+    spread evenly over the predicted latency, until ``count`` are chosen. Architectures in ``already`` (the
     profiles, retrained anyway) are kept but take no place.
 
     Returns ``{genotype JSON: reason}``.
@@ -472,7 +473,7 @@ def front_comparison(report: Dict, x: str = "predicted_ms") -> Dict:
         if best and n_test:
             p, q = b["test_acc"], best["test_acc"]
             row["difference_se"] = difference_se(p, q, n_test)
-            row["within_noise"] = row["family_at_least_as_good"] or p - q <= 2 * row["difference_se"]
+            row["within_noise"] = row["family_at_least_as_good"] or within_noise(p, q, n_test)
         rows.append(row)
     n = len(rows)
     return {"latency": x, "rows": rows, "matched": sum(r["family_at_least_as_good"] for r in rows), "of": n,
