@@ -19,12 +19,16 @@ void check(std::vector<int64_t> shape, at::ScalarType dtype, double tol) {
   REQUIRE_CLOSE(var, xd.detach().var(dims, /*unbiased=*/false), tol * 10, tol);
   const at::Tensor g = at::randn(x.sizes(), x.options());
   yd.backward(g.to(at::kDouble));
-  REQUIRE_CLOSE(ops::batch_norm_train_backward(g, x, mean, var, 1e-5), xd.grad(), tol * 100, tol * 10);
+  // The backward cancels terms of size |g| * invstd (with 2 values a channel the exact gradient is about 0), so
+  // its rounding error scales with that product, not with the result: atol is relative to it.
+  const double scale = (var.to(at::kDouble) + 1e-5).rsqrt().max().item<double>() * g.abs().max().item<double>();
+  REQUIRE_CLOSE(ops::batch_norm_train_backward(g, x, mean, var, 1e-5), xd.grad(), tol * 100, tol * 10 * scale);
 }
 
 }  // namespace
 
 TEST_CASE(matches_aten_over_shapes) {
+  at::manual_seed(0);
   const std::vector<std::vector<int64_t>> shapes{{2, 3, 1, 1}, {5, 3, 9, 13}, {3, 16, 28, 28}, {2, 64, 7, 7},
                                                  {4, 7, 5}, {6, 5}, {1, 3, 2, 1}};
   for (const auto& s : shapes) {
