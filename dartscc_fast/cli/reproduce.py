@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="training threads")
     p.add_argument("--kappa", type=float, default=None, help="the profiles' trade-off (default: the search's)")
     p.add_argument("--extra-kappas", type=float, nargs="*", default=list(d.extra_kappas),
-                   help="the profiles at these trade-offs too, from the same searches")
+                   help="the profiles at these trade-offs too, from the same searches (e.g. 5; 330-460 s a seed each)")
     p.add_argument("--kappa-max", type=float, default=None)
     p.add_argument("--no-strength", action="store_true", help="one fixed --kappa per search, as the seeds")
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,

@@ -50,7 +50,7 @@ class ReproduceConfig:
     table_threads: tuple = (2, 1)      # the seeds' tables are profiled at these thread counts in turn
     threads: Optional[int] = None      # training threads (None: as the demo decides)
     kappa: Optional[float] = None      # None: the search's default
-    extra_kappas: tuple = (5.0,)       # the profiles at these trade-offs too, from the same searches
+    extra_kappas: tuple = ()           # the profiles at these trade-offs too (5.0 adds 330-460 s a seed)
     kappa_max: Optional[float] = None
     strength: bool = True
     sandwich: Optional[bool] = None  # every step also trains the accurate end, t = 0 (None: with strength)

@@ -154,9 +154,10 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     cfg = ReproduceConfig(out_dir=str(tmp_path), seeds=(0, 1), limit=400, split=(0.5, 0.2, 0.3), epochs=1,
                           warmup_epochs=0, retrain_epochs=1, fbnet_kappas=(1.0,), grid=1, front_retrain=1,
                           table_threads=(1,), threads=1, max_steps_per_epoch=2, retrain_max_steps=1,
-                          profile_seconds=0.002, measure=False)
+                          profile_seconds=0.002, measure=False, extra_kappas=(5.0,))
     res = run_reproduce(cfg, log=lambda m: None)
     assert res["seeds"] == 2 and set(res["profiles"]) == {"A", "B", "C"}
+    assert list(res["at_kappa"]) == ["5"] and set(res["at_kappa"]["5"]["profiles"]) == {"A", "B", "C"}
     assert res["profiles"]["A"]["test_acc"]["n"] == 2 and res["profiles"]["A"]["over_table"]["n"] == 2
     assert set(res["front"]) == {"darts kappa=0", "fbnet kappa=1"}
     md = (tmp_path / "results.md").read_text()
