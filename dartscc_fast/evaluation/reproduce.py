@@ -91,9 +91,12 @@ def _sandwich(config: Dict) -> bool:
 
 
 def _same_protocol(saved: Dict, cfg: DemoConfig) -> bool:
+    """Whether a seed saved with ``saved`` settings is the seed ``cfg`` asks for. A run may be moved
+    (``out_dir``), and a seed that also reported extra kappas serves a run asking for fewer of them."""
     want = dataclasses.asdict(cfg)
-    keep = [k for k in want if k not in ("resume", "threads", "sandwich", "out_dir")]  # a run may be moved
-    return _sandwich(saved) == _sandwich(want) and all(
+    keep = [k for k in want if k not in ("resume", "threads", "sandwich", "out_dir", "extra_kappas")]
+    extras = {float(k) for k in want["extra_kappas"]} <= {float(k) for k in saved.get("extra_kappas", ())}
+    return extras and _sandwich(saved) == _sandwich(want) and all(
         json.dumps(saved.get(k), default=str) == json.dumps(want[k], default=str) for k in keep if k in saved)
 
 

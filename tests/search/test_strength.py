@@ -215,3 +215,12 @@ def test_a_reproduce_seed_from_before_the_sandwich_rule_is_not_read_back_as_one_
     old = {k: v for k, v in saved.items() if k != "sandwich"}  # a report written before the option existed
     assert not _same_protocol(old, cfg) and _same_protocol(old, dataclasses.replace(cfg, sandwich=False))
     assert _same_protocol(dict(saved, strength=False), dataclasses.replace(cfg, strength=False, sandwich=False))
+
+
+def test_a_reproduce_seed_with_more_extra_kappas_serves_a_run_asking_for_fewer():
+    cfg = DemoConfig(out_dir="x")
+    with_five = dict(dataclasses.asdict(cfg), extra_kappas=[5.0])  # as read back from report.json
+    assert _same_protocol(with_five, cfg) and _same_protocol(with_five, dataclasses.replace(cfg, extra_kappas=(5,)))
+    assert not _same_protocol(dataclasses.asdict(cfg), dataclasses.replace(cfg, extra_kappas=(5.0,)))
+    assert not _same_protocol(with_five, dataclasses.replace(cfg, extra_kappas=(5.0, 10.0)))
+    assert not _same_protocol(dict(with_five, epochs=cfg.epochs + 1), cfg)
