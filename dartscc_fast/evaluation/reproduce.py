@@ -216,7 +216,8 @@ def results_markdown(res: Dict) -> str:
              "Mean ± sd over the seeds; accuracy in %, retrained from scratch; differences in points.", ""]
     lines += [f"## Profiles at kappa {res.get('kappa', '?')}", ""] + _profile_lines(res)
     for k, sub in (res.get("at_kappa") or {}).items():
-        lines += ["", f"## Profiles at kappa {k} (same searches)", ""] + _profile_lines(sub)
+        which = "" if sub["seeds"] == n else f", {sub['seeds']} of the {n} seeds"  # read-back seeds may add extras
+        lines += ["", f"## Profiles at kappa {k} (same searches{which})", ""] + _profile_lines(sub)
     return "\n".join(lines) + "\n"
 
 

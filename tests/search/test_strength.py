@@ -10,7 +10,14 @@ import torch
 from dartscc_fast import cli
 from dartscc_fast.evaluation.demo import DemoConfig
 from dartscc_fast.evaluation.derive import derive, edges_changed, table_only, table_only_alphas
-from dartscc_fast.evaluation.reproduce import ReproduceConfig, _same_protocol, aggregate, mean_sd, run_reproduce
+from dartscc_fast.evaluation.reproduce import (
+    ReproduceConfig,
+    _same_protocol,
+    aggregate,
+    mean_sd,
+    results_markdown,
+    run_reproduce,
+)
 from dartscc_fast.search import SearchConfig, default_warmup, draw_strength, load_search, run_search
 from dartscc_fast.search.hypernet import StrengthHypernet, hypernet_from_config, kappa_of_t, t_of_kappa
 from dartscc_fast.space import SearchSpace, derive_genotype
@@ -158,6 +165,9 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     res = run_reproduce(cfg, log=lambda m: None)
     assert res["seeds"] == 2 and set(res["profiles"]) == {"A", "B", "C"}
     assert list(res["at_kappa"]) == ["5"] and set(res["at_kappa"]["5"]["profiles"]) == {"A", "B", "C"}
+    assert "## Profiles at kappa 5 (same searches)\n" in results_markdown(res)
+    fewer = {**res, "at_kappa": {"5": {**res["at_kappa"]["5"], "seeds": 1}}}  # as when read-back seeds add it
+    assert "## Profiles at kappa 5 (same searches, 1 of the 2 seeds)\n" in results_markdown(fewer)
     assert res["profiles"]["A"]["test_acc"]["n"] == 2 and res["profiles"]["A"]["over_table"]["n"] == 2
     assert set(res["front"]) == {"darts kappa=0", "fbnet kappa=1"}
     md = (tmp_path / "results.md").read_text()
