@@ -394,10 +394,11 @@ def front_picks(supernet, space, distinct: Sequence[Derived], budgets: Sequence,
       supernet trained most above the dear ones that retrain better
       (docs/design.md, "The front's picks").
 
-    :func:`front_comparison` then picks among them on the retrained
-    validation accuracy (:func:`dearest_within_noise`). Then architectures
-    spread evenly over the predicted latency, until ``count`` are chosen. Architectures in ``already`` (the
-    profiles, retrained anyway) are kept but take no place.
+    After the budgets' candidates, architectures spread evenly over the
+    predicted latency, until ``count`` are chosen. Architectures in
+    ``already`` (the profiles, retrained anyway) are kept but take no place.
+    Once retrained, :func:`front_comparison` picks among a budget's candidates
+    on their validation accuracy (:func:`dearest_within_noise`).
 
     Returns ``{genotype JSON: reason}``.
     """
