@@ -178,3 +178,37 @@ def test_random_baselines_match_the_profiles_latency():
     assert drawn.to_json() == cheap.to_json()
     assert random_matched(space, table, [targets[0]], candidates=2000, seed=0,
                           exclude=[cheap.to_json()])[0][0].to_json() != cheap.to_json()
+
+
+def _profile(label, pool, identity, conv, params, predicted, measured=None, acc=None):
+    return {"label": label, "op_counts": {"pool": pool, "identity": identity, "conv": conv}, "params": params,
+            "predicted_ms": predicted, "measured_ms": measured, "test_acc": acc}
+
+
+def test_check_claims_reads_each_part_as_worded():
+    # B has 5 of 42 convolutions: the fewest (A 8), but more than a tenth; C keeps 2 pools: almost none, not none
+    rep = {"profiles": [_profile("A", 14, 20, 8, 30_000, 40.0, 41.0, 0.84),
+                        _profile("B", 17, 20, 5, 20_000, 35.0, 36.0, 0.83),
+                        _profile("C", 2, 22, 18, 90_000, 60.0, 59.0, 0.85)]}
+    c = report.check_claims(rep)
+    assert c["B_fewest_conv"] and not c["B_almost_no_conv"]
+    assert c["C_almost_no_pool"] and not c["C_no_pool"]
+    assert c["B_fewest_params"] and c["C_most_params"] and c["C_best_acc"]
+    assert c["predicted_order_B<A<C"] and c["measured_order_B<A<C"]
+    rep["profiles"][1]["measured_ms"] = 42.0  # B timed dearer than A
+    assert not report.check_claims(rep)["measured_order_B<A<C"]
+    rep["profiles"][1]["measured_ms"] = None  # unmeasured: that part is not checked at all
+    assert "measured_order_B<A<C" not in report.check_claims(rep)
+    assert set(report.CLAIM_PARTS) <= set(c)
+
+
+def test_the_whole_claim_counts_seeds_where_every_worded_part_holds():
+    from dartscc_fast.evaluation.reproduce import aggregate, results_markdown
+    base = [_profile("A", 14, 20, 8, 30_000, 40.0, 41.0, 0.84), _profile("B", 17, 20, 5, 20_000, 35.0, 36.0, 0.83),
+            _profile("C", 0, 24, 18, 90_000, 60.0, 59.0, 0.85)]
+    pooled = [dict(base[2], op_counts={"pool": 1, "identity": 23, "conv": 18})]
+    seeds = [{"profiles": base, "claims": {}, "baselines": {}},
+             {"profiles": base[:2] + pooled, "claims": {"C_no_pool": True}, "baselines": {}}]  # a stale saved verdict
+    res = aggregate(seeds)
+    assert res["claim_whole"] == 1 and res["claims"]["C_no_pool"] == 1 and res["claims"]["C_almost_no_pool"] == 2
+    assert "| the whole claim (B_fewest_conv, " in results_markdown({**res, "kappa": 2.0, "at_kappa": {}})
