@@ -36,7 +36,8 @@ def register(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--front-retrain", type=int, default=d.front_retrain)
-    p.add_argument("--threads", type=int, default=d.threads, help="default: 2, or 1 on a busy machine")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="default: 2, or 1 while other work keeps a core busy (decided again at each phase)")
     p.add_argument("--profile-seconds", type=float, default=d.profile_seconds)
     p.add_argument("--latency-table", default=None, help="reuse this table instead of profiling")
     p.add_argument("--hypernet", default=None, choices=["linear", "pwl", "mlp"])

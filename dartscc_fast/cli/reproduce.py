@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--front-retrain", type=int, default=d.front_retrain)
     p.add_argument("--table-threads", type=int, nargs="+", default=list(d.table_threads),
                    help="thread counts the seeds' tables are profiled at, in turn")
-    p.add_argument("--threads", type=int, default=None, help="training threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="training threads (default: as the demo decides, from the load at each phase)")
     p.add_argument("--kappa", type=float, default=None, help="the profiles' trade-off (default: the search's)")
     p.add_argument("--extra-kappas", type=float, nargs="*", default=list(d.extra_kappas),
                    help="the profiles at these trade-offs too, from the same searches (e.g. 5; 330-460 s a seed each)")

@@ -58,7 +58,7 @@ class DemoConfig:
     retrain_epochs: int = 4
     grid: int = 4
     front_retrain: int = 6              # two per baseline budget where they fit (report.front_picks)
-    threads: Optional[int] = None      # None: 2 on an idle machine, 1 when other work keeps a core busy (busy_cores)
+    threads: Optional[int] = None      # None: 2 idle, 1 when other work keeps a core busy; decided at each phase
     table_threads: Optional[int] = None  # threads the latency table is profiled and networks timed at (None: threads)
     retrain_max_steps: Optional[int] = None  # cap on each retraining epoch's steps (tiny runs, CI)
     resume: bool = False               # reuse out_dir's latency table and continue its searches from their checkpoints
@@ -97,8 +97,9 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log=print) -> Dict:
     """Run the demo; returns the report dict (also written under ``cfg.out_dir``)."""
+    auto = cfg.threads is None
     cfg = _with_threads(cfg, log)
-    torch.set_num_threads(cfg.threads)
+    measure_threads = cfg.table_threads or cfg.threads  # the table's, whatever the training threads become
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     times: Dict[str, float] = {}
@@ -109,18 +110,23 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
     base = cfg.search_config(table_path)
     loaders = base.loaders()
     log(f"      data: {loaders.split}")
+    threads = {"profile": cfg.threads}
     t = time.perf_counter()
+    threads["search"] = _recheck_threads(cfg, auto, log)
     result = _hypernet_search(cfg, base, loaders, table, log)
     times["search"] = time.perf_counter() - t
     t = time.perf_counter()
+    threads["baselines"] = _recheck_threads(cfg, auto, log)
     runs = _baseline_searches(cfg, base, loaders, table, log)
     times["baselines"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    report = _reports(cfg, result, loaders, runs, out, log)
+    threads["evaluate"] = _recheck_threads(cfg, auto, log)
+    report = _reports(cfg, result, loaders, runs, out, measure_threads, log)
     times["evaluate"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t_all
-    report["demo"] = {"config": dataclasses.asdict(cfg), "seconds": times, "latency_table_path": table_path}
+    report["demo"] = {"config": dataclasses.asdict(cfg), "seconds": times, "latency_table_path": table_path,
+                      "threads": threads}
 
     log("[5/5] report")
     paths = write_report(report, out)
@@ -133,13 +139,20 @@ def run_demo(cfg: DemoConfig, log=print) -> Dict:
 
 
 def _with_threads(cfg: DemoConfig, log) -> DemoConfig:
-    if cfg.threads is not None:
-        return cfg
-    # oversubscribed OpenMP barriers cost far more than the second core gains (docs/design.md)
-    busy, how = busy_cores()
-    cfg = dataclasses.replace(cfg, threads=1 if busy > 0.75 else 2)
-    log(f"      threads: {cfg.threads} ({busy:.1f} of {os.cpu_count()} CPUs busy, {how})")
+    """``cfg`` with its training threads decided (when not given) and set in torch."""
+    if cfg.threads is None:
+        # oversubscribed OpenMP barriers cost far more than the second core gains (docs/design.md)
+        busy, how = busy_cores()
+        cfg = dataclasses.replace(cfg, threads=1 if busy > 0.75 else 2)
+        log(f"      threads: {cfg.threads} ({busy:.1f} of {os.cpu_count()} CPUs busy, {how})")
+    torch.set_num_threads(cfg.threads)
     return cfg
+
+
+def _recheck_threads(cfg: DemoConfig, auto: bool, log) -> int:
+    """The training threads for the next phase: decided again from the load when the user gave none, so a
+    short job running as the demo started does not keep a whole seed at one thread."""
+    return _with_threads(dataclasses.replace(cfg, threads=None) if auto else cfg, log).threads
 
 
 def _latency_table(cfg: DemoConfig, space, out: Path, log) -> Tuple[LatencyTable, str]:
@@ -178,14 +191,15 @@ def _baseline_searches(cfg: DemoConfig, base: SearchConfig, loaders, table, log)
     return runs
 
 
-def _reports(cfg: DemoConfig, result, loaders, runs: Dict[str, List], out: Path, log) -> Dict:
+def _reports(cfg: DemoConfig, result, loaders, runs: Dict[str, List], out: Path, measure_threads: int,
+             log) -> Dict:
     """The report at the search's kappa, and one per ``extra_kappas`` (under ``out/kappa<k>``), sharing
     every retrained and timed architecture."""
     log(f"[4/5] deriving and evaluating A, B, C, the simplex grid (1/{cfg.grid}) and the baselines")
     rc = RetrainConfig(epochs=cfg.retrain_epochs, seed=cfg.seed, max_steps_per_epoch=cfg.retrain_max_steps) \
         if cfg.retrain_epochs > 0 else None
     cache: Dict = {}
-    kw = dict(measure=cfg.measure, threads=cfg.table_threads or cfg.threads, log=lambda m: log("      " + m),
+    kw = dict(measure=cfg.measure, threads=measure_threads, log=lambda m: log("      " + m),
               cache=cache)
     report = make_report(result, loaders, runs, cfg.grid, rc, cfg.front_retrain, **kw)
     extra = {}

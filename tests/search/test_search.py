@@ -319,3 +319,18 @@ def test_demo_checks_its_search_settings_before_profiling(tmp_path, monkeypatch)
     s = cfg.search_config("table.json")
     assert (s.stride_balance, s.hypernet, s.latency_table, s.normalise) == (0.25, "mlp", "table.json", "type-stride")
     assert s.out_dir == str(tmp_path / "search")
+
+
+def test_demo_decides_its_threads_again_at_each_phase(monkeypatch):
+    from dartscc_fast.evaluation import demo
+    loads = iter([1.5, 0.1])  # a job busy on a core as the demo starts, gone by the next phase
+    monkeypatch.setattr(demo, "busy_cores", lambda: (next(loads), "stub"))
+    before = torch.get_num_threads()
+    try:
+        cfg = demo._with_threads(demo.DemoConfig(threads=None), log=lambda m: None)
+        assert cfg.threads == 1 and torch.get_num_threads() == 1
+        assert demo._recheck_threads(cfg, auto=True, log=lambda m: None) == 2 and torch.get_num_threads() == 2
+        # threads the user gave are kept, whatever the load
+        assert demo._recheck_threads(demo.DemoConfig(threads=1), auto=False, log=lambda m: None) == 1
+    finally:
+        torch.set_num_threads(before)
