@@ -185,11 +185,15 @@ def _profile(label, pool, identity, conv, params, predicted, measured=None, acc=
             "predicted_ms": predicted, "measured_ms": measured, "test_acc": acc}
 
 
+def _abc(c_pools: int):
+    """Profiles A, B, C of 42 edges each: B has 5 convolutions (the fewest; A 8), C keeps ``c_pools`` pools."""
+    return [_profile("A", 14, 20, 8, 30_000, 40.0, 41.0, 0.84), _profile("B", 17, 20, 5, 20_000, 35.0, 36.0, 0.83),
+            _profile("C", c_pools, 24 - c_pools, 18, 90_000, 60.0, 59.0, 0.85)]
+
+
 def test_check_claims_reads_each_part_as_worded():
     # B has 5 of 42 convolutions: the fewest (A 8), but more than a tenth; C keeps 2 pools: almost none, not none
-    rep = {"profiles": [_profile("A", 14, 20, 8, 30_000, 40.0, 41.0, 0.84),
-                        _profile("B", 17, 20, 5, 20_000, 35.0, 36.0, 0.83),
-                        _profile("C", 2, 22, 18, 90_000, 60.0, 59.0, 0.85)]}
+    rep = {"profiles": _abc(c_pools=2)}
     c = report.check_claims(rep)
     assert c["B_fewest_conv"] and not c["B_almost_no_conv"]
     assert c["C_almost_no_pool"] and not c["C_no_pool"]
@@ -204,11 +208,8 @@ def test_check_claims_reads_each_part_as_worded():
 
 def test_the_whole_claim_counts_seeds_where_every_worded_part_holds():
     from dartscc_fast.evaluation.reproduce import aggregate, results_markdown
-    base = [_profile("A", 14, 20, 8, 30_000, 40.0, 41.0, 0.84), _profile("B", 17, 20, 5, 20_000, 35.0, 36.0, 0.83),
-            _profile("C", 0, 24, 18, 90_000, 60.0, 59.0, 0.85)]
-    pooled = [dict(base[2], op_counts={"pool": 1, "identity": 23, "conv": 18})]
-    seeds = [{"profiles": base, "claims": {}, "baselines": {}},
-             {"profiles": base[:2] + pooled, "claims": {"C_no_pool": True}, "baselines": {}}]  # a stale saved verdict
+    seeds = [{"profiles": _abc(c_pools=0), "claims": {}, "baselines": {}},
+             {"profiles": _abc(c_pools=1), "claims": {"C_no_pool": True}, "baselines": {}}]  # a stale saved verdict
     res = aggregate(seeds)
     assert res["claim_whole"] == 1 and res["claims"]["C_no_pool"] == 1 and res["claims"]["C_almost_no_pool"] == 2
     assert "| the whole claim (B_fewest_conv, " in results_markdown({**res, "kappa": 2.0, "at_kappa": {}})
