@@ -6,6 +6,8 @@ import argparse
 from dartscc_fast.evaluation.demo import DemoConfig, run_demo
 from dartscc_fast.evaluation.demo import __doc__ as _DOC
 from dartscc_fast.latency import NORMALISATIONS
+from dartscc_fast.search.config import SEARCH_CHECKS
+from dartscc_fast.validate import arg
 
 
 def register(sub) -> None:
@@ -25,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
                    help="every search step also trains the accurate end, t = 0 (twice the step's work after "
                         "the warm-up; default: on with the strength axis)")
+    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
+                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
+                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--stride-balance", type=float, default=d.stride_balance,
@@ -50,6 +55,7 @@ def _main(args) -> int:
     cfg = DemoConfig(out_dir=args.out, limit=args.limit or None, split=tuple(args.split), epochs=args.epochs,
                      warmup_epochs=args.warmup_epochs, kappa=args.kappa, kappa_max=args.kappa_max,
                      strength=not args.no_strength, sandwich=args.sandwich, normalise=args.normalise,
+                     free_op_dropout=args.free_op_dropout,
                      stride_balance=args.stride_balance, per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,

@@ -5,6 +5,8 @@ import argparse
 
 from dartscc_fast.evaluation.reproduce import ReproduceConfig, run_reproduce
 from dartscc_fast.evaluation.reproduce import __doc__ as _DOC
+from dartscc_fast.search.config import SEARCH_CHECKS
+from dartscc_fast.validate import arg
 
 
 def register(sub) -> None:
@@ -34,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
                    help="every search step also trains the accurate end, t = 0 (twice the step's work after "
                         "the warm-up; default: on with the strength axis)")
+    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
+                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
+                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--retrain-max-steps", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="refuse to read back earlier seeds (default: resume)")
@@ -47,7 +52,7 @@ def _main(args) -> int:
                           front_retrain=args.front_retrain, table_threads=tuple(args.table_threads),
                           threads=args.threads, kappa=args.kappa, extra_kappas=tuple(args.extra_kappas),
                           kappa_max=args.kappa_max,
-                          strength=not args.no_strength, sandwich=args.sandwich,
+                          strength=not args.no_strength, sandwich=args.sandwich, free_op_dropout=args.free_op_dropout,
                           max_steps_per_epoch=args.max_steps_per_epoch,
                           retrain_max_steps=args.retrain_max_steps, resume=not args.fresh)
     run_reproduce(cfg)

@@ -43,6 +43,9 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=None,
                    help="every step also trains the accurate end, t = 0, on the same batch (twice the step's "
                         "work after the warm-up; default: on with the strength axis)")
+    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
+                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
+                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
@@ -76,7 +79,7 @@ def config_from_args(args, out_dir: str) -> SearchConfig:
         fixed_S=args.fixed_S, kappa=args.kappa, strength=not args.no_strength and args.hypernet != "constant",
         kappa_max=args.kappa_max, strength_knots=args.strength_knots,
         strength_zero_share=args.strength_zero_share,
-        sandwich=args.sandwich,
+        sandwich=args.sandwich, free_op_dropout=args.free_op_dropout,
         latency_table=args.latency_table, normalise=args.normalise,
         stride_balance=args.stride_balance,
         latency_device=args.latency_device, tau_start=args.tau[0], tau_end=args.tau[1],

@@ -48,6 +48,7 @@ class DemoConfig:
     kappa_max: float = SearchConfig.kappa_max  # the strength axis's strongest latency weight
     strength: bool = True                      # False: one fixed kappa, as the seeds (docs/design.md)
     sandwich: Optional[bool] = None            # every step also trains the accurate end (None: with strength)
+    free_op_dropout: float = SearchConfig.free_op_dropout  # P-DARTS's dropout of drawn parameter-free ops
     normalise: str = "type-stride"
     stride_balance: float = STRIDE_BALANCE
     per_sample: bool = True
@@ -88,7 +89,7 @@ class DemoConfig:
         base = SearchConfig(space=self.space, limit=self.limit, split=tuple(self.split), epochs=self.epochs,
                             warmup_epochs=self.warmup_epochs, kappa=self.kappa, kappa_max=self.kappa_max,
                             strength=self.strength, sandwich=self.sandwich,
-                            normalise=self.normalise,
+                            free_op_dropout=self.free_op_dropout, normalise=self.normalise,
                             stride_balance=self.stride_balance, per_sample=self.per_sample, seed=self.seed,
                             latency_table=latency_table, out_dir=str(Path(self.out_dir) / "search"),
                             max_steps_per_epoch=self.max_steps_per_epoch)

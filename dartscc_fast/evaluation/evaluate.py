@@ -208,15 +208,17 @@ def baseline_config(base, kind: str, kappa: float = 0.0, out_dir: Optional[str] 
     logits, the plain latency (every type weighted alike, and normalised by the
     uniform architecture when `base` prices types by 'type' or 'type-stride') with this fixed kappa.
     Both draw their Gumbel noise once per batch, as DARTS and FBNet do (one fixed
-    S leaves nothing to draw per sample).
+    S leaves nothing to draw per sample), and run without the hypernetwork search's
+    guards (the sandwich rule, the dropout of parameter-free candidates): they are the
+    searches as their authors run them.
     """
     if kind == "darts":
         return dataclasses.replace(base, hypernet="constant", strength=False, sandwich=False, fixed_S=UNIFORM_S,
-                                   kappa=0.0, per_sample=False,
+                                   free_op_dropout=0.0, kappa=0.0, per_sample=False,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / "darts"))
     if kind == "fbnet":
         return dataclasses.replace(base, hypernet="constant", strength=False, sandwich=False, fixed_S=UNIFORM_S,
-                                   kappa=float(kappa), per_sample=False,
+                                   free_op_dropout=0.0, kappa=float(kappa), per_sample=False,
                                    normalise="uniform" if base.normalise.startswith("type") else base.normalise,
                                    out_dir=out_dir or str(Path(base.out_dir).parent / f"fbnet-kappa{kappa:g}"))
     raise ValueError(f"baseline kind must be 'darts' or 'fbnet', got {kind!r}")

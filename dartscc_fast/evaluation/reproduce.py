@@ -54,6 +54,7 @@ class ReproduceConfig:
     kappa_max: Optional[float] = None
     strength: bool = True
     sandwich: Optional[bool] = None  # every step also trains the accurate end, t = 0 (None: with strength)
+    free_op_dropout: float = DemoConfig.free_op_dropout  # P-DARTS's dropout of drawn parameter-free ops
     max_steps_per_epoch: Optional[int] = None
     retrain_max_steps: Optional[int] = None
     profile_seconds: float = DemoConfig.profile_seconds  # per op configuration of each seed's table
@@ -76,7 +77,7 @@ class ReproduceConfig:
                           fbnet_kappas=tuple(self.fbnet_kappas), darts=self.darts, grid=self.grid,
                           front_retrain=self.front_retrain, threads=self.threads, seed=seed,
                           table_threads=int(self.table_threads[self.seeds.index(seed) % len(self.table_threads)]),
-                          strength=self.strength, sandwich=self.sandwich,
+                          strength=self.strength, sandwich=self.sandwich, free_op_dropout=self.free_op_dropout,
                           extra_kappas=tuple(self.extra_kappas) if self.strength else (),
                           max_steps_per_epoch=self.max_steps_per_epoch,
                           retrain_max_steps=self.retrain_max_steps, profile_seconds=self.profile_seconds,
@@ -96,7 +97,10 @@ def _same_protocol(saved: Dict, cfg: DemoConfig) -> bool:
     want = dataclasses.asdict(cfg)
     keep = [k for k in want if k not in ("resume", "threads", "sandwich", "out_dir", "extra_kappas")]
     extras = {float(k) for k in want["extra_kappas"]} <= {float(k) for k in saved.get("extra_kappas", ())}
-    return extras and _sandwich(saved) == _sandwich(want) and all(
+    # a report from before an option existed ran without it, which the comparison below would skip
+    same_guards = _sandwich(saved) == _sandwich(want) and \
+        float(saved.get("free_op_dropout", 0.0)) == float(want["free_op_dropout"])
+    return extras and same_guards and all(
         json.dumps(saved.get(k), default=str) == json.dumps(want[k], default=str) for k in keep if k in saved)
 
 

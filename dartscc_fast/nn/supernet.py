@@ -8,7 +8,7 @@ network, and between the fast network and the pure-PyTorch reference (:mod:`dart
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -61,13 +61,18 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList(mixed_op(C, edge_stride(reduction, src), primitives)
                                   for src, _ in edge_pairs(steps))
 
-    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, hard: bool = False) -> Tensor:
-        """``weights``: ``[E, k]``, or ``[N, E, k]`` per sample."""
+    def forward(self, s0: Tensor, s1: Tensor, weights: Tensor, hard: bool = False,
+                edge_scale: Optional[Tensor] = None) -> Tensor:
+        """``weights``: ``[E, k]``, or ``[N, E, k]`` per sample; ``edge_scale`` (``[E]`` or ``[N, E]``):
+        each edge's output times it (a drop-path of the search's parameter-free candidates)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         per_sample = weights.dim() == 3
         incoming = []
         for e, ((src, dst), op) in enumerate(zip(edge_pairs(self._steps), self._ops)):
-            incoming.append(op(states[src], weights[:, e] if per_sample else weights[e], hard=hard))
+            o = op(states[src], weights[:, e] if per_sample else weights[e], hard=hard)
+            if edge_scale is not None:
+                o = _scaled(o, edge_scale[..., e])
+            incoming.append(o)
             if len(incoming) == dst:  # node dst has every earlier state as an input
                 states.append(self.node_sum(incoming))
                 incoming = []
@@ -77,6 +82,13 @@ class Cell(nn.Module):
     def node_sum(outputs: Sequence[Tensor]) -> Tensor:
         """A node: the sum of its incoming edges' outputs, in order."""
         return sum(outputs)
+
+
+def _scaled(o: Tensor, s: Tensor) -> Tensor:
+    """``o`` times ``s`` (a scalar, or one per sample); ``o`` itself where every scale is 1."""
+    if bool((s == 1).all()):
+        return o
+    return o * (s.view(-1, 1, 1, 1) if s.dim() == 1 else s).to(o.dtype)
 
 
 class Network(nn.Module):
@@ -110,8 +122,17 @@ class Network(nn.Module):
         """Edges per cell: the rows of each cell type's weights."""
         return num_edges(self._steps)
 
-    def forward(self, x: Tensor, weights_normal: Tensor, weights_reduce: Tensor, hard: bool = False) -> Tensor:
+    def forward(self, x: Tensor, weights_normal: Tensor, weights_reduce: Tensor, hard: bool = False,
+                edge_scale: Optional[Tensor] = None) -> Tensor:
+        """``edge_scale`` (``[2E]`` or ``[N, 2E]``, normal rows then reduction rows): each edge's output
+        times it, as :meth:`Cell.forward`."""
         states = (self.stem(x),) * 2  # the two states the next cell reads
+        E = self.num_edges
         for cell in self.cells:
-            states = (states[1], cell(*states, weights_reduce if cell.reduction else weights_normal, hard=hard))
+            w = weights_reduce if cell.reduction else weights_normal
+            if edge_scale is None:
+                states = (states[1], cell(*states, w, hard=hard))
+            else:
+                rows = edge_scale[..., E:] if cell.reduction else edge_scale[..., :E]
+                states = (states[1], cell(*states, w, hard=hard, edge_scale=rows))
         return self.classifier(self.global_pooling(states[1]).flatten(1))

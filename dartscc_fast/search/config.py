@@ -34,6 +34,7 @@ SEARCH_CHECKS = {
     "momentum": Float(0, 1, hi_open=True), "lr_a": POSITIVE, "wd_a": NON_NEGATIVE, "grad_clip": POSITIVE,
     "seed": NON_NEGATIVE_INT, "checkpoint_every": Int(1, optional=True, none="at the ends of epochs only"),
     "kappa_max": POSITIVE, "strength_curve": POSITIVE, "strength_knots": Int(2), "strength_zero_share": FRACTION,
+    "free_op_dropout": Float(0, 1, hi_open=True),
 }
 
 
@@ -73,6 +74,10 @@ class SearchConfig:
     # BigNAS's sandwich rule trains the largest child every step: twice the step's work, and the family then
     # reaches the DARTS search's latency and accuracy (docs/design.md). None: on; off without the strength axis
     sandwich: Optional[bool] = None
+    # P-DARTS's guard against parameter-free candidates winning early: a drawn pool (any stride) or identity
+    # (stride 1) is dropped from the supernet with this probability at the start, decayed as P-DARTS decays it
+    # (schedules.free_op_dropout_at); the latency term still prices the drawn op. 0: off (docs/design.md)
+    free_op_dropout: float = 0.0
     # with the strength axis: the default trade-off that derive, report and the profiles A, B, C take
     # (any kappa in [0, kappa_max] can be asked for afterwards); without it: the one weight searched with
     kappa: float = 2.0
@@ -137,6 +142,9 @@ class SearchConfig:
         self.sandwich = bool(self.strength and (self.sandwich is None or self.sandwich))
         if self.fixed_S is not None:
             parse_S(self.fixed_S)
+        if self.free_op_dropout > 0 and not self.hard:
+            raise ValueError("free_op_dropout drops the drawn candidate of each edge and needs hard=True (the "
+                             "soft relaxation runs every candidate)")
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)

@@ -35,7 +35,7 @@ from dartscc_fast.search.hypernet import parse_S, sample_S
 from dartscc_fast.search.log import SearchLog
 from dartscc_fast.search.model import SearchModel, build_model, latency_table_for, latency_term, optimizers, supernet_L
 from dartscc_fast.search.result import CHECKPOINT, CHECKPOINT_KEYS
-from dartscc_fast.search.schedules import cosine_lr, draw_strength, temperature
+from dartscc_fast.search.schedules import cosine_lr, draw_strength, free_op_dropout_at, temperature
 from dartscc_fast.validate import first_nonfinite
 
 __all__ = ["run_search", "NonFiniteError"]
@@ -168,7 +168,10 @@ class _SearchRun:
         if accurate_end:
             t = torch.zeros_like(t)
         seeds = torch.randint(0, 2 ** 62, (2,), generator=gen)
-        logits, gamma, alpha = self.ddp(x, S, tau, cfg.hard, seeds, warm, t)
+        p = free_op_dropout_at(cfg, self.epoch)
+        # drawn only when on, so that a search without it keeps the random stream it always had
+        u = torch.rand((x.shape[0],) * cfg.per_sample + (self.L.shape[0],), generator=gen) if p > 0 else None
+        logits, gamma, alpha = self.ddp(x, S, tau, cfg.hard, seeds, warm, t, u, p)
         ce = F.cross_entropy(logits, y)
         lat_each = latency_term(gamma, L, S, ti)
         kappa = cfg.kappa_at(t) if t is not None else cfg.kappa

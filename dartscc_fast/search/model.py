@@ -23,6 +23,28 @@ def latency_term(w: Tensor, L: Tensor, S: Tensor, type_index: Sequence[int]) -> 
     return latency_reg(w, L, S, type_index)
 
 
+def free_ops(space: SearchSpace) -> Tensor:
+    """``[2E, k]`` bool: the parameter-free candidates of each row (normal rows, then reduction rows): a pool
+    at any stride, an identity at stride 1 (at stride 2 it is a FactorizedReduce, with weights)."""
+    types = space.type_index()
+    strides = torch.tensor(space.row_strides())
+    return (types == OP_TYPES.index("pool"))[None, :] | \
+        ((types == OP_TYPES.index("identity"))[None, :] & (strides == 1)[:, None])
+
+
+def edge_scale(gamma: Tensor, free: Tensor, u: Tensor, p: float) -> Tensor:
+    """Inverted dropout of the drawn parameter-free candidates: ``[.., 2E]`` scales of the rows' outputs, 0
+    where the drawn op is free and ``u < p``, ``1 / (1 - p)`` where it is free and kept, 1 elsewhere.
+
+    ``gamma [.., 2E, k]`` hard weights (the drawn op is the argmax), ``free [2E, k]`` (:func:`free_ops`),
+    ``u`` uniform draws shaped like ``gamma[..., 0]``.
+    """
+    drawn = gamma.detach().argmax(-1)
+    is_free = free.to(gamma.device).expand(gamma.shape).gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
+    kept = (u >= p).to(gamma.dtype) / (1.0 - p)
+    return torch.where(is_free, kept, torch.ones_like(kept))
+
+
 def latency_table_for(cfg: SearchConfig, space: SearchSpace) -> LatencyTable:
     """The latency table of a search: the file given, else a simulated device's (``latency_device``,
     default ``sim:mobile-cpu``), built from the roofline model in no time."""
@@ -41,23 +63,33 @@ def supernet_L(table, space: SearchSpace, cfg: SearchConfig) -> Tuple[Tensor, Te
 class SearchModel(nn.Module):
     """Supernet + hypernetwork; ``forward`` draws gamma and runs the supernet (one DDP unit)."""
 
-    def __init__(self, supernet: nn.Module, hypernet: Hypernet):
+    def __init__(self, supernet: nn.Module, hypernet: Hypernet, free: Optional[Tensor] = None):
         super().__init__()
         self.supernet = supernet
         self.hypernet = hypernet
+        self.free = free  # free_ops(space); a plain attribute, so that checkpoints hold the same keys as before
 
     def forward(self, x: Tensor, S: Tensor, tau: float, hard: bool, seeds: Tensor,
-                uniform: bool = False, t: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                uniform: bool = False, t: Optional[Tensor] = None, drop_u: Optional[Tensor] = None,
+                drop_p: float = 0.0) -> Tuple[Tensor, Tensor, Tensor]:
         """Returns ``(logits, gamma [.., 2E, k], alpha [.., 2E, k])``; S ``[T]`` or ``[N, T]``.
 
         ``uniform``: draw gamma from uniform logits instead of H(S) (the weight warm-up).
         ``t``: the strength (``[]`` or ``[N]``), for a hypernetwork with a strength axis.
+        ``drop_u``, ``drop_p``: drop the drawn parameter-free candidates (:func:`edge_scale`); gamma, and so
+        the latency term, is the op drawn.
         """
         an, ar = self.hypernet(S) if t is None else self.hypernet(S, t)
         if uniform:
             an, ar = an.detach() * 0, ar.detach() * 0
         gn = ops.gumbel_softmax(an, tau, hard, seed=seeds[0])
         gr = ops.gumbel_softmax(ar, tau, hard, seed=seeds[1])
+        if drop_u is not None and drop_p > 0:
+            if not hard or self.free is None:
+                raise ValueError("dropping parameter-free candidates needs hard weights and the space's free_ops")
+            gamma = torch.cat([gn, gr], -2)
+            logits = self.supernet(x, gn, gr, hard=hard, edge_scale=edge_scale(gamma, self.free, drop_u, drop_p))
+            return logits, gamma, torch.cat([an, ar], -2)
         logits = self.supernet(x, gn, gr, hard=hard)
         return logits, torch.cat([gn, gr], -2), torch.cat([an, ar], -2)
 
@@ -84,7 +116,7 @@ def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True, L: Opt
             P = hyper.latency_prior(L, space.type_index().tolist(), len(OP_TYPES), scale)
             with torch.no_grad():
                 hyper.A0.add_(torch.tensordot(parse_S(cfg.fixed_S), P, dims=([0], [0])))
-    return SearchModel(supernet, hyper)
+    return SearchModel(supernet, hyper, free_ops(space))
 
 
 def optimizers(cfg: SearchConfig, model: SearchModel):

@@ -1,4 +1,5 @@
-"""What changes over a search: the Gumbel temperature, the weights' learning rate and the strength draws."""
+"""What changes over a search: the Gumbel temperature, the weights' learning rate, the strength draws and the
+dropout of parameter-free candidates."""
 from __future__ import annotations
 
 import math
@@ -33,3 +34,16 @@ def temperature(cfg: SearchConfig, step: int, total: int) -> float:
 def cosine_lr(cfg: SearchConfig, step: int, total: int) -> float:
     """The weights' learning rate at ``step`` of ``total``: cosine from ``lr_w`` down to ``lr_w_min``."""
     return cfg.lr_w_min + 0.5 * (cfg.lr_w - cfg.lr_w_min) * (1 + math.cos(math.pi * step / total))
+
+
+#: P-DARTS's decay of the dropout rate per architecture epoch, ``exp(-FREE_OP_DECAY * k)``.
+FREE_OP_DECAY = 0.2
+
+
+def free_op_dropout_at(cfg: SearchConfig, epoch: int) -> float:
+    """The dropout rate of drawn parameter-free candidates in ``epoch``, as P-DARTS schedules it: during the
+    weight warm-up ``p (epochs - epoch - 1) / epochs``, then ``p exp(-0.2 k)`` in the k-th search epoch."""
+    p = cfg.free_op_dropout
+    if epoch < cfg.warmup_epochs:
+        return p * (cfg.epochs - epoch - 1) / cfg.epochs
+    return p * math.exp(-FREE_OP_DECAY * (epoch - cfg.warmup_epochs))
