@@ -213,3 +213,11 @@ def test_the_whole_claim_counts_seeds_where_every_worded_part_holds():
     res = aggregate(seeds)
     assert res["claim_whole"] == 1 and res["claims"]["C_no_pool"] == 1 and res["claims"]["C_almost_no_pool"] == 2
     assert "| the whole claim (B_fewest_conv, " in results_markdown({**res, "kappa": 2.0, "at_kappa": {}})
+    # a seed that was not timed (--no-measure) counts without its measured order, and the row says so
+    untimed = _abc(c_pools=0)
+    for p in untimed:
+        p["measured_ms"] = None
+    res = aggregate(seeds + [{"profiles": untimed, "claims": {}, "baselines": {}}])
+    assert res["claim_whole"] == 2 and res["claim_whole_unscored"] == {"measured_order_B<A<C": 1}
+    assert "measured_order_B<A<C not scored in 1 (left out there) |" in results_markdown(
+        {**res, "kappa": 2.0, "at_kappa": {}})
