@@ -1,13 +1,10 @@
 """``dartscc-fast demo``: the command line of :mod:`dartscc_fast.evaluation.demo`."""
 from __future__ import annotations
 
-import argparse
-
+from dartscc_fast.cli.search import add_guard_arguments
 from dartscc_fast.evaluation.demo import DemoConfig, run_demo
 from dartscc_fast.evaluation.demo import __doc__ as _DOC
 from dartscc_fast.latency import NORMALISATIONS
-from dartscc_fast.search.config import SEARCH_CHECKS
-from dartscc_fast.validate import arg
 
 
 def register(sub) -> None:
@@ -24,12 +21,7 @@ def register(sub) -> None:
                    help="the profiles' trade-off (with --no-strength: the one weight searched with)")
     p.add_argument("--kappa-max", type=float, default=d.kappa_max, help="the strength axis's strongest weight")
     p.add_argument("--no-strength", action="store_true", help="search one fixed --kappa instead of the axis")
-    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
-                   help="every search step also trains the accurate end, t = 0 (twice the step's work after "
-                        "the warm-up; default: on with the strength axis)")
-    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
-                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
-                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
+    add_guard_arguments(p)
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--stride-balance", type=float, default=d.stride_balance,

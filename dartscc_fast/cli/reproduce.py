@@ -1,12 +1,9 @@
 """``dartscc-fast reproduce``: the command line of :mod:`dartscc_fast.evaluation.reproduce`."""
 from __future__ import annotations
 
-import argparse
-
+from dartscc_fast.cli.search import add_guard_arguments
 from dartscc_fast.evaluation.reproduce import ReproduceConfig, run_reproduce
 from dartscc_fast.evaluation.reproduce import __doc__ as _DOC
-from dartscc_fast.search.config import SEARCH_CHECKS
-from dartscc_fast.validate import arg
 
 
 def register(sub) -> None:
@@ -33,12 +30,7 @@ def register(sub) -> None:
                    help="the profiles at these trade-offs too, from the same searches (e.g. 5; 330-460 s a seed each)")
     p.add_argument("--kappa-max", type=float, default=None)
     p.add_argument("--no-strength", action="store_true", help="one fixed --kappa per search, as the seeds")
-    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=d.sandwich,
-                   help="every search step also trains the accurate end, t = 0 (twice the step's work after "
-                        "the warm-up; default: on with the strength axis)")
-    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
-                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
-                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
+    add_guard_arguments(p)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--retrain-max-steps", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="refuse to read back earlier seeds (default: resume)")

@@ -10,6 +10,17 @@ from dartscc_fast.search.config import SEARCH_CHECKS
 from dartscc_fast.validate import FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, STEPS, arg
 
 
+def add_guard_arguments(p) -> None:
+    """The hypernetwork search's guards, as ``search``, ``demo`` and ``reproduce`` all take them."""
+    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=None,
+                   help="every search step also trains the accurate end, t = 0, on the same batch (twice the "
+                        "step's work after the warm-up; default: on with the strength axis)")
+    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]),
+                   default=SearchConfig.free_op_dropout,
+                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
+                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
+
+
 def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     """The SearchConfig fields as command-line options (shared by `search` and `demo`)."""
     d = defaults
@@ -40,12 +51,7 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
                    help="hypernetworks interpolated along the strength axis")
     p.add_argument("--strength-zero-share", type=arg(FRACTION), default=d.strength_zero_share,
                    help="share of the strength draws at t = 0 exactly (no latency term); the rest uniform")
-    p.add_argument("--sandwich", action=argparse.BooleanOptionalAction, default=None,
-                   help="every step also trains the accurate end, t = 0, on the same batch (twice the step's "
-                        "work after the warm-up; default: on with the strength axis)")
-    p.add_argument("--free-op-dropout", type=arg(SEARCH_CHECKS["free_op_dropout"]), default=d.free_op_dropout,
-                   help="drop a drawn pool or stride-1 identity from the supernet with this probability at the start, "
-                        "decayed as P-DARTS decays its skip dropout (default: %(default)s, off)")
+    add_guard_arguments(p)
     p.add_argument("--latency-table", default=d.latency_table, help="JSON table from `dartscc-fast profile`")
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "

@@ -130,7 +130,7 @@ class Network(nn.Module):
         E = self.num_edges
         for cell in self.cells:
             w = weights_reduce if cell.reduction else weights_normal
-            if edge_scale is None:
+            if edge_scale is None:  # passed only when given: other cell classes (the oracle's, a user's) lack it
                 states = (states[1], cell(*states, w, hard=hard))
             else:
                 rows = edge_scale[..., E:] if cell.reduction else edge_scale[..., :E]

@@ -84,14 +84,13 @@ class SearchModel(nn.Module):
             an, ar = an.detach() * 0, ar.detach() * 0
         gn = ops.gumbel_softmax(an, tau, hard, seed=seeds[0])
         gr = ops.gumbel_softmax(ar, tau, hard, seed=seeds[1])
-        if drop_u is not None and drop_p > 0:
-            if not hard or self.free is None:
-                raise ValueError("dropping parameter-free candidates needs hard weights and the space's free_ops")
-            gamma = torch.cat([gn, gr], -2)
-            logits = self.supernet(x, gn, gr, hard=hard, edge_scale=edge_scale(gamma, self.free, drop_u, drop_p))
-            return logits, gamma, torch.cat([an, ar], -2)
-        logits = self.supernet(x, gn, gr, hard=hard)
-        return logits, torch.cat([gn, gr], -2), torch.cat([an, ar], -2)
+        gamma = torch.cat([gn, gr], -2)
+        if drop_u is None or drop_p <= 0:
+            return self.supernet(x, gn, gr, hard=hard), gamma, torch.cat([an, ar], -2)
+        if not hard or self.free is None:
+            raise ValueError("dropping parameter-free candidates needs hard weights and the space's free_ops")
+        logits = self.supernet(x, gn, gr, hard=hard, edge_scale=edge_scale(gamma, self.free, drop_u, drop_p))
+        return logits, gamma, torch.cat([an, ar], -2)
 
 
 def build_model(cfg: SearchConfig, space: SearchSpace, fast: bool = True, L: Optional[Tensor] = None) -> SearchModel:
