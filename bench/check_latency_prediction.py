@@ -18,6 +18,10 @@ share of architectures within +-10 % and +-5 %, for
                   it were the prediction: how well the machine agrees with itself, the ceiling any table
                   can reach against one pass.
 
+Networks are measured by the run the table predicts with (``meta['statistic']``: each network's median run,
+or its fastest with ``profile --statistic min``); where the table records both, the same runs are scored
+read the other way too (the table's entries by that statistic, with no offset), a paired comparison.
+
 It writes a predicted-against-measured scatter plot (--plot) and, with --json, every figure. The
 table's measurement conditions (threads, load, governor) are printed beside the network's, and a
 warning fires when the machine was too busy for trustworthy timings.
@@ -84,8 +88,8 @@ def scores(pred, meas) -> dict:
 
 
 def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks"):
-    """Median measured latency (ms) and IQR of every genotype, interleaved within chunks of ``chunk``
-    (a graph runtime holds a session per network: all 200 at once need gigabytes)."""
+    """Median measured latency (ms), IQR and fastest run of every genotype, interleaved within chunks of
+    ``chunk`` (a graph runtime holds a session per network: all 200 at once need gigabytes)."""
     med, iqr, fastest = [], [], []
     bar = Progress(total=len(genotypes), desc=f"timing {desc} ({table.runtime}, {threads} thread(s))")
     for i in range(0, len(genotypes), chunk):
@@ -134,9 +138,9 @@ def get_table(args, space):
         if args.runtime and args.runtime != table.runtime:
             raise SystemExit(f"--runtime {args.runtime}, but {args.table} was measured on {table.runtime}: "
                              f"profile a table on {args.runtime} (dartscc-fast profile --runtime {args.runtime})")
-        return table
+        return table.with_statistic(args.statistic) if args.statistic else table
     table = profile_space(space, batch=args.batch, threads=args.threads or 1, runtime=args.runtime or "torch",
-                          clock=args.clock, passes=2)
+                          clock=args.clock, passes=2, statistic=args.statistic or "median")
     if args.save_table:
         table.save(args.save_table)
     return table
@@ -173,8 +177,9 @@ def check_budgets(args, space, table, threads, log):
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
                               conservative=args.conservative)
-    meas, _, _ = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
-                      args.runs, args.chunk, desc="budget picks")
+    med, _, fastest = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
+                              args.runs, args.chunk, desc="budget picks")
+    meas = fastest if table.statistic == "min" else med
     hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
     log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted"
         f"{', conservative picks' if args.conservative else ''}): {sum(hits)} of {len(hits)} picks "
@@ -221,6 +226,9 @@ def main(argv=None) -> int:
     ap.add_argument("--retest", action="store_true",
                     help="measure every architecture twice and score the second pass against the first (the "
                          "machine's own repeatability; twice the time)")
+    ap.add_argument("--statistic", choices=["median", "min"], default=None,
+                    help="predict and measure with this run of each op and network (default: the table's); the "
+                         "other one is scored too where the table records both")
     ap.add_argument("--verbose", action="store_true", help="print every architecture")
     args = ap.parse_args(argv)
     if args.n < 0 or args.rounds < 1 or args.runs < 1 or args.chunk < 1:
@@ -251,47 +259,66 @@ def check_random(args, space, table, threads) -> dict:
     genotypes = random_genotypes(space, args.n, args.seed, args.top2, args.sample)
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
-    meas, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
-    retest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk,
-                     desc="networks again")[0] if args.retest else None
+    med, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    again = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk,
+                    desc="networks again") if args.retest else None
     elapsed = time.perf_counter() - t0
     after = measurement_conditions(torch.device("cpu"), threads, args.clock)
-    pred = np.array([table.predict(space, g) for g in genotypes])
-    preds = {"table": pred, "+c (LOO)": loo_constant(pred, meas)}
-    k = args.refit
-    if 0 < k < len(genotypes) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
-        preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
-    if retest is not None:
-        preds["retest"] = retest
+    measured = {"median": (med, None if again is None else again[0]),
+                "min": (fastest, None if again is None else again[2])}
+    meas = measured[table.statistic][0]
     print(f"space {space.name}, {len(genotypes)} random architectures ({args.sample}{', top2' if args.top2 else ''}), "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
           f"{args.rounds} rounds x {args.runs} runs per network in chunks of {args.chunk}, {elapsed:.0f} s; "
           f"machine before: {conditions_text(before)}; after: {conditions_text(after)}")
-    print(f"measured whole network: {meas.min():.2f} .. {meas.max():.2f} ms, sd of log {np.std(np.log(meas)):.3f} "
-          f"(median IQR/median {np.median(iqr / meas) * 100:.1f}%); residual constant c = "
+    pred = np.array([table.predict(space, g) for g in genotypes])
+    print(f"measured whole network ({table.statistic} run): {meas.min():.2f} .. {meas.max():.2f} ms, sd of log "
+          f"{np.std(np.log(meas)):.3f} (median IQR/median {np.median(iqr / med) * 100:.1f}%); residual constant c = "
           f"{np.median(meas - pred):+.2f} ms")
     if args.verbose:
         for g, mm, p in zip(genotypes, meas, pred):
             print(f"  {g.op_counts(space)}  measured {mm:8.2f}  predicted {p:8.2f}  ({(p - mm) / mm * 100:+.1f}%)")
-    print(f"{'predictor':<12} {'kendall_tau':>11} {'MAPE_%':>8} {'mean_err_%':>10} {'within10_%':>10} "
+    results = score_predictors(args.refit, pred, *measured[table.statistic], table.statistic)
+    other = "min" if table.statistic == "median" else "median"
+    try:  # the same runs read by the other statistic: a paired comparison of the two, uncalibrated
+        on_other = table.with_statistic(other)
+    except ValueError:
+        on_other = None
+    if on_other is not None:
+        pred_other = np.array([on_other.predict(space, g) for g in genotypes])
+        results_other = score_predictors(args.refit, pred_other, *measured[other], other)
+    if args.plot:
+        r = results["table"]
+        plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} {args.sample} random archs, {table.runtime}, "
+                                    f"{threads} thread(s), {table.statistic}: tau {r['kendall_tau']:.3f}, MAPE "
+                                    f"{r['mape']:.1f} %, {r['within_10']:.0f} % within ±10 %")
+        print(f"wrote {args.plot}")
+    return {"results": results, "statistic": table.statistic, "sample": args.sample,
+            "results_other_statistic": None if on_other is None else {"statistic": other, "results": results_other},
+            "measured_log_sd": float(np.std(np.log(meas))),
+            "measured": med.tolist(), "measured_iqr": iqr.tolist(), "measured_min": fastest.tolist(),
+            "retest": None if again is None else again[0].tolist(),
+            "retest_min": None if again is None else again[2].tolist(), "predicted": pred.tolist(),
+            "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
+            "seconds": elapsed, "cpus": os.cpu_count()}
+
+
+def score_predictors(k, pred, meas, retest, statistic) -> dict:
+    """Print and return the scores of the table's prediction, its level-corrected variants and the retest."""
+    preds = {"table": pred, "+c (LOO)": loo_constant(pred, meas)}
+    if 0 < k < len(pred) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
+        preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])
+    if retest is not None:
+        preds["retest"] = retest
+    print(f"{'predictor, ' + statistic:<16} {'kendall_tau':>11} {'MAPE_%':>8} {'mean_err_%':>10} {'within10_%':>10} "
           f"{'within5_%':>9}")
     results = {}
     for name, p in preds.items():
         held = slice(k, None) if name.startswith("+offset") else slice(None)
         r = results[name] = scores(p[held], meas[held])
-        print(f"{name:<12} {r['kendall_tau']:>11.3f} {r['mape']:>8.2f} {r['mean_error']:>+10.2f} "
+        print(f"{name:<16} {r['kendall_tau']:>11.3f} {r['mape']:>8.2f} {r['mean_error']:>+10.2f} "
               f"{r['within_10']:>10.1f} {r['within_5']:>9.1f}")
-    if args.plot:
-        r = results["table"]
-        plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} {args.sample} random archs, {table.runtime}, "
-                                    f"{threads} thread(s): tau {r['kendall_tau']:.3f}, MAPE {r['mape']:.1f} %, "
-                                    f"{r['within_10']:.0f} % within ±10 %")
-        print(f"wrote {args.plot}")
-    return {"results": results, "sample": args.sample, "measured_log_sd": float(np.std(np.log(meas))),
-            "measured": meas.tolist(), "measured_iqr": iqr.tolist(),
-            "measured_min": fastest.tolist(), "predicted": pred.tolist(),
-            "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
-            "seconds": elapsed, "cpus": os.cpu_count()}
+    return results
 
 
 if __name__ == "__main__":

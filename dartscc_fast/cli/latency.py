@@ -9,7 +9,7 @@ from dartscc_fast.latency.keys import BaseConfig, OpConfig, device_token, parse_
 from dartscc_fast.latency.measure import calibrate, profile_space, time_genotype
 from dartscc_fast.latency.roofline import PRESETS as DEVICES
 from dartscc_fast.latency.runtimes import RUNTIMES, table_runtime
-from dartscc_fast.latency.table import LatencyTable
+from dartscc_fast.latency.table import STATISTICS, LatencyTable
 from dartscc_fast.nn.primitives import OP_TYPES, op_type
 from dartscc_fast.space import PRESETS as SPACES
 from dartscc_fast.space import Genotype, get_space
@@ -53,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--calibrate", type=arg(NON_NEGATIVE_INT), default=None, metavar="N",
                    help="then time N random networks whole and fit predict = base + scale x ops + offset to them "
                         "(default 20 on a measured device; 0: none)")
+    p.add_argument("--statistic", choices=STATISTICS, default="median",
+                   help="which run of each op (and of each network the calibration times) the table predicts "
+                        "with: the median (default) or the fastest, min (docs/latency.md, \"Which statistic\")")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", help="the table file to write")
@@ -101,6 +104,9 @@ def _register_table(sub) -> None:
     ca.add_argument("--space", default=None, choices=sorted(SPACES),
                     help="default: the space of the table's calibration, else fmnist-paper")
     ca.add_argument("--threads", type=arg(POSITIVE_INT), default=None, help="default: the table's")
+    ca.add_argument("--statistic", choices=STATISTICS, default=None,
+                    help="predict with this run of each entry from now on (median or min), refitting the offset "
+                         "to it (default: the table's)")
     ca.add_argument("--out", default=None, help="the table to write (default: PATH itself)")
     ca.set_defaults(func=_calibrate)
     pr = tsub.add_parser("presets", help="list the simulated devices and their sources")
@@ -124,7 +130,7 @@ def _profile(args) -> int:
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
                           max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock,
                           memory_format=args.memory_format, runtime=args.runtime, in_context=args.in_context,
-                          calibrate_networks=_calibration_networks(args))
+                          calibrate_networks=_calibration_networks(args), statistic=args.statistic)
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -169,10 +175,11 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
              f"  conditions: load average {m.get('load_average')}, busy CPUs {m.get('busy_cpus')}, governor "
              f"{m.get('governor')}, clock {m.get('clock') or 'wall'}",
              _calibration_text(m.get("calibration")),
+             f"  lookups read each entry's {table.statistic} run",
              f"  method: {m.get('method')}"]
     rows = []
     for key, e in table.entries.items():
-        rows.append(_describe(key) + (e["median"], e.get("iqr", 0.0), e.get("runs", 0), key))
+        rows.append(_describe(key) + (e["median"], e.get("iqr", 0.0), e.get("runs", 0), e.get("min"), key))
 
     def order(r):
         if sort == "median":
@@ -182,8 +189,9 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
         return (str(r[0]).startswith("(network base"), str(r[6]), r[4], str(r[1]).zfill(6), str(r[2]).zfill(9),
                 str(r[3]), str(r[0]))
     rows.sort(key=order)
-    head = ("primitive", "C", "HxW", "s", "batch", "dtype", "device", "median", "iqr", "runs")
-    body = [tuple(str(x) for x in r[:7]) + (f"{r[7]:.4f}", f"{r[8]:.4f}", str(r[9])) for r in rows]
+    head = ("primitive", "C", "HxW", "s", "batch", "dtype", "device", "median", "iqr", "runs", "min")
+    body = [tuple(str(x) for x in r[:7]) + (f"{r[7]:.4f}", f"{r[8]:.4f}", str(r[9]),
+                                            "-" if r[10] is None else f"{r[10]:.4f}") for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     fmt = "  ".join("{:>%d}" % w if i >= 7 or i in (1, 3, 4) else "{:<%d}" % w for i, w in enumerate(widths))
     lines.append(fmt.format(*head))
@@ -270,21 +278,25 @@ def _predict(args) -> int:
             raise ValueError(f"cannot measure on the simulated device {table.device!r}")
         tm = time_genotype(space, genotype, batch, table.dtype, table.device, threads=args.threads,
                            max_seconds=5.0, memory_format=table.memory_format, runtime=table_runtime(table.meta))
-        print(f"measured  {tm.median:.3f} ms (IQR {tm.iqr:.3f}, {tm.runs} runs); prediction error "
-              f"{(pred - tm.median) / tm.median * 100:+.1f}%")
+        ms = tm.value(table.statistic)
+        print(f"measured  {ms:.3f} ms ({table.statistic} of {tm.runs} runs, IQR {tm.iqr:.3f}); prediction error "
+              f"{(pred - ms) / ms * 100:+.1f}%")
     return 0
 
 
 def _calibrate(args) -> int:
     table = LatencyTable.load(args.path)
     old = table.meta.get("calibration") or {}
+    if args.statistic:
+        table = table.with_statistic(args.statistic)
     space = get_space(args.space or old.get("space") or "fmnist-paper")
     cal = calibrate(table, space, networks=args.networks, threads=args.threads)
     out = args.out or args.path
     table.save(out)
     was = f"{old['offset_ms']:+.2f} ms" if old else "none"
-    print(f"calibration offset {cal['offset_ms']:+.2f} ms (was {was}), fitted on {cal['networks']} random "
-          f"{space.name} networks timed here (MAPE on them {cal['mape_on_fit']:.1f} %); wrote {out}")
+    print(f"calibration offset {cal['offset_ms']:+.2f} ms (was {was}), {table.statistic} runs, fitted on "
+          f"{cal['networks']} random {space.name} networks timed here (MAPE on them {cal['mape_on_fit']:.1f} %); "
+          f"wrote {out}")
     return 0
 
 

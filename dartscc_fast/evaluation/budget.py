@@ -209,7 +209,7 @@ def _measure(result, picks: List[BudgetPick], threads: Optional[int]) -> None:
             torch.manual_seed(0)
             done[key] = measure_latency(result.space, p.derived.genotype, batch=table.batch or 64, threads=threads,
                                         memory_format=table.memory_format, runtime=table.runtime)
-        p.derived.measured_ms, p.derived.measured_iqr_ms = done[key]["median"], done[key]["iqr"]
+        p.derived.measured_ms, p.derived.measured_iqr_ms = done[key][table.statistic], done[key]["iqr"]
 
 
 def _kappa_text(d: Derived) -> str:

@@ -253,7 +253,7 @@ def _measure(space, table, every: Sequence[Derived], evaluated: Dict, threads, r
     times = time_genotypes(space, [g for _, g in distinct], batch=table.batch or 64, threads=threads,
                            memory_format=table.memory_format, rounds=rounds, runtime=table.runtime)
     for (key, _), tm in zip(distinct, times):
-        evaluated.setdefault(key, {}).update(measured_ms=tm.median, measured_iqr_ms=tm.iqr)
+        evaluated.setdefault(key, {}).update(measured_ms=tm.value(table.statistic), measured_iqr_ms=tm.iqr)
 
 
 # ---------------------------------------------------------------------- the strength axis

@@ -67,7 +67,7 @@ from dartscc_fast.latency.keys import (
 from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
 from dartscc_fast.latency.runtimes import get_runtime
 from dartscc_fast.latency.runtimes.base import num_threads  # noqa: F401  (its home before runtimes existed)
-from dartscc_fast.latency.table import LatencyTable
+from dartscc_fast.latency.table import STATISTICS, LatencyTable
 from dartscc_fast.nn.primitives import derived_op
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype, random_genotype
@@ -94,6 +94,12 @@ class Timing:
     @property
     def min(self) -> float:
         return float(np.min(self.times))
+
+    def value(self, statistic: str = "median") -> float:
+        """The run a latency table reads: the median or the fastest (``LatencyTable.statistic``)."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+        return self.min if statistic == "min" else self.median
 
     def rel_ci(self) -> float:
         """The 95% confidence half-width of the median, relative to it."""
@@ -399,7 +405,8 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
                   progress: bool = True, warmup: int = 3, min_runs: int = 10, max_runs: int = 300,
                   max_seconds: float = 1.0, rel_ci: float = 0.01, clock: str = "wall",
                   memory_format: Optional[str] = None, runtime: str = "torch",
-                  in_context: Optional[bool] = None, calibrate_networks: int = 0) -> LatencyTable:
+                  in_context: Optional[bool] = None, calibrate_networks: int = 0,
+                  statistic: str = "median") -> LatencyTable:
     """Measure every op configuration of the space(s) (and each space's network base) on ``device``.
 
     ``device`` 'sim:<preset>' builds the table from the roofline model instead.
@@ -413,7 +420,9 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     minus the base, per edge); None: in context on graph runtimes, which fuse across ops, alone on
     eager torch (docs/latency.md compares both). ``calibrate_networks``: then fit the whole-network
     calibration on that many random networks of the first space (:func:`calibrate`; 0: none).
+    ``statistic``: the run of each entry lookups read, 'median' or the fastest, 'min' (both are recorded).
     """
+    _check_statistic(statistic, device)
     spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     dtype = dtype_name(dtype)
     if str(device).startswith("sim:"):
@@ -440,7 +449,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     meta = dict(_table_meta(d, tok, n_threads, rt, batch, dtype, fmt, spaces), **conditions, clock=clock,
                 method=_method(rt.timer_device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock,
                                               rt.name),
-                op_timing="in context" if in_context else "isolated")
+                op_timing="in context" if in_context else "isolated", statistic=statistic)
     t = LatencyTable(meta=meta)
     for cfg, space in jobs:
         tm = timings[cfg.key()]
@@ -451,6 +460,14 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     if calibrate_networks:
         calibrate(t, spaces[0], calibrate_networks, threads=n_threads, clock=clock)
     return t
+
+
+def _check_statistic(statistic: str, device) -> None:
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if str(device).startswith("sim:") and statistic != "median":
+        raise ValueError(f"a simulated device ({device}) has one computed time per op, not runs: its table "
+                         f"reads the median only, got statistic {statistic!r}")
 
 
 def _time_jobs(jobs, passes: int, progress: bool, rt, desc: str, make) -> Dict[str, Timing]:
@@ -498,7 +515,8 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
 
     ``networks`` random architectures of ``space`` (seeded; the checks of bench/check_latency_prediction.py
     draw others) are measured whole on the table's runtime, interleaved; the offset is the median of
-    (measured - base - sum of the ops' entries): what the runtime does around the ops, per network. The
+    (measured - base - sum of the ops' entries): what the runtime does around the ops, per network, with
+    the networks' runs read by the table's statistic (their median, or their fastest). The
     scale stays 1: fitted too, on 20 networks timed with 5-10 % noise, it ranged from 0.58 to 1.60 and
     helped in 4 of 9 fits, hurt in 3 (docs/latency.md). Returns the calibration dict.
     """
@@ -511,14 +529,15 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
     tms = time_genotypes(space, gs, batch=table.batch or 64, dtype=table.dtype, device=table.device,
                          threads=threads or table.meta.get("threads"), memory_format=table.memory_format,
                          rounds=rounds, runs=runs, clock=clock, runtime=table.runtime)
-    meas = np.array([t.median for t in tms])
+    meas = np.array([t.value(table.statistic) for t in tms])
     table.meta.pop("calibration", None)
     ops = np.array([table.predict(space, g, include_base=False) for g in gs])
     rest = meas - np.array([table.base(space, g) for g in gs])
     offset = float(np.median(rest - ops))
     fit = ops + offset - rest
     table.meta["calibration"] = {"scale": 1.0, "offset_ms": offset, "networks": networks, "seed": seed,
-                                 "space": space.name, "fit": "median of (measured - base - sum of the ops)",
+                                 "space": space.name, "statistic": table.statistic,
+                                 "fit": "median of (measured - base - sum of the ops)",
                                  "mape_on_fit": float(np.mean(np.abs(fit) / meas) * 100)}
     return table.meta["calibration"]
 

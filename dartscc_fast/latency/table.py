@@ -26,6 +26,7 @@ A JSON object::
         "load_average": 0.1, "busy_cpus": 0.0,  # the machine when it was measured (a busy one warns)
         "governor": "performance",              # CPU frequency governor where Linux exposes it, else null
         "calibration": {"scale": 0.8, "offset_ms": 1.5, ...},  # optional: predict = base + scale*sum + offset
+        "statistic": "median",                  # which field of the entries lookups read: median (absent) or min
         "spaces": ["fmnist-paper"],             # the search spaces it was made for
         ...                                     # free-form extras (host, preset parameters)
       },
@@ -81,6 +82,9 @@ NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
 #: How far 'type-stride' draws pooling and convolution to the same price on each stride's edges (0: 'type',
 #: 1: the same total); why 0.5: docs/design.md, "Normalisation".
 STRIDE_BALANCE = 0.5
+#: The statistics of an entry a table can predict with (``meta['statistic']``): the median run, or the fastest,
+#: which leaves out the time other work on a shared machine adds (docs/latency.md, "Which statistic").
+STATISTICS = ("median", "min")
 
 
 class LatencyTableError(ValueError):
@@ -152,7 +156,11 @@ class LatencyTable:
         key = self._key(k)
         if key not in self.entries:
             raise KeyError(self._missing_message([key]))
-        return self.entries[key]["median"]
+        return self._time(key)
+
+    def _time(self, key: str) -> float:
+        """The entry's latency under the table's :attr:`statistic`."""
+        return self.entries[key][self.statistic]
 
     def keys(self) -> List[str]:
         return list(self.entries)
@@ -162,7 +170,10 @@ class LatencyTable:
         """Set one entry (replacing any)."""
         key = self._key(k)
         self._check_key(key)
-        self.entries[key] = _entry(dict(extra, median=median, iqr=iqr, runs=runs), self._where(key))
+        entry = _entry(dict(extra, median=median, iqr=iqr, runs=runs), self._where(key))
+        if self.statistic not in entry:
+            raise LatencyTableError(f"{self._where(key)}: the table reads {self.statistic!r}, which the entry lacks")
+        self.entries[key] = entry
         self._compiled = None
         self._prepared.clear()
 
@@ -189,6 +200,33 @@ class LatencyTable:
         """What ran the ops: 'torch' (eager; tables from before the field existed) or 'onnxruntime'
         (:mod:`dartscc_fast.latency.runtimes`)."""
         return self.meta.get("runtime") or "torch"
+
+    @property
+    def statistic(self) -> str:
+        """Which run of each entry lookups and predictions read: 'median' (tables from before the field
+        existed) or 'min' (:meth:`with_statistic`)."""
+        return self.meta.get("statistic") or "median"
+
+    def with_statistic(self, statistic: str) -> "LatencyTable":
+        """A copy whose lookups read ``statistic`` ('median' or 'min') of every entry. The whole-network
+        calibration is dropped when the statistic changes: it was fitted to the other one, so refit it
+        (:func:`dartscc_fast.latency.measure.calibrate`, ``dartscc-fast table calibrate``)."""
+        out = LatencyTable.from_dict(copy.deepcopy(self.to_dict()), source=self.source)
+        if statistic != out.statistic:
+            out.meta.pop("calibration", None)
+        out.meta["statistic"] = statistic
+        out._check_statistic()
+        return out
+
+    def _check_statistic(self) -> None:
+        statistic = self.statistic
+        if statistic not in STATISTICS:
+            raise LatencyTableError(f"{self._where()}: 'statistic' must be one of {', '.join(STATISTICS)}, got "
+                                    f"{statistic!r}")
+        lacking = [k for k, e in self.entries.items() if statistic not in e]
+        if lacking:
+            raise LatencyTableError(f"{self._where()}: {len(lacking)} of {len(self)} entries have no {statistic!r} "
+                                    f"(e.g. {lacking[0]!r}); profile the table again to record it")
 
     def __repr__(self) -> str:
         return (f"LatencyTable({len(self)} entries, device={self.device!r}, batch={self.batch}, "
@@ -235,7 +273,9 @@ class LatencyTable:
         entries = d.get("entries")
         if not isinstance(entries, dict):
             raise LatencyTableError(f"{where}: 'entries' must be an object mapping keys to measurements")
-        return cls(entries, meta, source)
+        table = cls(entries, meta, source)
+        table._check_statistic()
+        return table
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], device: Optional[str] = None) -> "LatencyTable":
@@ -300,6 +340,7 @@ class LatencyTable:
             out.meta["spaces"] = spaces + [s for s in o.meta.get("spaces", []) if s not in spaces]
         out.meta["merged_from"] = sources
         out.meta["merged"] = utc_now()
+        out._check_statistic()  # the first table's statistic, which every merged entry must carry
         return out
 
     # -- lookups -------------------------------------------------------------------
@@ -308,7 +349,7 @@ class LatencyTable:
         if self._compiled is None:
             t = torch.classes.dartscc_fast.LatencyTable()
             keys = list(self.entries)
-            t.insert_many(keys, [self.entries[k]["median"] for k in keys])
+            t.insert_many(keys, [self._time(k) for k in keys])
             self._compiled = t
         return self._compiled
 
@@ -413,7 +454,7 @@ class LatencyTable:
         for inputs in BASE_INPUTS:
             key = BaseConfig.of(space, *args, inputs=inputs).key()
             if key in self.entries:
-                have[inputs] = self.entries[key]["median"]
+                have[inputs] = self._time(key)
         if not have:
             return 0.0
         if genotype is None or len(have) == 1:

@@ -119,6 +119,19 @@ def test_measured_picks_say_whether_they_meet_the_budget(search):
     assert p.to_dict()["predicted_interval_ms"][0] <= p.predicted_ms
 
 
+def test_measured_picks_read_the_tables_statistic(search, monkeypatch):
+    import dartscc_fast.evaluation.budget as budget
+    monkeypatch.setattr(budget, "measure_latency", lambda *a, **k: {"median": 9.0, "min": 4.0, "iqr": 1.0, "runs": 3})
+    table = LatencyTable.from_dict(copy.deepcopy(search.table.to_dict()))
+    for e in table.entries.values():
+        e.setdefault("min", e["median"])  # a simulated table has no runs; the same times, read as the fastest
+    top = family_for_budgets(search, grid_steps=2, levels=(1.0,), progress=False)[-1].predicted_ms
+    for t, want in ((table, 9.0), (table.with_statistic("min"), 4.0)):
+        (p,) = derive_for_budget(search, [top], table=t, grid_steps=2, levels=(1.0,), measure=True, max_batches=1,
+                                 progress=False)
+        assert p.derived.measured_ms == want
+
+
 @pytest.mark.slow
 def test_cli_budgets_write_genotype_and_exports(search, tmp_path, capsys):
     top = family_for_budgets(search, grid_steps=2, levels=(0.0, 0.5, 1.0), progress=False)[-1].predicted_ms

@@ -155,6 +155,55 @@ def test_merge():
     assert len(a.merge(other, strict=False)) == 2 * len(a)
 
 
+# ------------------------------------------------------------------------ the statistic
+def _with_mins(t: LatencyTable, frac: float = 0.8) -> LatencyTable:
+    for key, e in t.entries.items():
+        t.add(key, e["median"], e["iqr"], e["runs"], min=e["median"] * frac)
+    return t
+
+
+def test_statistic_min_reads_every_entrys_fastest_run(tmp_path):
+    t = _with_mins(sample_table(FMNIST))
+    t.meta["calibration"] = {"scale": 1.0, "offset_ms": 2.0, "networks": 3}
+    g = random_genotype(FMNIST, torch.Generator().manual_seed(3))
+    fast = t.with_statistic("min")
+    assert t.statistic == "median" and fast.statistic == "min" and "statistic" not in t.meta
+    assert fast.calibration() == (1.0, 0.0)  # fitted to the medians: dropped, to be refitted
+    key = t.keys()[0]
+    assert fast[key] == pytest.approx(0.8 * t[key])
+    assert fast.base(FMNIST, g) == pytest.approx(0.8 * t.base(FMNIST, g))
+    assert fast.predict(FMNIST, g) == pytest.approx(0.8 * (t.predict(FMNIST, g) - 2.0))
+    L, L_fast = t.supernet_latency(FMNIST), fast.supernet_latency(FMNIST)
+    assert torch.allclose(L_fast, 0.8 * L)
+    assert t.with_statistic("median").calibration() == (1.0, 2.0)  # same statistic: calibration kept
+    p = tmp_path / "fast.json"
+    fast.save(p)
+    assert LatencyTable.load(p).statistic == "min" and LatencyTable.load(p)[key] == fast[key]
+
+
+def test_statistic_errors(tmp_path):
+    t = sample_table(FMNIST)  # medians only, as simulated tables and old tables are
+    with pytest.raises(LatencyTableError, match=r"entries have no 'min'.*profile the table again"):
+        t.with_statistic("min")
+    with pytest.raises(LatencyTableError, match="'statistic' must be one of median, min"):
+        t.with_statistic("mean")
+    d = t.to_dict()
+    d["meta"]["statistic"] = "min"
+    with pytest.raises(LatencyTableError, match="entries have no 'min'") as e:
+        LatencyTable.load(_write(tmp_path, d))
+    assert "bad.json" in str(e.value)
+    fast = _with_mins(sample_table(FMNIST)).with_statistic("min")
+    with pytest.raises(LatencyTableError, match="reads 'min', which the entry lacks"):
+        fast.add(fast.keys()[0], 1.0)
+    with pytest.raises(LatencyTableError, match="entries have no 'min'"):
+        fast.merge(sample_table(DARTS, seed=1))
+    assert fast.merge(_with_mins(sample_table(DARTS, seed=1))).statistic == "min"
+    with pytest.raises(ValueError, match="simulated device .* reads the median only"):
+        profile_space(FMNIST, "sim:mobile-cpu", statistic="min")
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        profile_space(TINY, "cpu", statistic="p10")
+
+
 # ------------------------------------------------------------------------ lookups
 def test_compiled_lookup_equals_dict():
     t = sample_table(DARTS)
@@ -366,6 +415,9 @@ def test_profile_tiny_space():
     assert t.predict(TINY, g) > t.base(TINY, g) > 0
     tm = time_genotype(TINY, g, batch=2, threads=1, max_seconds=0.02, min_runs=3, warmup=1)
     assert tm.median > 0 and tm.runs >= 3
+    assert tm.value("min") == tm.min <= tm.median == tm.value("median")
+    fast = t.with_statistic("min")  # a profile records both runs of every entry
+    assert all(fast[k] == e["min"] <= e["median"] for k, e in t.entries.items())
 
 
 def test_time_genotypes_interleaved():

@@ -131,7 +131,13 @@ def test_profile_cli_takes_the_runtime(tmp_path, capsys):
     t = LatencyTable.load(out)
     assert t.meta["op_timing"] == "isolated" and t.meta["calibration"]["networks"] == 3
     assert main(["table", "show", str(out)]) == 0
-    assert "calibration: predict = base + " in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "calibration: predict = base + " in shown and "lookups read each entry's median run" in shown
+    fast = tmp_path / "fast.json"
+    assert main(["table", "calibrate", str(out), "--networks", "3", "--statistic", "min", "--out", str(fast)]) == 0
+    assert "min runs" in capsys.readouterr().out
+    t = LatencyTable.load(fast)
+    assert t.statistic == "min" and t.meta["calibration"]["statistic"] == "min"
     again = tmp_path / "again.json"
     assert main(["table", "calibrate", str(out), "--networks", "4", "--out", str(again)]) == 0
     assert "calibration offset" in capsys.readouterr().out
@@ -160,6 +166,10 @@ def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
     for k in ("kendall_tau", "mape", "within_10", "within_5"):
         assert k in res["results"]["table"] and k in res["results"]["+offset(2)"] and k in res["results"]["retest"]
     assert res["table_meta"]["runtime"] == runtime and res["sample"] == sample
+    # the same runs read by the fastest run too, paired with the table's median
+    assert res["statistic"] == "median" and res["results_other_statistic"]["statistic"] == "min"
+    assert "retest" in res["results_other_statistic"]["results"] and len(res["retest_min"]) == 5
+    assert all(lo <= m for lo, m in zip(res["measured_min"], res["measured"]))
 
 
 def test_calibration_fits_whole_networks_and_predict_applies_it():
