@@ -223,8 +223,9 @@ def calibrated_estimates(table: LatencyTable, configs: Sequence[OpConfig]) -> Tu
         if not key.startswith("base:"):
             c = OpConfig.parse(key)
             raw = estimate(c, ref)
-            if raw > 0 and e["median"] > 0:
-                ops.append((c.primitive, e["median"] / raw))
+            ms = e[table.statistic]  # the run the table's lookups read, so estimates match its entries
+            if raw > 0 and ms > 0:
+                ops.append((c.primitive, ms / raw))
     out = {}
     for cfg in configs:
         same = [r for p, r in ops if p == cfg.primitive]

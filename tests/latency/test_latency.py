@@ -176,6 +176,9 @@ def test_statistic_min_reads_every_entrys_fastest_run(tmp_path):
     L, L_fast = t.supernet_latency(FMNIST), fast.supernet_latency(FMNIST)
     assert torch.allclose(L_fast, 0.8 * L)
     assert t.with_statistic("median").calibration() == (1.0, 2.0)  # same statistic: calibration kept
+    cfgs = [OpConfig.parse(k) for k in t.keys()[:3] if not k.startswith("base:")]
+    (est, _), (est_fast, _) = roofline.calibrated_estimates(t, cfgs), roofline.calibrated_estimates(fast, cfgs)
+    assert len(est) == 3 and all(est_fast[k] == pytest.approx(0.8 * est[k]) for k in est)  # scaled to the runs read
     p = tmp_path / "fast.json"
     fast.save(p)
     assert LatencyTable.load(p).statistic == "min" and LatencyTable.load(p)[key] == fast[key]
