@@ -54,6 +54,7 @@ import torch
 from dartscc_fast.latency import LatencyTable, profile_space
 from dartscc_fast.latency.measure import device_name, measurement_conditions, time_genotypes
 from dartscc_fast.latency.runtimes import RUNTIMES
+from dartscc_fast.latency.table import STATISTICS
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import get_space, mixed_random_genotype, random_genotype
 
@@ -88,21 +89,22 @@ def scores(pred, meas) -> dict:
 
 
 def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks"):
-    """Median measured latency (ms), IQR and fastest run of every genotype, interleaved within chunks of
-    ``chunk`` (a graph runtime holds a session per network: all 200 at once need gigabytes)."""
-    med, iqr, fastest = [], [], []
+    """Every genotype's measured latency (ms) by each statistic a table reads ('median', 'min') and its IQR
+    ('iqr'), arrays keyed by name; interleaved within chunks of ``chunk`` (a graph runtime holds a session per
+    network: all 200 at once need gigabytes)."""
+    out = {name: [] for name in STATISTICS + ("iqr",)}
     bar = Progress(total=len(genotypes), desc=f"timing {desc} ({table.runtime}, {threads} thread(s))")
     for i in range(0, len(genotypes), chunk):
         part = genotypes[i:i + chunk]
         tms = time_genotypes(space, part, batch=table.batch or 64, dtype=table.dtype, threads=threads,
                              memory_format=table.memory_format, rounds=rounds, runs=runs, clock=clock,
                              runtime=table.runtime)
-        med += [tm.median for tm in tms]
-        iqr += [tm.iqr for tm in tms]
-        fastest += [tm.min for tm in tms]
+        for name in STATISTICS:
+            out[name] += [tm.value(name) for tm in tms]
+        out["iqr"] += [tm.iqr for tm in tms]
         bar.update(len(part))
     bar.close()
-    return np.array(med), np.array(iqr), np.array(fastest)
+    return {name: np.array(v) for name, v in out.items()}
 
 
 def plot(path, pred, meas, title):
@@ -177,9 +179,8 @@ def check_budgets(args, space, table, threads, log):
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
                               conservative=args.conservative)
-    med, _, fastest = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds,
-                              args.runs, args.chunk, desc="budget picks")
-    meas = fastest if table.statistic == "min" else med
+    meas = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds, args.runs,
+                   args.chunk, desc="budget picks")[table.statistic]
     hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
     log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted"
         f"{', conservative picks' if args.conservative else ''}): {sum(hits)} of {len(hits)} picks "
@@ -226,7 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--retest", action="store_true",
                     help="measure every architecture twice and score the second pass against the first (the "
                          "machine's own repeatability; twice the time)")
-    ap.add_argument("--statistic", choices=["median", "min"], default=None,
+    ap.add_argument("--statistic", choices=STATISTICS, default=None,
                     help="predict and measure with this run of each op and network (default: the table's); the "
                          "other one is scored too where the table records both")
     ap.add_argument("--verbose", action="store_true", help="print every architecture")
@@ -259,13 +260,13 @@ def check_random(args, space, table, threads) -> dict:
     genotypes = random_genotypes(space, args.n, args.seed, args.top2, args.sample)
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
-    med, iqr, fastest = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    first = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
     again = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk,
                     desc="networks again") if args.retest else None
     elapsed = time.perf_counter() - t0
     after = measurement_conditions(torch.device("cpu"), threads, args.clock)
-    measured = {"median": (med, None if again is None else again[0]),
-                "min": (fastest, None if again is None else again[2])}
+    measured = {name: (first[name], None if again is None else again[name]) for name in STATISTICS}
+    med, iqr = first["median"], first["iqr"]
     meas = measured[table.statistic][0]
     print(f"space {space.name}, {len(genotypes)} random architectures ({args.sample}{', top2' if args.top2 else ''}), "
           f"CPU {device_name('cpu')}, {table.runtime}, {threads} thread(s), {args.clock} clock, "
@@ -296,9 +297,9 @@ def check_random(args, space, table, threads) -> dict:
     return {"results": results, "statistic": table.statistic, "sample": args.sample,
             "results_other_statistic": None if on_other is None else {"statistic": other, "results": results_other},
             "measured_log_sd": float(np.std(np.log(meas))),
-            "measured": med.tolist(), "measured_iqr": iqr.tolist(), "measured_min": fastest.tolist(),
-            "retest": None if again is None else again[0].tolist(),
-            "retest_min": None if again is None else again[2].tolist(), "predicted": pred.tolist(),
+            "measured": med.tolist(), "measured_iqr": iqr.tolist(), "measured_min": first["min"].tolist(),
+            "retest": None if again is None else again["median"].tolist(),
+            "retest_min": None if again is None else again["min"].tolist(), "predicted": pred.tolist(),
             "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
             "seconds": elapsed, "cpus": os.cpu_count()}
 
