@@ -95,6 +95,10 @@ class SearchSpace:
         """The stride of each row of ``[2E, k]`` per-cell-type tensors (normal rows, then reduction rows)."""
         return [edge_stride(red, src) for red in (False, True) for src, _ in self.edge_pairs()]
 
+    def row_cells(self) -> List[int]:
+        """The cell type of each row of ``[2E, k]`` per-cell-type tensors: 0 normal, 1 reduction."""
+        return [0] * self.num_edges + [1] * self.num_edges
+
     def edges(self) -> List[EdgeSpec]:
         """Every mixed-op edge of the supernet, cell by cell, in the network's order."""
         out = []

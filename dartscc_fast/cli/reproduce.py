@@ -4,6 +4,7 @@ from __future__ import annotations
 from dartscc_fast.cli.search import add_guard_arguments
 from dartscc_fast.evaluation.reproduce import ReproduceConfig, run_reproduce
 from dartscc_fast.evaluation.reproduce import __doc__ as _DOC
+from dartscc_fast.latency import NORMALISATIONS
 
 
 def register(sub) -> None:
@@ -31,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--kappa-max", type=float, default=None)
     p.add_argument("--no-strength", action="store_true", help="one fixed --kappa per search, as the seeds")
     add_guard_arguments(p)
+    p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
+                   help="the hypernetwork search's latency normalisation (see `dartscc-fast search --help`)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--retrain-max-steps", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="refuse to read back earlier seeds (default: resume)")
@@ -45,6 +48,7 @@ def _main(args) -> int:
                           threads=args.threads, kappa=args.kappa, extra_kappas=tuple(args.extra_kappas),
                           kappa_max=args.kappa_max,
                           strength=not args.no_strength, sandwich=args.sandwich, free_op_dropout=args.free_op_dropout,
+                          normalise=args.normalise,
                           max_steps_per_epoch=args.max_steps_per_epoch,
                           retrain_max_steps=args.retrain_max_steps, resume=not args.fresh)
     run_reproduce(cfg)

@@ -56,9 +56,10 @@ def add_config_arguments(p, defaults: SearchConfig = SearchConfig()) -> None:
     p.add_argument("--normalise", choices=NORMALISATIONS, default=d.normalise,
                    help="divide L by the uniform or the all-cheapest architecture's latency, or each operation "
                         "type's columns by that type's (S alone then prices a type); type-stride: type, then "
-                        "pooling and convolution drawn towards the same total on each stride's edges")
+                        "pooling and convolution drawn towards the same total on each stride's edges; "
+                        "type-cell: type-stride, with pooling and convolution priced in each cell type apart")
     p.add_argument("--stride-balance", type=arg(FRACTION), default=d.stride_balance,
-                   help="type-stride: 0 keeps type's prices, 1 gives pooling and convolution the same total "
+                   help="type-stride, type-cell: 0 keeps type's prices, 1 gives pooling and convolution the same total "
                         "on each stride's edges")
     p.add_argument("--latency-device", default=d.latency_device,
                    help="without a table: simulated device sim:<preset> (default sim:mobile-cpu)")

@@ -55,6 +55,7 @@ class ReproduceConfig:
     strength: bool = True
     sandwich: Optional[bool] = None  # every step also trains the accurate end, t = 0 (None: with strength)
     free_op_dropout: float = DemoConfig.free_op_dropout  # P-DARTS's dropout of drawn parameter-free ops
+    normalise: str = DemoConfig.normalise  # the hypernetwork search's latency pricing (docs/design.md)
     max_steps_per_epoch: Optional[int] = None
     retrain_max_steps: Optional[int] = None
     profile_seconds: float = DemoConfig.profile_seconds  # per op configuration of each seed's table
@@ -78,7 +79,7 @@ class ReproduceConfig:
                           front_retrain=self.front_retrain, threads=self.threads, seed=seed,
                           table_threads=int(self.table_threads[self.seeds.index(seed) % len(self.table_threads)]),
                           strength=self.strength, sandwich=self.sandwich, free_op_dropout=self.free_op_dropout,
-                          extra_kappas=tuple(self.extra_kappas) if self.strength else (),
+                          normalise=self.normalise, extra_kappas=tuple(self.extra_kappas) if self.strength else (),
                           max_steps_per_epoch=self.max_steps_per_epoch,
                           retrain_max_steps=self.retrain_max_steps, profile_seconds=self.profile_seconds,
                           measure=self.measure, resume=self.resume, **extra)

@@ -78,7 +78,7 @@ VERSION = 1
 UNIT = "ms"
 
 #: What :func:`normalise` (and ``SearchConfig.normalise``, ``--normalise``) accepts.
-NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride")
+NORMALISATIONS = ("uniform", "cheapest", "type", "type-stride", "type-cell")
 #: How far 'type-stride' draws pooling and convolution to the same price on each stride's edges (0: 'type',
 #: 1: the same total); why 0.5: docs/design.md, "Normalisation".
 STRIDE_BALANCE = 0.5
@@ -420,8 +420,8 @@ class LatencyTable:
                 architecture weights ``torch.cat([w_normal, w_reduce], -2)``.
             fallback: None (a missing configuration is an error), 'roofline' or
                 a function ``OpConfig -> ms`` (estimates, with a warning).
-            normalise_by: 'uniform', 'cheapest', 'type' or 'type-stride': divide by that
-                reference architecture's latency (:func:`normalise`, which ``balance`` is passed to).
+            normalise_by: one of :data:`NORMALISATIONS`: divide by that reference architecture's
+                latency (:func:`normalise`, which ``balance`` is passed to).
         """
         if per not in ("edge", "cell_type"):
             raise ValueError(f"per must be 'edge' or 'cell_type', got {per!r}")
@@ -441,7 +441,8 @@ class LatencyTable:
         if normalise_by is None:
             return L
         strides = space.row_strides() if per == "cell_type" else [e.stride for e in space.edges()]
-        return normalise(L, normalise_by, space.type_index().tolist(), strides, balance)
+        cells = space.row_cells() if per == "cell_type" else [int(e.reduction) for e in space.edges()]
+        return normalise(L, normalise_by, space.type_index().tolist(), strides, balance, cells)
 
     def base(self, space, genotype=None, batch: Optional[int] = None, dtype=None, device=None) -> float:
         """The time of the fixed part of a network of the space (0 if the table has no base entry).
@@ -515,7 +516,8 @@ def reference_latency(L: Tensor, reference: str = "uniform", type_index: Optiona
 
 
 def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequence[int]] = None,
-              row_strides: Optional[Sequence[int]] = None, balance: float = STRIDE_BALANCE) -> Tensor:
+              row_strides: Optional[Sequence[int]] = None, balance: float = STRIDE_BALANCE,
+              row_cells: Optional[Sequence[int]] = None) -> Tensor:
     """``L / reference_latency(L)``: the reference architecture then costs 1 on any device,
     so a regularisation weight kappa means the same everywhere.
 
@@ -540,9 +542,23 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
     decides between them; 0 is 'type'; the default 0.5 takes the square root
     of 'type''s convolution-to-pooling price ratio. Identity keeps its 'type'
     price (free at stride 1, a FactorizedReduce at stride 2).
+
+    ``reference='type-cell'`` is 'type-stride' with pooling and convolution
+    priced within each cell type apart (``row_cells``, one per row: 0 for a
+    normal cell's edge, 1 for a reduction cell's): each cell type's pool (and
+    conv) edges cost 1 / (number of cell types) at the uniform mix, then the
+    stride balance is drawn within each cell type. With 'type-stride' a type's
+    price on the reduction edges depends on what that type costs in the normal
+    cell, which the table's thread count moves a lot (a stride-1 pool on the
+    normal cell's large planes); here each cell type prices its own edges.
+    Identity keeps its 'type' price (free at stride 1).
     """
     if reference not in NORMALISATIONS:
         raise ValueError(f"reference must be one of {NORMALISATIONS}, got {reference!r}")
+    if reference == "type-cell":
+        if row_cells is None:
+            raise ValueError(f"reference='type-cell' needs one cell type per row of L ({L.shape[0]}), got None")
+        return _normalise_type_stride(L, type_index, row_strides, balance, row_cells)
     if reference == "type-stride":
         return _normalise_type_stride(L, type_index, row_strides, balance)
     if reference == "type":
@@ -553,25 +569,38 @@ def normalise(L: Tensor, reference: str = "uniform", type_index: Optional[Sequen
     return L / d
 
 
-def _normalise_type_stride(L: Tensor, type_index, row_strides, balance: float) -> Tensor:
-    """'type', then pooling and convolution drawn towards one total on each stride's rows (see :func:`normalise`)."""
-    if row_strides is None or len(row_strides) != L.shape[0]:
-        raise ValueError(f"reference='type-stride' needs one stride per row of L ({L.shape[0]}), "
-                         f"got {None if row_strides is None else len(row_strides)}")
+def _normalise_type_stride(L: Tensor, type_index, row_strides, balance: float, row_cells=None) -> Tensor:
+    """'type', then pooling and convolution drawn towards one total on each stride's rows (see :func:`normalise`);
+    with ``row_cells`` ('type-cell'), pooling and convolution priced within each cell type first."""
+    name = "type-stride" if row_cells is None else "type-cell"
+    for what, given in (("stride", row_strides), ("cell type", row_cells if row_cells is not None else row_strides)):
+        if given is None or len(given) != L.shape[0]:
+            raise ValueError(f"reference={name!r} needs one {what} per row of L ({L.shape[0]}), "
+                             f"got {None if given is None else len(given)}")
     if not 0.0 <= float(balance) <= 1.0:
         raise ValueError(f"balance must be in [0, 1], got {balance}")
     out = normalise(L, "type", type_index)
-    cols = [[m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)] for t in ("pool", "conv")]
-    if not all(cols):
+    cols = [torch.tensor([m for m, u in enumerate(type_index) if int(u) == OP_TYPES.index(t)])
+            for t in ("pool", "conv")]
+    if not all(len(c) for c in cols):
         return out  # one of the two types is not in the space: nothing to balance
-    for stride in sorted({int(v) for v in row_strides}):
-        rows = torch.tensor([r for r, v in enumerate(row_strides) if int(v) == stride])
-        blocks = [out[rows[:, None], torch.tensor(c)[None, :]] for c in cols]
-        totals = [reference_latency(b, "uniform") for b in blocks]
-        target = sum(totals) / len(totals)
-        for c, block, total in zip(cols, blocks, totals):
-            if bool(total > 0):
-                out[rows[:, None], torch.tensor(c)[None, :]] = block * (target / total) ** float(balance)
+    labels = [0] * L.shape[0] if row_cells is None else [int(c) for c in row_cells]
+    groups = [[r for r, c in enumerate(labels) if c == cell] for cell in sorted(set(labels))]
+    for group in groups:
+        if row_cells is not None:  # each cell type's pool (and conv) edges cost 1 / len(groups) at the uniform mix
+            for c in cols:
+                block = L[torch.tensor(group)[:, None], c[None, :]]
+                total = reference_latency(block, "uniform")
+                if bool(total > 0):
+                    out[torch.tensor(group)[:, None], c[None, :]] = block / (total * len(groups))
+        for stride in sorted({int(row_strides[r]) for r in group}):
+            rows = torch.tensor([r for r in group if int(row_strides[r]) == stride])
+            blocks = [out[rows[:, None], c[None, :]] for c in cols]
+            totals = [reference_latency(b, "uniform") for b in blocks]
+            target = sum(totals) / len(totals)
+            for c, block, total in zip(cols, blocks, totals):
+                if bool(total > 0):
+                    out[rows[:, None], c[None, :]] = block * (target / total) ** float(balance)
     return out
 
 

@@ -43,6 +43,9 @@ __all__ = ["run_search", "NonFiniteError"]
 #: Settings a resumed search may change: they alter no step of the search. The latency table's path may move
 #: with its run directory: its contents are checked by digest.
 RESUMABLE_CHANGES = ("epochs", "out_dir", "progress", "log", "checkpoint_every", "latency_table")
+#: How the latency term prices ops: no step of a search without one (kappa 0, no strength axis: the DARTS
+#: baseline) depends on them, so its checkpoint serves a run that prices otherwise.
+LATENCY_PRICING = ("normalise", "stride_balance")
 
 
 class NonFiniteError(ValueError):
@@ -128,8 +131,9 @@ class _SearchRun:
         ck = load_checkpoint(ck_path, required=CHECKPOINT_KEYS + ("opt_w", "opt_a"))
         with checkpoint_part(ck_path, "its settings are not valid for this dartscc_fast"):
             saved = SearchConfig.from_dict(ck["config"])
+        free = RESUMABLE_CHANGES + (LATENCY_PRICING if not cfg.strength and not cfg.kappa else ())
         mismatch = [f.name for f in dataclasses.fields(cfg)
-                    if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(cfg, f.name)]
+                    if f.name not in free and getattr(saved, f.name) != getattr(cfg, f.name)]
         if mismatch:
             raise ValueError(f"--resume: {ck_path} was written by a search with other settings "
                              f"({', '.join(mismatch)}); use another --out or the same settings")

@@ -57,7 +57,7 @@ def supernet_L(table, space: SearchSpace, cfg: SearchConfig) -> Tuple[Tensor, Te
     """``(L_ms, L_norm)``: ``[2E, k]`` per cell type (normal rows, then reduction rows)."""
     L = table.supernet_latency(space, per="cell_type")
     return L.float(), normalise(L, cfg.normalise, space.type_index().tolist(), space.row_strides(),
-                                cfg.stride_balance).float()
+                                cfg.stride_balance, space.row_cells()).float()
 
 
 class SearchModel(nn.Module):

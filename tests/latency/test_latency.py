@@ -352,6 +352,47 @@ def test_normalise_per_type_and_stride():
         SearchConfig(space="darts-cifar", stride_balance=-0.1)
 
 
+def test_normalise_per_cell_type():
+    """'type-cell': pooling and convolution priced within each cell type apart (each cell type's pool, and conv,
+    edges cost 1 / 2 at the uniform mix with balance 0), the stride balance then drawn within each cell type;
+    identity keeps its 'type' price. Hand-computed on a tiny table."""
+    ti = [2, 0, 1]  # conv, pool, identity (fmnist-paper's order)
+    # rows: normal (stride 1, stride 1), reduction (stride 2, stride 1)
+    L = torch.tensor([[2.0, 4.0, 0.0], [2.0, 4.0, 0.0], [3.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
+    strides, cells = [1, 1, 2, 1], [0, 0, 1, 1]
+    n = normalise(L, "type-cell", ti, strides, 0.0, cells)
+    # normal cell: conv 2 + 2 = 4, pool 4 + 4 = 8; reduction: conv 3 + 1 = 4, pool 1 + 1 = 2; then / 2 cell types
+    expect = torch.tensor([[2 / 8, 4 / 16, 0.0], [2 / 8, 4 / 16, 0.0], [3 / 8, 1 / 4, 1.0], [1 / 8, 1 / 4, 0.0]],
+                          dtype=torch.float64)
+    torch.testing.assert_close(n, expect)
+    # balance 1: on each (cell type, stride)'s rows pool and conv get the same total, their mean
+    n1 = normalise(L, "type-cell", ti, strides, 1.0, cells)
+    for rows in ([0, 1], [2], [3]):
+        torch.testing.assert_close(n1[rows, 0].sum(), n1[rows, 1].sum())
+        torch.testing.assert_close(n1[rows, 0].sum(), (expect[rows, 0].sum() + expect[rows, 1].sum()) / 2)
+    torch.testing.assert_close(n1[:, 2], expect[:, 2])
+    # every type's uniform architecture still costs 1
+    for balance in (0.0, 0.5):
+        m = normalise(L, "type-cell", ti, strides, balance, cells)
+        assert float(m[:, 2].sum()) == pytest.approx(1.0)
+        if balance == 0.0:
+            assert [float(m[:, c].sum()) for c in (0, 1)] == pytest.approx([1.0, 1.0])
+    # one cell type: 'type-stride'
+    torch.testing.assert_close(normalise(L, "type-cell", ti, strides, 0.5, [0] * 4),
+                               normalise(L, "type-stride", ti, strides, 0.5))
+    with pytest.raises(ValueError, match="'type-cell' needs one cell type per row of L"):
+        normalise(L, "type-cell", ti, strides, 0.5)
+    # the search and the table pass the space's cell types
+    from dartscc_fast.search import SearchConfig, supernet_L
+    t = sample_table(DARTS)
+    raw = t.supernet_latency(DARTS, per="cell_type")
+    want = normalise(raw, "type-cell", DARTS.type_index().tolist(), DARTS.row_strides(), 0.5, DARTS.row_cells())
+    torch.testing.assert_close(supernet_L(t, DARTS, SearchConfig(space="darts-cifar", normalise="type-cell"))[1],
+                               want.float())
+    torch.testing.assert_close(t.supernet_latency(DARTS, normalise_by="type-cell"), want)
+    assert DARTS.row_cells() == [0] * DARTS.num_edges + [1] * DARTS.num_edges
+
+
 def test_normalise_per_type():
     """'type': every operation type's own uniform architecture costs 1; ratios within a type stay."""
     L = torch.rand(28, 8, dtype=torch.float64) + 0.1

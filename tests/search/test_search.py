@@ -116,6 +116,19 @@ def test_search_is_deterministic_and_resume_matches(tmp_path):
         run_search(dataclasses.replace(cut, kappa=9.0), resume=True)
 
 
+def test_a_search_without_latency_term_resumes_under_other_pricing(tmp_path):
+    """The DARTS baseline (kappa 0, no strength axis) depends on no latency pricing, so its checkpoint serves a
+    run that normalises otherwise; a search with a latency term does not."""
+    darts = baseline_config(dataclasses.replace(TINY, out_dir=str(tmp_path / "h" / "search")), "darts")
+    run_search(darts, stop_after_epochs=1)
+    run_search(dataclasses.replace(darts, normalise="type-cell", stride_balance=0.25), resume=True)
+    assert load_search(darts.out_dir).epoch == darts.epochs
+    priced = dataclasses.replace(TINY, kappa=1.0, out_dir=str(tmp_path / "priced"))
+    run_search(priced, stop_after_epochs=1)
+    with pytest.raises(ValueError, match=r"other settings \(normalise\)"):
+        run_search(dataclasses.replace(priced, normalise="type-cell"), resume=True)
+
+
 @pytest.mark.parametrize("protocol", ["single", "bilevel"])
 def test_resume_from_a_mid_epoch_checkpoint_is_bitwise(tmp_path, protocol):
     """A checkpoint every 2 steps; killed mid-epoch, resumed: bitwise the uninterrupted run (weights,

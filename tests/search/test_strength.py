@@ -234,3 +234,12 @@ def test_a_reproduce_seed_with_more_extra_kappas_serves_a_run_asking_for_fewer()
     assert not _same_protocol(dataclasses.asdict(cfg), dataclasses.replace(cfg, extra_kappas=(5.0,)))
     assert not _same_protocol(with_five, dataclasses.replace(cfg, extra_kappas=(5.0, 10.0)))
     assert not _same_protocol(dict(with_five, epochs=cfg.epochs + 1), cfg)
+
+
+def test_reproduce_passes_its_normalisation_to_every_seed_and_tells_seeds_apart_by_it():
+    cfg = ReproduceConfig(out_dir="x", seeds=(3, 4), normalise="type-cell")
+    assert [cfg.demo_config(s).normalise for s in (3, 4)] == ["type-cell", "type-cell"]
+    dc = cfg.demo_config(3)
+    assert not _same_protocol(dataclasses.asdict(dataclasses.replace(dc, normalise="type-stride")), dc)
+    with pytest.raises(ValueError, match="normalise"):
+        ReproduceConfig(out_dir="x", normalise="per-op")
