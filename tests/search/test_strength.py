@@ -1,7 +1,9 @@
 """The strength axis (alpha(S, t), kappa in [0, kappa_max]), the table-only architecture, and reproduce."""
 import dataclasses
+import importlib.util
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -191,6 +193,21 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     stale = {**rep, "front": {"rows": [{"baseline": "darts kappa=0", "family_acc": 1.0, "acc": 0.0}]}}
     assert aggregate([stale])["front"] == aggregate([rep])["front"]
     assert set(aggregate([stale])["front"]) == {"darts kappa=0", "fbnet kappa=1"}
+    # bench/random_matched_many.py: the report's own random draw read back, one more retrained per profile
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("random_matched_many",
+                                                  os.path.join(repo, "bench", "random_matched_many.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    many = tmp_path.parent / "random-many.json"
+    capsys.readouterr()
+    bench.main(["--runs", str(tmp_path), "--per-profile", "2", "--threads", "1", "--out", str(many)])
+    rows = json.loads(many.read_text())
+    own = {x["matched"]: x["test_acc"] for x in rep["baselines"]["random"]}
+    assert {n: rows[f"{tmp_path / 'seed0'}/{n}/0"]["test_acc"] for n in "ABC"} == own
+    assert all(f"{tmp_path / s}/{n}/1" in rows for s in ("seed0", "seed1") for n in "ABC")
+    printed = capsys.readouterr().out
+    assert "mean of 2" in printed and "2 seeds" in printed
 
 
 def test_reproduce_cli_refuses_bad_settings():
