@@ -573,7 +573,7 @@ def _normalise_type_stride(L: Tensor, type_index, row_strides, balance: float, r
     """'type', then pooling and convolution drawn towards one total on each stride's rows (see :func:`normalise`);
     with ``row_cells`` ('type-cell'), pooling and convolution priced within each cell type first."""
     name = "type-stride" if row_cells is None else "type-cell"
-    for what, given in (("stride", row_strides), ("cell type", row_cells if row_cells is not None else row_strides)):
+    for what, given in [("stride", row_strides)] + ([("cell type", row_cells)] if row_cells is not None else []):
         if given is None or len(given) != L.shape[0]:
             raise ValueError(f"reference={name!r} needs one {what} per row of L ({L.shape[0]}), "
                              f"got {None if given is None else len(given)}")
