@@ -1,10 +1,10 @@
 """Several random architectures per profile: is "over random" the profile, or the one random draw?
 
-A report retrains one random architecture matched to each profile's predicted latency, so "over random" per
-seed carries that one draw's luck (one retraining on ~1,900 test images: about 1 point). This script retrains,
-on each reproduce seed's own split, table and retraining settings, the next ``--per-profile - 1`` random
-architectures closest to each profile's latency (the first is the report's own, read back, not retrained), and
-scores each profile against their mean.
+Reports before stop 40 retrained one random architecture matched to each profile's predicted latency, so "over
+random" per seed carried that one draw's luck; they now retrain ``report.RANDOM_DRAWS``. This script retrains,
+on each reproduce seed's own split, table and retraining settings, the ``--per-profile`` random architectures
+closest to each profile's latency (those the report already retrained are read back, not retrained), and
+scores each profile against their first draw and against their mean.
 
     python bench/random_matched_many.py --runs runs/reproduce --per-profile 4 --out bench-out/random-many.json
 
@@ -27,7 +27,7 @@ from dartscc_fast.space import Genotype
 
 def draws(seed_dir: Path, report: dict, per_profile: int):
     """``[(profile, k, genotype, predicted_ms)]``: for each profile the ``per_profile`` random architectures
-    closest to its latency, k = 0 the report's own (as ``report._randoms`` draws it), then the next ones."""
+    closest to its latency, in the order the report draws them (``report._randoms``)."""
     result = load_search(seed_dir / "search")
     profiles = {p["label"]: p for p in report["profiles"]}
     names = list(profiles)
@@ -35,6 +35,11 @@ def draws(seed_dir: Path, report: dict, per_profile: int):
     targets = [profiles[n]["predicted_ms"] for n in names] * per_profile
     picks = random_matched(result.space, result.table, targets, seed=result.config.seed, exclude=exclude)
     return result, [(names[i % len(names)], i // len(names), g, ms) for i, (g, ms) in enumerate(picks)]
+
+
+def _draw(label: str) -> int:
+    """0 for 'random ~A', k - 1 for 'random ~A #k' (the report's labels)."""
+    return int(label.rsplit("#", 1)[1]) - 1 if "#" in label else 0
 
 
 def main(argv=None):
@@ -52,16 +57,16 @@ def main(argv=None):
     for seed_dir in sorted(d for run in args.runs for d in Path(run).glob("seed*") if (d / "report.json").is_file()):
         report = json.loads((seed_dir / "report.json").read_text())
         result, picked = draws(seed_dir, report, args.per_profile)
-        given = {r["matched"]: r for r in report["baselines"].get("random", [])}
+        given = {(r["matched"], _draw(r["label"])): r for r in report["baselines"].get("random", [])}
         loaders = rc = None
         for name, k, g, ms in picked:
             key = f"{seed_dir}/{name}/{k}"
             if key in rows:
                 continue
-            if k == 0:  # the report's own draw: check it is the same architecture, then read it back
-                mine = given[name]
+            if (name, k) in given:  # the report's own draw: check it is the same architecture, then read it back
+                mine = given[name, k]
                 if Genotype.from_json(json.dumps(mine["genotype"])).to_json() != g.to_json():
-                    raise SystemExit(f"{seed_dir}: the first draw for {name} is not the report's random ~{name}")
+                    raise SystemExit(f"{seed_dir}: draw {k + 1} for {name} is not the report's {mine['label']}")
                 acc = mine["test_acc"]
             else:
                 if loaders is None:

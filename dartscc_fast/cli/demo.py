@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--retrain-epochs", type=int, default=d.retrain_epochs)
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--front-retrain", type=int, default=d.front_retrain)
+    p.add_argument("--random-draws", type=int, default=d.random_draws,
+                   help="random architectures of matched latency retrained per profile (scored against their mean)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="default: 2, or 1 while other work keeps a core busy (decided again at each phase)")
     p.add_argument("--profile-seconds", type=float, default=d.profile_seconds)
@@ -51,6 +53,7 @@ def _main(args) -> int:
                      stride_balance=args.stride_balance, per_sample=not args.per_batch,
                      fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts,
                      retrain_epochs=args.retrain_epochs, grid=args.grid, front_retrain=args.front_retrain,
+                     random_draws=args.random_draws,
                      threads=args.threads, profile_seconds=args.profile_seconds, latency_table=args.latency_table,
                      seed=args.seed, hypernet=args.hypernet, max_steps_per_epoch=args.max_steps_per_epoch)
     run_demo(cfg)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dartscc_fast.evaluation.evaluate import RetrainConfig
-from dartscc_fast.evaluation.report import make_report, markdown, write_report
+from dartscc_fast.evaluation.report import RANDOM_DRAWS, make_report, markdown, write_report
 from dartscc_fast.search import load_search
 
 
@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--retrain-max-steps", type=int, default=None, help="cap the steps of each retraining epoch")
     p.add_argument("--front-retrain", type=int, default=6,
                    help="family architectures to retrain for the front (two per baseline budget, then spread)")
+    p.add_argument("--random-draws", type=int, default=RANDOM_DRAWS,
+                   help="random architectures of matched latency retrained per profile (scored against their mean)")
     p.add_argument("--no-measure", action="store_true", help="skip measuring latency on this device")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/report")
@@ -34,7 +36,7 @@ def _main(args) -> int:
     rc = RetrainConfig(epochs=args.retrain_epochs, seed=cfg.seed, max_steps_per_epoch=args.retrain_max_steps) \
         if args.retrain_epochs > 0 else None
     report = make_report(result, loaders, baselines, args.grid, rc, args.front_retrain,
-                         measure=not args.no_measure, threads=args.threads)
+                         measure=not args.no_measure, threads=args.threads, random_draws=args.random_draws)
     paths = write_report(report, args.out)
     print(markdown(report))
     for k, v in paths.items():

@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--no-darts", action="store_true")
     p.add_argument("--grid", type=int, default=d.grid)
     p.add_argument("--front-retrain", type=int, default=d.front_retrain)
+    p.add_argument("--random-draws", type=int, default=d.random_draws,
+                   help="random architectures of matched latency retrained per profile (scored against their mean)")
     p.add_argument("--table-threads", type=int, nargs="+", default=list(d.table_threads),
                    help="thread counts the seeds' tables are profiled at, in turn")
     p.add_argument("--threads", type=int, default=None,
@@ -44,7 +46,8 @@ def _main(args) -> int:
     cfg = ReproduceConfig(out_dir=args.out, seeds=tuple(args.seeds), limit=args.limit or None, split=tuple(args.split),
                           epochs=args.epochs, warmup_epochs=args.warmup_epochs, retrain_epochs=args.retrain_epochs,
                           fbnet_kappas=tuple(args.fbnet_kappas), darts=not args.no_darts, grid=args.grid,
-                          front_retrain=args.front_retrain, table_threads=tuple(args.table_threads),
+                          front_retrain=args.front_retrain, random_draws=args.random_draws,
+                          table_threads=tuple(args.table_threads),
                           threads=args.threads, kappa=args.kappa, extra_kappas=tuple(args.extra_kappas),
                           kappa_max=args.kappa_max,
                           strength=not args.no_strength, sandwich=args.sandwich, free_op_dropout=args.free_op_dropout,

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from dartscc_fast.evaluation.evaluate import RetrainConfig, baseline_config
-from dartscc_fast.evaluation.report import make_report, markdown, write_report
+from dartscc_fast.evaluation.report import RANDOM_DRAWS, make_report, markdown, write_report
 from dartscc_fast.latency import STRIDE_BALANCE, LatencyTable, profile_space
 from dartscc_fast.latency.measure import busy_cores
 from dartscc_fast.search import TABLE_BATCH, SearchConfig, load_search, run_search
@@ -59,6 +59,7 @@ class DemoConfig:
     retrain_epochs: int = 4
     grid: int = 4
     front_retrain: int = 6              # two per baseline budget where they fit (report.front_picks)
+    random_draws: int = RANDOM_DRAWS    # random architectures of matched latency retrained per profile
     threads: Optional[int] = None      # None: 2 idle, 1 when other work keeps a core busy; decided at each phase
     table_threads: Optional[int] = None  # threads the latency table is profiled and networks timed at (None: threads)
     retrain_max_steps: Optional[int] = None  # cap on each retraining epoch's steps (tiny runs, CI)
@@ -75,6 +76,7 @@ class DemoConfig:
 
     def __post_init__(self):
         check_fields(self, {"retrain_epochs": NON_NEGATIVE_INT, "grid": POSITIVE_INT, "front_retrain": NON_NEGATIVE_INT,
+                            "random_draws": POSITIVE_INT,
                             "threads": Int(1, optional=True, none="by the machine's load"),
                             "table_threads": Int(1, optional=True, none="threads"), "retrain_max_steps": STEPS,
                             "profile_seconds": POSITIVE})
@@ -201,7 +203,7 @@ def _reports(cfg: DemoConfig, result, loaders, runs: Dict[str, List], out: Path,
         if cfg.retrain_epochs > 0 else None
     cache: Dict = {}
     kw = dict(measure=cfg.measure, threads=measure_threads, log=lambda m: log("      " + m),
-              cache=cache)
+              cache=cache, random_draws=cfg.random_draws)
     report = make_report(result, loaders, runs, cfg.grid, rc, cfg.front_retrain, **kw)
     extra = {}
     for kappa in cfg.extra_kappas if result.has_strength else ():

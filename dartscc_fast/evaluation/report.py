@@ -33,10 +33,13 @@ from dartscc_fast.nn.primitives import OP_TYPES
 from dartscc_fast.search.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
 
 __all__ = ["make_report", "write_report", "markdown", "check_claims", "CLAIM_PARTS", "learned", "coverage",
-           "STRENGTH_LEVELS"]
+           "random_accuracy", "STRENGTH_LEVELS", "RANDOM_DRAWS"]
 
 #: Trade-offs on a strength axis (as fractions t of it) whose architectures form the family for the front.
 STRENGTH_LEVELS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+#: Random architectures of matched latency retrained per profile; "over random" is against their mean. Draws of
+#: one seed spread by up to 2 points (sd), so one draw decided a seed's margin (docs/design.md).
+RANDOM_DRAWS = 3
 
 
 def _row(d: Derived, kind: str, **extra) -> Dict:
@@ -49,7 +52,7 @@ def _row(d: Derived, kind: str, **extra) -> Dict:
 def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: int = 4,
                 retrain_cfg: Optional[RetrainConfig] = None, front_retrain: int = 6, random_baselines: bool = True,
                 measure: bool = True, threads: Optional[int] = None, profile_rounds: int = 8, log=print,
-                cache: Optional[Dict] = None) -> Dict:
+                cache: Optional[Dict] = None, random_draws: int = RANDOM_DRAWS) -> Dict:
     """Derive, evaluate and collect everything the report shows.
 
     Args:
@@ -66,10 +69,14 @@ def make_report(result, loaders, baselines: Optional[Dict] = None, grid_steps: i
             ones together, interleaved over ``profile_rounds`` rounds of 3 runs each.
         cache: a dict kept between reports of one search (at several kappas): architectures retrained or
             timed for one report are not retrained or timed again.
+        random_draws: random architectures matched to each profile's latency (the closest ones drawn), all
+            retrained; the profile is scored against their mean.
     """
+    if int(random_draws) < 1:
+        raise ValueError(f"random_draws must be at least 1, got {random_draws}")
     t0 = time.perf_counter()
     b = _ReportBuilder(result, loaders, retrain_cfg, log, cache)
-    b.derive_all(grid_steps, baselines, random_baselines)
+    b.derive_all(grid_steps, baselines, random_draws if random_baselines else 0)
     b.pick_front(front_retrain)
     if measure and result.table is not None:
         b.measure(threads, profile_rounds)
@@ -116,7 +123,7 @@ class _ReportBuilder:
         return out
 
     # ------------------------------------------------------------------ derivation
-    def derive_all(self, grid_steps: int, baselines: Optional[Dict], random_baselines: bool) -> None:
+    def derive_all(self, grid_steps: int, baselines: Optional[Dict], random_draws: int) -> None:
         """Every architecture first: the profiles, the simplex grid, the family along the strength axis,
         the table-only picks, the baselines' and the random ones."""
         result = self.result
@@ -130,7 +137,7 @@ class _ReportBuilder:
             _annotate(result, d, by_S)
         self.searches = {"hypernet": 1}
         self.base_derived = self._baselines(baselines)
-        self.random_derived = self._randoms() if random_baselines and self.table is not None else []
+        self.random_derived = self._randoms(random_draws) if random_draws and self.table is not None else []
 
     def _baselines(self, baselines: Optional[Dict]) -> Dict[str, List]:
         out: Dict[str, List] = {"darts": [], "fbnet": []}
@@ -145,15 +152,18 @@ class _ReportBuilder:
                 out[kind].append((r, d))
         return out
 
-    def _randoms(self) -> List:
-        targets = [self.derived[name].predicted_ms for name in PROFILES]
+    def _randoms(self, draws: int) -> List:
+        """``draws`` random architectures per profile, the closest to its latency first (labelled ``random ~A``,
+        then ``random ~A #2``, ...), none of them a profile and no two alike."""
+        targets = [self.derived[name].predicted_ms for name in PROFILES] * draws
         # distinct from the profiles: on one table the draw closest to C was C itself
         profiles = [self.derived[name].genotype.to_json() for name in PROFILES]
         out = []
-        for (g, pred), name in zip(random_matched(self.space, self.table, targets, seed=self.result.config.seed,
-                                                  exclude=profiles), PROFILES):
+        picks = random_matched(self.space, self.table, targets, seed=self.result.config.seed, exclude=profiles)
+        for i, (g, pred) in enumerate(picks):
+            name, k = list(PROFILES)[i % len(PROFILES)], i // len(PROFILES)
             d = derive_from_alphas(self.space, *_onehot(self.space, g), PROFILES["A"], self.table,
-                                   label=f"random ~{name}")
+                                   label=f"random ~{name}" + (f" #{k + 1}" if k else ""))
             d.genotype = g
             out.append((name, d))
         return out
@@ -306,18 +316,27 @@ def _cheapest_ms(result) -> Optional[float]:
     return d.predicted_ms
 
 
+def random_accuracy(report: Dict, name: str) -> Optional[float]:
+    """The mean test accuracy of the random architectures matched to profile ``name``'s latency (None if none
+    was evaluated)."""
+    accs = [r["test_acc"] for r in report["baselines"].get("random", [])
+            if r.get("matched") == name and r.get("test_acc") is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
 def learned(report: Dict) -> Dict:
-    """Per profile: edges changed against the table-only pick, and the accuracy over it and over the
-    random architecture matched to the profile's latency (points), where both are retrained."""
+    """Per profile: edges changed against the table-only pick, and the accuracy over it and over the mean of
+    the random architectures matched to the profile's latency (points), where they are retrained."""
     tables = {r["matched"]: r for r in report["baselines"].get("table", [])}
-    randoms = {r["matched"]: r for r in report["baselines"].get("random", [])}
     out = {}
     for p in report["profiles"]:
         name, acc = p["label"], p.get("test_acc")
-        row = {"edges_changed": p.get("table_only_edges_changed")}
-        for what, other in (("table", tables.get(name)), ("random", randoms.get(name))):
-            if other is not None and acc is not None and other.get("test_acc") is not None and "retrain" in p:
-                row[f"over_{what}"] = 100 * (acc - other["test_acc"])
+        row = {"edges_changed": p.get("table_only_edges_changed"),
+               "random_draws": sum(r.get("matched") == name for r in report["baselines"].get("random", []))}
+        table = tables.get(name, {}).get("test_acc")
+        for what, other in (("table", table), ("random", random_accuracy(report, name))):
+            if other is not None and acc is not None and "retrain" in p:
+                row[f"over_{what}"] = 100 * (acc - other)
         out[name] = row
     return out
 
@@ -600,10 +619,12 @@ def _learned_lines(report: Dict) -> List[str]:
         return []
     out = ["", "Did the search learn? Edges (of the 2E rows) where the profile's architecture differs from the "
                "table-only one, and its retrained accuracy over the table-only and the random matched ones:", "",
-           "| profile | edges changed | over table-only, points | over random, points |", "| --- | --- | --- | --- |"]
+           "| profile | edges changed | over table-only, points | over random (their mean), points | random draws |",
+           "| --- | --- | --- | --- | --- |"]
     f = lambda v: "-" if v is None else f"{v:+.1f}"  # noqa: E731
     for name, r in lr.items():
-        out.append(f"| {name} | {r.get('edges_changed', '-')} | {f(r.get('over_table'))} | {f(r.get('over_random'))} |")
+        out.append(f"| {name} | {r.get('edges_changed', '-')} | {f(r.get('over_table'))} | {f(r.get('over_random'))} "
+                   f"| {r.get('random_draws', 1)} |")
     return out
 
 

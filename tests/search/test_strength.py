@@ -12,6 +12,7 @@ import torch
 from dartscc_fast import cli
 from dartscc_fast.evaluation.demo import DemoConfig
 from dartscc_fast.evaluation.derive import derive, edges_changed, table_only, table_only_alphas
+from dartscc_fast.evaluation.report import RANDOM_DRAWS
 from dartscc_fast.evaluation.reproduce import (
     ReproduceConfig,
     _same_protocol,
@@ -193,7 +194,15 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     stale = {**rep, "front": {"rows": [{"baseline": "darts kappa=0", "family_acc": 1.0, "acc": 0.0}]}}
     assert aggregate([stale])["front"] == aggregate([rep])["front"]
     assert set(aggregate([stale])["front"]) == {"darts kappa=0", "fbnet kappa=1"}
-    # bench/random_matched_many.py: the report's own random draw read back, one more retrained per profile
+    # several random draws per profile, and "over random" against their mean
+    labels = [r["label"] for r in rep["baselines"]["random"]]
+    assert labels[:4] == ["random ~A", "random ~B", "random ~C", "random ~A #2"]
+    for p in rep["profiles"]:
+        draws = [r["test_acc"] for r in rep["baselines"]["random"] if r["matched"] == p["label"]]
+        assert len(draws) == RANDOM_DRAWS == rep["learned"][p["label"]]["random_draws"]
+        assert rep["learned"][p["label"]]["over_random"] == pytest.approx(100 * (p["test_acc"] - sum(draws) / 3))
+    assert "| random draws |" in (tmp_path / "seed0" / "report.md").read_text() and "mean of the 3 random" in md
+    # bench/random_matched_many.py: the report's own draws read back, one more retrained per profile
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location("random_matched_many",
                                                   os.path.join(repo, "bench", "random_matched_many.py"))
@@ -201,13 +210,13 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     spec.loader.exec_module(bench)
     many = tmp_path.parent / "random-many.json"
     capsys.readouterr()
-    bench.main(["--runs", str(tmp_path), "--per-profile", "2", "--threads", "1", "--out", str(many)])
+    bench.main(["--runs", str(tmp_path), "--per-profile", "4", "--threads", "1", "--out", str(many)])
     rows = json.loads(many.read_text())
-    own = {x["matched"]: x["test_acc"] for x in rep["baselines"]["random"]}
+    own = {x["matched"]: x["test_acc"] for x in rep["baselines"]["random"] if "#" not in x["label"]}
     assert {n: rows[f"{tmp_path / 'seed0'}/{n}/0"]["test_acc"] for n in "ABC"} == own
-    assert all(f"{tmp_path / s}/{n}/1" in rows for s in ("seed0", "seed1") for n in "ABC")
+    assert all(f"{tmp_path / s}/{n}/3" in rows for s in ("seed0", "seed1") for n in "ABC")
     printed = capsys.readouterr().out
-    assert "mean of 2" in printed and "2 seeds" in printed
+    assert "mean of 4" in printed and "2 seeds" in printed
 
 
 def test_reproduce_cli_refuses_bad_settings():
@@ -251,6 +260,16 @@ def test_a_reproduce_seed_with_more_extra_kappas_serves_a_run_asking_for_fewer()
     assert not _same_protocol(dataclasses.asdict(cfg), dataclasses.replace(cfg, extra_kappas=(5.0,)))
     assert not _same_protocol(with_five, dataclasses.replace(cfg, extra_kappas=(5.0, 10.0)))
     assert not _same_protocol(dict(with_five, epochs=cfg.epochs + 1), cfg)
+
+
+def test_a_reproduce_seed_from_before_several_random_draws_is_read_back_as_one_draw():
+    cfg = DemoConfig(out_dir="x")
+    assert cfg.random_draws == RANDOM_DRAWS == 3
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "random_draws"}  # a report from before
+    assert not _same_protocol(old, cfg) and _same_protocol(old, dataclasses.replace(cfg, random_draws=1))
+    assert ReproduceConfig(out_dir="x", seeds=(1,), random_draws=2).demo_config(1).random_draws == 2
+    with pytest.raises(ValueError, match="random_draws"):
+        DemoConfig(out_dir="x", random_draws=0)
 
 
 def test_reproduce_passes_its_normalisation_to_every_seed_and_tells_seeds_apart_by_it():
