@@ -38,7 +38,7 @@ __all__ = ["make_report", "write_report", "markdown", "check_claims", "CLAIM_PAR
 #: Trade-offs on a strength axis (as fractions t of it) whose architectures form the family for the front.
 STRENGTH_LEVELS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 #: Random architectures of matched latency retrained per profile; "over random" is against their mean. Draws of
-#: one seed spread by up to 2 points (sd), so one draw decided a seed's margin (docs/design.md).
+#: one seed spread by an sd of 0.2-2.2 points, so one draw decided a seed's margin (docs/design.md).
 RANDOM_DRAWS = 3
 
 
