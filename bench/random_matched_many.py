@@ -17,29 +17,27 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from dartscc_fast.evaluation.evaluate import RetrainConfig, random_matched, retrain
+from dartscc_fast.evaluation.evaluate import RetrainConfig, retrain
+from dartscc_fast.evaluation.report import matched_random_draws
 from dartscc_fast.search.result import load_search
 from dartscc_fast.space import Genotype
 
 
 def draws(seed_dir: Path, report: dict, per_profile: int):
-    """``[(profile, k, genotype, predicted_ms)]``: for each profile the ``per_profile`` random architectures
-    closest to its latency, in the order the report draws them (``report._randoms``)."""
+    """The search, and ``[(profile, draw, genotype, predicted_ms)]``: for each profile the ``per_profile`` random
+    architectures closest to its latency, drawn as the report draws them (``report.matched_random_draws``)."""
     result = load_search(seed_dir / "search")
-    profiles = {p["label"]: p for p in report["profiles"]}
-    names = list(profiles)
-    exclude = [Genotype.from_json(json.dumps(p["genotype"])).to_json() for p in profiles.values()]
-    targets = [profiles[n]["predicted_ms"] for n in names] * per_profile
-    picks = random_matched(result.space, result.table, targets, seed=result.config.seed, exclude=exclude)
-    return result, [(names[i % len(names)], i // len(names), g, ms) for i, (g, ms) in enumerate(picks)]
+    profiles = {p["label"]: SimpleNamespace(genotype=_genotype(p), predicted_ms=p["predicted_ms"])
+                for p in report["profiles"]}
+    return result, matched_random_draws(result.space, result.table, profiles, per_profile, result.config.seed)
 
 
-def _draw(label: str) -> int:
-    """0 for 'random ~A', k - 1 for 'random ~A #k' (the report's labels)."""
-    return int(label.rsplit("#", 1)[1]) - 1 if "#" in label else 0
+def _genotype(row: dict) -> Genotype:
+    return Genotype.from_json(json.dumps(row["genotype"]))
 
 
 def main(argv=None):
@@ -57,7 +55,8 @@ def main(argv=None):
     for seed_dir in sorted(d for run in args.runs for d in Path(run).glob("seed*") if (d / "report.json").is_file()):
         report = json.loads((seed_dir / "report.json").read_text())
         result, picked = draws(seed_dir, report, args.per_profile)
-        given = {(r["matched"], _draw(r["label"])): r for r in report["baselines"].get("random", [])}
+        # reports from before several draws hold one, without a draw index
+        given = {(r["matched"], r.get("draw", 0)): r for r in report["baselines"].get("random", [])}
         loaders = rc = None
         for name, k, g, ms in picked:
             key = f"{seed_dir}/{name}/{k}"
@@ -65,7 +64,7 @@ def main(argv=None):
                 continue
             if (name, k) in given:  # the report's own draw: check it is the same architecture, then read it back
                 mine = given[name, k]
-                if Genotype.from_json(json.dumps(mine["genotype"])).to_json() != g.to_json():
+                if _genotype(mine).to_json() != g.to_json():
                     raise SystemExit(f"{seed_dir}: draw {k + 1} for {name} is not the report's {mine['label']}")
                 acc = mine["test_acc"]
             else:

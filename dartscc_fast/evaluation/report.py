@@ -12,7 +12,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,7 +33,7 @@ from dartscc_fast.nn.primitives import OP_TYPES
 from dartscc_fast.search.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
 
 __all__ = ["make_report", "write_report", "markdown", "check_claims", "CLAIM_PARTS", "learned", "coverage",
-           "random_accuracy", "STRENGTH_LEVELS", "RANDOM_DRAWS"]
+           "random_accuracy", "matched_random_draws", "STRENGTH_LEVELS", "RANDOM_DRAWS"]
 
 #: Trade-offs on a strength axis (as fractions t of it) whose architectures form the family for the front.
 STRENGTH_LEVELS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -153,19 +153,15 @@ class _ReportBuilder:
         return out
 
     def _randoms(self, draws: int) -> List:
-        """``draws`` random architectures per profile, the closest to its latency first (labelled ``random ~A``,
-        then ``random ~A #2``, ...), none of them a profile and no two alike."""
-        targets = [self.derived[name].predicted_ms for name in PROFILES] * draws
-        # distinct from the profiles: on one table the draw closest to C was C itself
-        profiles = [self.derived[name].genotype.to_json() for name in PROFILES]
+        """``(profile, draw, Derived)`` for :func:`matched_random_draws` of every profile (labelled ``random ~A``, then
+        ``random ~A #2``, ...)."""
         out = []
-        picks = random_matched(self.space, self.table, targets, seed=self.result.config.seed, exclude=profiles)
-        for i, (g, pred) in enumerate(picks):
-            name, k = list(PROFILES)[i % len(PROFILES)], i // len(PROFILES)
+        for name, k, g, _ in matched_random_draws(self.space, self.table, {n: self.derived[n] for n in PROFILES}, draws,
+                                          self.result.config.seed):
             d = derive_from_alphas(self.space, *_onehot(self.space, g), PROFILES["A"], self.table,
                                    label=f"random ~{name}" + (f" #{k + 1}" if k else ""))
             d.genotype = g
-            out.append((name, d))
+            out.append((name, k, d))
         return out
 
     def pick_front(self, front_retrain: int) -> None:
@@ -186,7 +182,7 @@ class _ReportBuilder:
         # the family's other architectures keep their predicted latency only: timing them all costs minutes
         picked = [d for d in self.family if d.genotype.to_json() in self.retrained_for]
         every = list(self.derived.values()) + [d for d, _ in self.grid] + picked + list(self.tables.values()) + \
-            [d for runs in self.base_derived.values() for _, d in runs] + [d for _, d in self.random_derived]
+            [d for runs in self.base_derived.values() for _, d in runs] + [d for _, _, d in self.random_derived]
         _measure(self.space, self.table, every, self.evaluated, threads, rounds, self.log)
 
     # ------------------------------------------------------------------ evaluation
@@ -229,8 +225,8 @@ class _ReportBuilder:
             for r, d in runs:
                 ev = self.evaluate(d, r.supernet, True, d.label)
                 rows[kind].append(_row(d, kind, kappa=r.config.kappa, search_seconds=r.seconds, **ev))
-        for name, d in self.random_derived:
-            rows["random"].append(_row(d, "random", matched=name, **self.evaluate(d, None, True, d.label)))
+        for name, k, d in self.random_derived:
+            rows["random"].append(_row(d, "random", matched=name, draw=k, **self.evaluate(d, None, True, d.label)))
         return rows
 
     def assemble(self) -> Dict:
@@ -314,6 +310,18 @@ def _cheapest_ms(result) -> Optional[float]:
     a = -result.L_ms.float()
     d = derive_from_alphas(result.space, a[:E], a[E:], PROFILES["A"], result.table)
     return d.predicted_ms
+
+
+def matched_random_draws(space, table, profiles: Dict[str, Derived], draws: int, seed: int) -> List[Tuple]:
+    """``[(profile, draw, genotype, predicted_ms)]``: for each profile the ``draws`` random architectures closest
+    to its predicted latency (:func:`random_matched`, profiles in turn, draw 0 the closest), none of them a
+    profile and no two alike. Deterministic in ``seed``, so the draws of a saved report can be drawn again."""
+    names = list(profiles)
+    # distinct from the profiles: on one table the draw closest to C was C itself
+    exclude = [p.genotype.to_json() for p in profiles.values()]
+    picks = random_matched(space, table, [profiles[n].predicted_ms for n in names] * draws, seed=seed,
+                           exclude=exclude)
+    return [(names[i % len(names)], i // len(names), g, ms) for i, (g, ms) in enumerate(picks)]
 
 
 def random_accuracy(report: Dict, name: str) -> Optional[float]:

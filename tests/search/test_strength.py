@@ -195,8 +195,8 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     assert aggregate([stale])["front"] == aggregate([rep])["front"]
     assert set(aggregate([stale])["front"]) == {"darts kappa=0", "fbnet kappa=1"}
     # several random draws per profile, and "over random" against their mean
-    labels = [r["label"] for r in rep["baselines"]["random"]]
-    assert labels[:4] == ["random ~A", "random ~B", "random ~C", "random ~A #2"]
+    labels = [(r["label"], r["draw"]) for r in rep["baselines"]["random"]]
+    assert labels[:4] == [("random ~A", 0), ("random ~B", 0), ("random ~C", 0), ("random ~A #2", 1)]
     for p in rep["profiles"]:
         draws = [r["test_acc"] for r in rep["baselines"]["random"] if r["matched"] == p["label"]]
         assert len(draws) == RANDOM_DRAWS == rep["learned"][p["label"]]["random_draws"]
