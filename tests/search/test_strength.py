@@ -23,7 +23,7 @@ from dartscc_fast.evaluation.reproduce import (
 )
 from dartscc_fast.search import SearchConfig, default_warmup, draw_strength, load_search, run_search
 from dartscc_fast.search.hypernet import StrengthHypernet, hypernet_from_config, kappa_of_t, t_of_kappa
-from dartscc_fast.space import SearchSpace, derive_genotype
+from dartscc_fast.space import Genotype, SearchSpace, derive_genotype
 
 TINY = SearchConfig(space_overrides={"C": 4}, limit=300, epochs=2, warmup_epochs=0, batch_size=16,
                     max_steps_per_epoch=3, progress=False)
@@ -204,10 +204,7 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     assert "| random draws |" in (tmp_path / "seed0" / "report.md").read_text() and "mean of the 3 random" in md
     # bench/random_matched_many.py: the report's own draws read back, one more retrained per profile
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("random_matched_many",
-                                                  os.path.join(repo, "bench", "random_matched_many.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_module(repo, "random_matched_many")
     many = tmp_path.parent / "random-many.json"
     capsys.readouterr()
     bench.main(["--runs", str(tmp_path), "--per-profile", "4", "--threads", "1", "--out", str(many)])
@@ -217,6 +214,40 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     assert all(f"{tmp_path / s}/{n}/3" in rows for s in ("seed0", "seed1") for n in "ABC")
     printed = capsys.readouterr().out
     assert "mean of 4" in printed and "2 seeds" in printed
+    # bench/revert_to_table.py: a type on which the profile departs from its table-only pick is reverted, retrained
+    revert = _bench_module(repo, "revert_to_table")
+    table = {x["matched"]: x for x in rep["baselines"]["table"]}
+    departs = [(p["label"], t) for p in rep["profiles"] for t in ("pool", "identity", "conv")
+               if revert.revert(revert._genotype(p), revert._genotype(table[p["label"]]), t)[1]]
+    if departs:
+        name, kind = departs[0]
+        out = tmp_path.parent / "revert.json"
+        revert.main(["--runs", str(tmp_path), "--profile", name, "--type", kind, "--threads", "1", "--out", str(out)])
+        row = json.loads(out.read_text())[f"{tmp_path / 'seed0'}/{name}/{kind}"]
+        assert row["edges_reverted"] > 0 and row["reverted"]["ops"][kind] < row["searched"]["ops"][kind]
+        assert row["searched"]["test_acc"] is not None and "with its" in capsys.readouterr().out
+
+
+def _bench_module(repo, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_revert_to_table_sets_back_only_the_departures_of_one_type():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    revert = _bench_module(repo, "revert_to_table").revert
+    searched = Genotype([[("max_pool_3x3", 0), ("sep_conv_3x3", 1)]], [[("max_pool_3x3", 0), ("max_pool_3x3", 1)]])
+    table = Genotype([[("skip_connect", 0), ("sep_conv_3x3", 1)]], [[("sep_conv_3x3", 0), ("max_pool_3x3", 1)]])
+    back, n = revert(searched, table, "pool")
+    # the normal cell's pool becomes the table's identity, the reduce cell's first the table's conv; the second
+    # pool is the table's own choice too, so it stays
+    assert n == 2 and back.normal == [[("skip_connect", 0), ("sep_conv_3x3", 1)]]
+    assert back.reduce == [[("sep_conv_3x3", 0), ("max_pool_3x3", 1)]]
+    assert revert(searched, table, "conv") == (searched, 0)
+    with pytest.raises(ValueError, match="different inputs"):
+        revert(searched, Genotype([[("skip_connect", 0), ("sep_conv_3x3", 0)]], table.reduce), "pool")
 
 
 def test_reproduce_cli_refuses_bad_settings():
