@@ -203,8 +203,7 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
         assert rep["learned"][p["label"]]["over_random"] == pytest.approx(100 * (p["test_acc"] - sum(draws) / 3))
     assert "| random draws |" in (tmp_path / "seed0" / "report.md").read_text() and "mean of the 3 random" in md
     # bench/random_matched_many.py: the report's own draws read back, one more retrained per profile
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bench = _bench_module(repo, "random_matched_many")
+    bench = _bench_module("random_matched_many")
     many = tmp_path.parent / "random-many.json"
     capsys.readouterr()
     bench.main(["--runs", str(tmp_path), "--per-profile", "4", "--threads", "1", "--out", str(many)])
@@ -215,7 +214,7 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "mean of 4" in printed and "2 seeds" in printed
     # bench/revert_to_table.py: a type on which the profile departs from its table-only pick is reverted, retrained
-    revert = _bench_module(repo, "revert_to_table")
+    revert = _bench_module("revert_to_table")
     table = {x["matched"]: x for x in rep["baselines"]["table"]}
     departs = [(p["label"], t) for p in rep["profiles"] for t in ("pool", "identity", "conv")
                if revert.revert(revert._genotype(p), revert._genotype(table[p["label"]]), t)[1]]
@@ -228,7 +227,8 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     assert row["searched"]["test_acc"] is not None and "with its" in capsys.readouterr().out
 
 
-def _bench_module(repo, name):
+def _bench_module(name):
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "bench", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -236,8 +236,7 @@ def _bench_module(repo, name):
 
 
 def test_revert_to_table_sets_back_only_the_departures_of_one_type():
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    revert = _bench_module(repo, "revert_to_table").revert
+    revert = _bench_module("revert_to_table").revert
     searched = Genotype([[("max_pool_3x3", 0), ("sep_conv_3x3", 1)]], [[("max_pool_3x3", 0), ("max_pool_3x3", 1)]])
     table = Genotype([[("skip_connect", 0), ("sep_conv_3x3", 1)]], [[("sep_conv_3x3", 0), ("max_pool_3x3", 1)]])
     back, n = revert(searched, table, "pool")
