@@ -21,23 +21,19 @@ from types import SimpleNamespace
 
 import torch
 
-from dartscc_fast.evaluation.evaluate import RetrainConfig, retrain
-from dartscc_fast.evaluation.report import matched_random_draws
+from dartscc_fast.evaluation.evaluate import retrain
+from dartscc_fast.evaluation.report import matched_random_draws, report_retraining, row_genotype
+from dartscc_fast.evaluation.reproduce import saved_seeds
 from dartscc_fast.search.result import load_search
-from dartscc_fast.space import Genotype
 
 
 def draws(seed_dir: Path, report: dict, per_profile: int):
     """The search, and ``[(profile, draw, genotype, predicted_ms)]``: for each profile the ``per_profile`` random
     architectures closest to its latency, drawn as the report draws them (``report.matched_random_draws``)."""
     result = load_search(seed_dir / "search")
-    profiles = {p["label"]: SimpleNamespace(genotype=_genotype(p), predicted_ms=p["predicted_ms"])
+    profiles = {p["label"]: SimpleNamespace(genotype=row_genotype(p), predicted_ms=p["predicted_ms"])
                 for p in report["profiles"]}
     return result, matched_random_draws(result.space, result.table, profiles, per_profile, result.config.seed)
-
-
-def _genotype(row: dict) -> Genotype:
-    return Genotype.from_json(json.dumps(row["genotype"]))
 
 
 def main(argv=None):
@@ -52,8 +48,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else {}
-    for seed_dir in sorted(d for run in args.runs for d in Path(run).glob("seed*") if (d / "report.json").is_file()):
-        report = json.loads((seed_dir / "report.json").read_text())
+    for seed_dir, report in saved_seeds(args.runs):
         result, picked = draws(seed_dir, report, args.per_profile)
         # reports from before several draws hold one, without a draw index
         given = {(r["matched"], r.get("draw", 0)): r for r in report["baselines"].get("random", [])}
@@ -64,15 +59,13 @@ def main(argv=None):
                 continue
             if (name, k) in given:  # the report's own draw: check it is the same architecture, then read it back
                 mine = given[name, k]
-                if _genotype(mine).to_json() != g.to_json():
+                if row_genotype(mine).to_json() != g.to_json():
                     raise SystemExit(f"{seed_dir}: draw {k + 1} for {name} is not the report's {mine['label']}")
                 acc = mine["test_acc"]
             else:
                 if loaders is None:
                     loaders = result.config.loaders()
-                    cfg = report["demo"]["config"]
-                    rc = RetrainConfig(epochs=report["retrain"]["epochs"], lr=report["retrain"]["lr"],
-                                       seed=result.config.seed, max_steps_per_epoch=cfg.get("retrain_max_steps"))
+                    rc = report_retraining(report, result.config.seed)
                 acc = retrain(result.space, g, loaders, rc, desc=f"{seed_dir.name} random ~{name} #{k}")["test_acc"]
             rows[key] = {"test_acc": acc, "predicted_ms": ms, "ops": g.op_counts(result.space)}
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dartscc_fast.evaluation.evaluate import RetrainConfig, retrain
+from dartscc_fast.evaluation.evaluate import retrain
+from dartscc_fast.evaluation.report import report_retraining, row_genotype
+from dartscc_fast.evaluation.reproduce import saved_seeds
 from dartscc_fast.nn.primitives import OP_TYPES, op_type
 from dartscc_fast.search.result import load_search
 from dartscc_fast.space import Genotype
@@ -47,24 +49,16 @@ def revert(searched: Genotype, table: Genotype, kind: str):
                     normal_concat=searched.normal_concat, reduce_concat=searched.reduce_concat), changed
 
 
-def _genotype(row: dict) -> Genotype:
-    return Genotype.from_json(json.dumps(row["genotype"]))
-
-
-def pair(seed_dir: Path, profile: str, kind: str):
+def pair(seed_dir: Path, report: dict, profile: str, kind: str):
     """The seed's search, its retraining config, and (searched, reverted, edges reverted) for ``profile``."""
-    report = json.loads((seed_dir / "report.json").read_text())
     mine = [p for p in report["profiles"] if p["label"] == profile]
     table = [r for r in report["baselines"].get("table", []) if r["matched"] == profile]
     if not mine or not table:
         raise SystemExit(f"{seed_dir}: no profile {profile!r} with a table-only pick in report.json")
-    searched = _genotype(mine[0])
-    reverted, n = revert(searched, _genotype(table[0]), kind)
+    searched = row_genotype(mine[0])
+    reverted, n = revert(searched, row_genotype(table[0]), kind)
     result = load_search(seed_dir / "search")
-    cfg = report["demo"]["config"]
-    rc = RetrainConfig(epochs=report["retrain"]["epochs"], lr=report["retrain"]["lr"], seed=result.config.seed,
-                       max_steps_per_epoch=cfg.get("retrain_max_steps"))
-    return result, rc, (searched, reverted, n), mine[0].get("test_acc")
+    return result, report_retraining(report, result.config.seed), (searched, reverted, n), mine[0].get("test_acc")
 
 
 def main(argv=None):
@@ -78,11 +72,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else {}
-    for seed_dir in sorted(d for run in args.runs for d in Path(run).glob("seed*") if (d / "report.json").is_file()):
+    for seed_dir, report in saved_seeds(args.runs):
         key = f"{seed_dir}/{args.profile}/{args.type}"
         if key in rows:
             continue
-        result, rc, (searched, reverted, n), reported = pair(seed_dir, args.profile, args.type)
+        result, rc, (searched, reverted, n), reported = pair(seed_dir, report, args.profile, args.type)
         row = {"edges_reverted": n, "report_test_acc": reported}
         if n:
             loaders = result.config.loaders()

@@ -31,9 +31,11 @@ from dartscc_fast.evaluation.evaluate import (
 from dartscc_fast.latency.measure import time_genotypes
 from dartscc_fast.nn.primitives import OP_TYPES
 from dartscc_fast.search.hypernet import PROFILE_NAMES, PROFILES, format_S, parse_S, simplex_grid
+from dartscc_fast.space import Genotype
 
 __all__ = ["make_report", "write_report", "markdown", "check_claims", "CLAIM_PARTS", "learned", "coverage",
-           "random_accuracy", "matched_random_draws", "STRENGTH_LEVELS", "RANDOM_DRAWS"]
+           "random_accuracy", "matched_random_draws", "row_genotype", "report_retraining", "STRENGTH_LEVELS",
+           "RANDOM_DRAWS"]
 
 #: Trade-offs on a strength axis (as fractions t of it) whose architectures form the family for the front.
 STRENGTH_LEVELS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
@@ -322,6 +324,18 @@ def matched_random_draws(space, table, profiles: Dict[str, Derived], draws: int,
     picks = random_matched(space, table, [profiles[n].predicted_ms for n in names] * draws, seed=seed,
                            exclude=exclude)
     return [(names[i % len(names)], i // len(names), g, ms) for i, (g, ms) in enumerate(picks)]
+
+
+def row_genotype(row: Dict) -> Genotype:
+    """The architecture of a row of a saved report (a profile, a baseline, a member of the family)."""
+    return Genotype.from_json(json.dumps(row["genotype"]))
+
+
+def report_retraining(report: Dict, seed: int) -> RetrainConfig:
+    """The retraining protocol a saved report used (epochs, learning rate, step cap), with ``seed``: what
+    retrains another architecture comparably to the report's rows."""
+    return RetrainConfig(epochs=report["retrain"]["epochs"], lr=report["retrain"]["lr"], seed=seed,
+                         max_steps_per_epoch=report["demo"]["config"].get("retrain_max_steps"))
 
 
 def random_accuracy(report: Dict, name: str) -> Optional[float]:

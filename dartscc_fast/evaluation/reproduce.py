@@ -23,13 +23,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from dartscc_fast.evaluation.demo import DemoConfig, run_demo
 from dartscc_fast.evaluation.report import CLAIM_PARTS, check_claims, front_comparison, random_accuracy
 from dartscc_fast.search.hypernet import PROFILES
 
-__all__ = ["ReproduceConfig", "run_reproduce", "aggregate", "results_markdown"]
+__all__ = ["ReproduceConfig", "run_reproduce", "aggregate", "results_markdown", "saved_seeds"]
 
 
 @dataclasses.dataclass
@@ -145,6 +145,13 @@ def run_reproduce(cfg: ReproduceConfig, log=print) -> Dict:
 
 
 # ------------------------------------------------------------------------------ statistics
+def saved_seeds(runs: Sequence) -> List[Tuple[Path, Dict]]:
+    """``(seed directory, its report)`` for every seed of these ``reproduce`` output directories that has a
+    report, in order of path."""
+    dirs = sorted(d for run in runs for d in Path(run).glob("seed*") if (d / "report.json").is_file())
+    return [(d, json.loads((d / "report.json").read_text())) for d in dirs]
+
+
 def mean_sd(values: Sequence[Optional[float]]) -> Dict:
     """``{"mean", "sd", "se", "n"}`` of the values given (None left out); sd is the sample standard deviation."""
     v = [float(x) for x in values if x is not None]

@@ -12,7 +12,7 @@ import torch
 from dartscc_fast import cli
 from dartscc_fast.evaluation.demo import DemoConfig
 from dartscc_fast.evaluation.derive import derive, edges_changed, table_only, table_only_alphas
-from dartscc_fast.evaluation.report import RANDOM_DRAWS
+from dartscc_fast.evaluation.report import RANDOM_DRAWS, row_genotype
 from dartscc_fast.evaluation.reproduce import (
     ReproduceConfig,
     _same_protocol,
@@ -217,7 +217,7 @@ def test_tiny_reproduce_two_seeds_resumes(tmp_path, capsys):
     revert = _bench_module("revert_to_table")
     table = {x["matched"]: x for x in rep["baselines"]["table"]}
     departs = [(p["label"], t) for p in rep["profiles"] for t in ("pool", "identity", "conv")
-               if revert.revert(revert._genotype(p), revert._genotype(table[p["label"]]), t)[1]]
+               if revert.revert(row_genotype(p), row_genotype(table[p["label"]]), t)[1]]
     assert departs, "the tiny searches match their table-only picks: nothing for revert_to_table to revert"
     name, kind = departs[0]
     out = tmp_path.parent / "revert.json"
