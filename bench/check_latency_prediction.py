@@ -53,6 +53,7 @@ import torch
 
 from dartscc_fast.latency import LatencyTable, profile_space
 from dartscc_fast.latency.measure import device_name, measurement_conditions, time_genotypes
+from dartscc_fast.latency.pace import table_ref_ms
 from dartscc_fast.latency.runtimes import RUNTIMES
 from dartscc_fast.latency.table import STATISTICS
 from dartscc_fast.progress import Progress
@@ -88,23 +89,32 @@ def scores(pred, meas) -> dict:
             "within_10": float(np.mean(np.abs(err) <= 10) * 100), "within_5": float(np.mean(np.abs(err) <= 5) * 100)}
 
 
-def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks"):
+def measure(space, genotypes, table, threads, clock, rounds, runs, chunk, desc="networks", pace=False):
     """Every genotype's measured latency (ms) by each statistic a table reads ('median', 'min') and its IQR
     ('iqr'), arrays keyed by name; interleaved within chunks of ``chunk`` (a graph runtime holds a session per
-    network: all 200 at once need gigabytes)."""
-    out = {name: [] for name in STATISTICS + ("iqr",)}
+    network: all 200 at once need gigabytes). With ``pace``, also 'paced_median' and 'paced_min': the same runs
+    scaled to the table's pace (a table without one: the median pace of the chunks) by the median probe of the
+    anchor beside each chunk ('pace')."""
+    out = {name: [] for name in STATISTICS + ("iqr", "pace")}
     bar = Progress(total=len(genotypes), desc=f"timing {desc} ({table.runtime}, {threads} thread(s))")
     for i in range(0, len(genotypes), chunk):
         part = genotypes[i:i + chunk]
+        probes = [] if pace else None
         tms = time_genotypes(space, part, batch=table.batch or 64, dtype=table.dtype, threads=threads,
                              memory_format=table.memory_format, rounds=rounds, runs=runs, clock=clock,
-                             runtime=table.runtime)
+                             runtime=table.runtime, pace=probes)
         for name in STATISTICS:
             out[name] += [tm.value(name) for tm in tms]
         out["iqr"] += [tm.iqr for tm in tms]
+        out["pace"] += [float(np.median(probes)) if pace else np.nan] * len(tms)
         bar.update(len(part))
     bar.close()
-    return {name: np.array(v) for name, v in out.items()}
+    out = {name: np.array(v) for name, v in out.items()}
+    if pace:
+        ref = table_ref_ms(table.meta) or float(np.median(out["pace"]))
+        for name in STATISTICS:
+            out["paced_" + name] = out[name] * ref / out["pace"]
+    return out
 
 
 def plot(path, pred, meas, title):
@@ -179,17 +189,22 @@ def check_budgets(args, space, table, threads, log):
     budgets = [float(b) for b in np.linspace(lo, hi, args.budgets + 1)[1:]]
     picks = derive_for_budget(result, budgets, table=table, max_batches=args.max_batches,
                               conservative=args.conservative)
-    meas = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds, args.runs,
-                   args.chunk, desc="budget picks")[table.statistic]
+    timed = measure(space, [p.derived.genotype for p in picks], table, threads, args.clock, args.rounds, args.runs,
+                    args.chunk, desc="budget picks", pace=paced_check(args, table))
+    meas = timed[table.statistic]
     hits = [m <= p.budget_ms for p, m in zip(picks, meas)]
+    paced_hits = [m <= p.budget_ms for p, m in zip(picks, timed["paced_" + table.statistic])] \
+        if "paced_" + table.statistic in timed else None
     log(f"budgets over the family's range {lo:.2f}-{hi:.2f} ms (predicted"
         f"{', conservative picks' if args.conservative else ''}): {sum(hits)} of {len(hits)} picks "
-        f"measure within their budget ({np.mean(hits) * 100:.0f}%)")
+        f"measure within their budget ({np.mean(hits) * 100:.0f}%)"
+        + (f"; paced, {sum(paced_hits)} of {len(hits)}" if paced_hits is not None else ""))
     for p, m, h in zip(picks, meas, hits):
         log(f"  budget {p.budget_ms:8.2f}  predicted {p.predicted_ms:8.2f} ± {p.spread_ms:5.2f}  measured "
             f"{m:8.2f}  {'ok' if h else 'OVER'}")
     return {"budgets": budgets, "predicted": [p.predicted_ms for p in picks], "measured": meas.tolist(),
-            "hits": int(sum(hits)), "share": float(np.mean(hits))}
+            "hits": int(sum(hits)), "share": float(np.mean(hits)),
+            "paced_hits": None if paced_hits is None else int(sum(paced_hits))}
 
 
 def main(argv=None) -> int:
@@ -230,6 +245,9 @@ def main(argv=None) -> int:
     ap.add_argument("--statistic", choices=STATISTICS, default=None,
                     help="predict and measure with this run of each op and network (default: the table's); the "
                          "other one is scored too where the table records both")
+    ap.add_argument("--pace", action="store_true",
+                    help="probe the machine's pace beside every chunk and also score the measurement scaled to it "
+                         "(always for a table profiled with --pace)")
     ap.add_argument("--verbose", action="store_true", help="print every architecture")
     args = ap.parse_args(argv)
     if args.n < 0 or args.rounds < 1 or args.runs < 1 or args.chunk < 1:
@@ -260,9 +278,10 @@ def check_random(args, space, table, threads) -> dict:
     genotypes = random_genotypes(space, args.n, args.seed, args.top2, args.sample)
     before = measurement_conditions(torch.device("cpu"), threads, args.clock)
     t0 = time.perf_counter()
-    first = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk)
+    pace = paced_check(args, table)
+    first = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk, pace=pace)
     again = measure(space, genotypes, table, threads, args.clock, args.rounds, args.runs, args.chunk,
-                    desc="networks again") if args.retest else None
+                    desc="networks again", pace=pace) if args.retest else None
     elapsed = time.perf_counter() - t0
     after = measurement_conditions(torch.device("cpu"), threads, args.clock)
     measured = {name: (first[name], None if again is None else again[name]) for name in STATISTICS}
@@ -288,6 +307,7 @@ def check_random(args, space, table, threads) -> dict:
     if on_other is not None:
         pred_other = np.array([on_other.predict(space, g) for g in genotypes])
         results_other = score_predictors(args.refit, pred_other, *measured[other], other)
+    extra = score_paced(args, space, genotypes, table, pred, first, again) if pace else {}
     if args.plot:
         r = results["table"]
         plot(args.plot, pred, meas, f"{space.name}, {len(genotypes)} {args.sample} random archs, {table.runtime}, "
@@ -301,11 +321,38 @@ def check_random(args, space, table, threads) -> dict:
             "retest": None if again is None else again["median"].tolist(),
             "retest_min": None if again is None else again["min"].tolist(), "predicted": pred.tolist(),
             "genotypes": [g.to_json() for g in genotypes], "conditions_before": before, "conditions_after": after,
-            "seconds": elapsed, "cpus": os.cpu_count()}
+            "seconds": elapsed, "cpus": os.cpu_count(), **extra}
 
 
-def score_predictors(k, pred, meas, retest, statistic) -> dict:
+def paced_check(args, table) -> bool:
+    """Whether the check probes the machine's pace beside its chunks: for a paced table, or with --pace."""
+    return bool(args.pace or table_ref_ms(table.meta))
+
+
+def score_paced(args, space, genotypes, table, pred, first, again) -> dict:
+    """The scores that pacing adds, paired on the same runs: the table against the paced measurement, and, for a
+    paced table, the same table as measured (``LatencyTable.unpaced``) against both measurements."""
+    stat = table.statistic
+    paced = (first["paced_" + stat], None if again is None else again["paced_" + stat])
+    out = {"measured_paced": paced[0].tolist(), "retest_paced": None if again is None else paced[1].tolist(),
+           "pace": first["pace"].tolist(),
+           "results_paced_measurement": score_predictors(args.refit, pred, *paced, stat,
+                                                                      "the table against the paced measurement")}
+    if table_ref_ms(table.meta):
+        raw = table.unpaced()
+        pred_raw = np.array([raw.predict(space, g) for g in genotypes])
+        out["predicted_unpaced_table"] = pred_raw.tolist()
+        out["results_unpaced_table"] = score_predictors(args.refit, pred_raw, first[stat], None, stat,
+                                                        "the unpaced table against the measurement")
+        out["results_unpaced_table_paced_measurement"] = score_predictors(
+            args.refit, pred_raw, paced[0], None, stat, "the unpaced table against the paced measurement")
+    return out
+
+
+def score_predictors(k, pred, meas, retest, statistic, label="") -> dict:
     """Print and return the scores of the table's prediction, its level-corrected variants and the retest."""
+    if label:
+        print(f"-- {label}")
     preds = {"table": pred, "+c (LOO)": loo_constant(pred, meas)}
     if 0 < k < len(pred) - 1:  # what `profile --calibrate k` would add, scored on the architectures it did not see
         preds[f"+offset({k})"] = pred + np.median(meas[:k] - pred[:k])

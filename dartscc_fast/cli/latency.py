@@ -56,6 +56,9 @@ def register(sub) -> None:
     p.add_argument("--statistic", choices=STATISTICS, default="median",
                    help="which run of each op (and of each network the calibration times) the table predicts "
                         "with: the median (default) or the fastest, min (docs/latency.md, \"Which statistic\")")
+    p.add_argument("--pace", action="store_true",
+                   help="time the network base beside every configuration and scale each one's runs to the "
+                        "profile's median pace: divides out a drift of the machine's speed (docs/latency.md)")
     p.add_argument("--no-base", action="store_true", help="do not time the networks' fixed part")
     p.add_argument("--append", action="store_true", help="merge into the table already at --out")
     p.add_argument("--out", help="the table file to write")
@@ -130,7 +133,8 @@ def _profile(args) -> int:
                           include_base=not args.no_base, passes=args.passes, progress=not args.quiet,
                           max_seconds=args.max_seconds, rel_ci=args.rel_ci, clock=args.clock,
                           memory_format=args.memory_format, runtime=args.runtime, in_context=args.in_context,
-                          calibrate_networks=_calibration_networks(args), statistic=args.statistic)
+                          calibrate_networks=_calibration_networks(args), statistic=args.statistic,
+                          pace=args.pace)
     if args.append and os.path.exists(args.out):
         table = LatencyTable.load(args.out).merge(table, on_conflict="last")
     table.save(args.out)
@@ -163,6 +167,13 @@ def _describe(key: str):
     return (c.primitive, c.cin, f"{c.h}x{c.w}", c.stride, c.batch, c.dtype, c.device)
 
 
+def _pace_text(pace) -> str:
+    if not isinstance(pace, dict):
+        return ", as measured (not paced)"
+    return (f", paced: scaled to the anchor's {pace.get('anchor_ms', float('nan')):.2f} ms ({pace.get('probes')} "
+            f"probes spread {pace.get('spread_pct', float('nan')):.1f} %, 10th to 90th percentile)")
+
+
 def _format(table: LatencyTable, sort: str = "shape") -> str:
     m = table.meta
     lines = [f"latency table{' ' + table.source if table.source else ''}: {len(table)} entries, unit ms",
@@ -175,7 +186,7 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
              f"  conditions: load average {m.get('load_average')}, busy CPUs {m.get('busy_cpus')}, governor "
              f"{m.get('governor')}, clock {m.get('clock') or 'wall'}",
              _calibration_text(m.get("calibration")),
-             f"  lookups read each entry's {table.statistic} run",
+             f"  lookups read each entry's {table.statistic} run{_pace_text(m.get('pace'))}",
              f"  method: {m.get('method')}"]
     rows = []
     for key, e in table.entries.items():

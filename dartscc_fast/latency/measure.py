@@ -64,6 +64,7 @@ from dartscc_fast.latency.keys import (
     space_configs,
     torch_dtype,
 )
+from dartscc_fast.latency.pace import PROBE_RUNS, Pace, paced_runs, table_ref_ms
 from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
 from dartscc_fast.latency.runtimes import get_runtime
 from dartscc_fast.latency.runtimes.base import num_threads  # noqa: F401  (its home before runtimes existed)
@@ -302,13 +303,17 @@ def build_network(space, genotype, dtype="float32", device="cpu", memory_format:
     return in_format(net, memory_format)
 
 
-def _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime):
-    """The runtime, its layout and one forward callable per genotype's whole network."""
+def _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime, anchor=False):
+    """The runtime and one forward callable per genotype's whole network (and, with ``anchor``, one more last:
+    the network base, the anchor of :mod:`~dartscc_fast.latency.pace`)."""
     d = _run_device(device)
     rt = get_runtime(runtime, d, threads)
     fmt = check_memory_format(memory_format, d) if rt.uses_memory_format else "contiguous"
     x = network_input(space, batch, dtype, d, fmt)
-    return rt, [rt.prepare(build_network(space, g, dtype, d, fmt), x) for g in genotypes]
+    nets = [build_network(space, g, dtype, d, fmt) for g in genotypes]
+    if anchor:
+        nets.append(build_base_network(space, "all", dtype, d, fmt))
+    return rt, [rt.prepare(net, x) for net in nets]
 
 
 def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
@@ -324,22 +329,37 @@ def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu
 
 def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
                    memory_format: Optional[str] = None, rounds: int = 5, runs: int = 3,
-                   clock: str = "wall", runtime: str = "torch") -> List[Timing]:
+                   clock: str = "wall", runtime: str = "torch", pace: Optional[List[float]] = None) -> List[Timing]:
     """Measured forward times of several whole networks, interleaved: ``rounds`` rounds, each timing
     ``runs`` forwards of every network in turn, runs pooled per network. A burst of load from another
     process, or a drift of the clock frequency, then lands on every network alike, so their order is
-    what the machine says and not when each happened to run."""
+    what the machine says and not when each happened to run.
+
+    ``pace``: a list to which the probes of the machine's pace are appended (:mod:`~dartscc_fast.latency.pace`:
+    the network base timed before every round and after the last), so that the caller can scale these
+    networks' runs to a reference pace; the runs returned are as measured."""
     if rounds < 1 or runs < 1:
         raise ValueError(f"rounds and runs must be >= 1, got {rounds}, {runs}")
-    rt, fns = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime)
+    rt, fns = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime,
+                                 anchor=pace is not None)
+    anchor = anchor_pace(fns.pop(), rt, clock) if pace is not None else None
     timings = [Timing() for _ in fns]
     with rt.running() as n:
         check_clock(clock, rt, n)
-        for r in range(rounds):
-            for fn, tm in zip(fns, timings):
+        for r in range(rounds + 1):
+            if anchor is not None:
+                pace.append(anchor.probe())
+            for fn, tm in zip(fns, timings) if r < rounds else ():
                 time_callable(fn, rt.timer_device, warmup=2 if r == 0 else 1, min_runs=runs, max_runs=runs,
                               timing=tm, clock=clock, check=False)
     return timings
+
+
+def anchor_pace(fn: Callable[[], object], rt, clock: str = "wall") -> Pace:
+    """Probes of the anchor ``fn`` (prepared on runtime ``rt``): :data:`~dartscc_fast.latency.pace.PROBE_RUNS`
+    runs after one warm-up, read by the fastest."""
+    return Pace(lambda: time_callable(fn, rt.timer_device, warmup=1, min_runs=PROBE_RUNS, max_runs=PROBE_RUNS,
+                                      clock=clock, check=False).min)
 
 
 def busy_cores(window: float = 1.0) -> tuple:
@@ -406,7 +426,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
                   max_seconds: float = 1.0, rel_ci: float = 0.01, clock: str = "wall",
                   memory_format: Optional[str] = None, runtime: str = "torch",
                   in_context: Optional[bool] = None, calibrate_networks: int = 0,
-                  statistic: str = "median") -> LatencyTable:
+                  statistic: str = "median", pace: bool = False) -> LatencyTable:
     """Measure every op configuration of the space(s) (and each space's network base) on ``device``.
 
     ``device`` 'sim:<preset>' builds the table from the roofline model instead.
@@ -421,15 +441,14 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     eager torch (docs/latency.md compares both). ``calibrate_networks``: then fit the whole-network
     calibration on that many random networks of the first space (:func:`calibrate`; 0: none).
     ``statistic``: the run of each entry lookups read, 'median' or the fastest, 'min' (both are recorded).
+    ``pace``: scale each configuration's runs to the profile's median pace (:mod:`~dartscc_fast.latency.pace`),
+    keeping them as measured under 'unpaced' (:meth:`LatencyTable.unpaced`) and the pace in ``meta['pace']``.
     """
     _check_statistic(statistic, device)
     spaces = list(spaces) if isinstance(spaces, (list, tuple)) else [spaces]
     dtype = dtype_name(dtype)
     if str(device).startswith("sim:"):
-        if calibrate_networks:
-            raise ValueError(f"a simulated device ({device}) cannot time whole networks, so its table cannot be "
-                             "calibrated: calibrate on a measured device (cpu or cuda), or pass 0 networks")
-        return simulate_table(spaces, str(device), batch, dtype, include_base)
+        return _simulated(spaces, str(device), batch, dtype, include_base, calibrate_networks)
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     d = _run_device(device)
@@ -443,23 +462,37 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     with rt.running() as n_threads:
         check_clock(clock, rt, n_threads)
         conditions = measurement_conditions(d, n_threads, clock)
-        timings = _time_jobs(jobs, passes, progress, rt, f"profiling {tok} ({rt.name})",
-                             lambda cfg, space: _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw, rt,
-                                                              in_context))
+        anchor = _base_anchor(spaces[0], batch, dtype, d, fmt, rt, clock) if pace else None
+        timings, paced = _time_jobs(jobs, passes, progress, rt, f"profiling {tok} ({rt.name})",
+                                    lambda cfg, space: _job_callable(cfg, space, batch, dtype, d, fmt, timing_kw, rt,
+                                                                     in_context), anchor)
     meta = dict(_table_meta(d, tok, n_threads, rt, batch, dtype, fmt, spaces), **conditions, clock=clock,
                 method=_method(rt.timer_device, warmup, min_runs, max_runs, max_seconds, rel_ci, passes, clock,
                                               rt.name),
                 op_timing="in context" if in_context else "isolated", statistic=statistic)
+    if anchor is not None:
+        meta["pace"] = anchor.meta()
     t = LatencyTable(meta=meta)
     for cfg, space in jobs:
-        tm = timings[cfg.key()]
-        if in_context and isinstance(cfg, OpConfig):
-            _add_in_context(t, cfg, space, tm, timings[BaseConfig.of(space, batch, dtype, tok, "all").key()])
-        elif include_base or not isinstance(cfg, BaseConfig):
-            t.add(cfg, **tm.entry())
+        if include_base or not isinstance(cfg, BaseConfig):
+            t.add(cfg, **_entry_of(cfg, space, timings, paced,
+                                   BaseConfig.of(space, batch, dtype, tok, "all").key() if in_context else None))
     if calibrate_networks:
         calibrate(t, spaces[0], calibrate_networks, threads=n_threads, clock=clock)
     return t
+
+
+def _simulated(spaces, device: str, batch: int, dtype: str, include_base: bool, calibrate_networks: int):
+    if calibrate_networks:
+        raise ValueError(f"a simulated device ({device}) cannot time whole networks, so its table cannot be "
+                         "calibrated: calibrate on a measured device (cpu or cuda), or pass 0 networks")
+    return simulate_table(spaces, device, batch, dtype, include_base)
+
+
+def _base_anchor(space, batch: int, dtype: str, d: torch.device, fmt: str, rt, clock: str) -> Pace:
+    """Probes of the space's network base, the anchor of :mod:`~dartscc_fast.latency.pace`, on runtime ``rt``."""
+    return anchor_pace(rt.prepare(build_base_network(space, "all", dtype, d, fmt),
+                                  network_input(space, batch, dtype, d, fmt)), rt, clock)
 
 
 def _check_statistic(statistic: str, device) -> None:
@@ -470,31 +503,59 @@ def _check_statistic(statistic: str, device) -> None:
                          f"reads the median only, got statistic {statistic!r}")
 
 
-def _time_jobs(jobs, passes: int, progress: bool, rt, desc: str, make) -> Dict[str, Timing]:
-    """Time every job ``passes`` times over, runs pooled; ``make(cfg, space)`` gives (callable, timing options)."""
+def _time_jobs(jobs, passes: int, progress: bool, rt, desc: str, make,
+               anchor: Optional[Pace] = None) -> Tuple[Dict[str, Timing], Optional[Dict[str, Timing]]]:
+    """Time every job ``passes`` times over, runs pooled; ``make(cfg, space)`` gives (callable, timing options).
+    Returns the timings and, with an ``anchor``, probed before the first job and after every job, the same runs
+    at the profile's median pace (else None)."""
     timings: Dict[str, Timing] = {}
+    blocks: Dict[str, List[Tuple[List[float], float]]] = {}
     fns = {}
     bar = Progress(total=len(jobs) * passes, desc=desc, enabled=None if progress else False)
+    if anchor is not None:
+        anchor.probe()
     for _ in range(passes):
         for cfg, space in jobs:
             key = cfg.key()
             if key not in fns:
                 fns[key] = make(cfg, space)
             fn, kw = fns[key]
+            first = timings[key].runs if key in timings else 0
             timings[key] = time_callable(fn, rt.timer_device, timing=timings.get(key), **kw)
+            if anchor is not None:
+                before = anchor.probes[-1]
+                blocks.setdefault(key, []).append((timings[key].times[first:], (before + anchor.probe()) / 2))
             bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
                          f" {timings[key].median:.3g}ms")
             bar.update()
     bar.close()
-    return timings
+    if anchor is None:
+        return timings, None
+    ref = anchor.ref_ms()
+    return timings, {key: Timing(paced_runs(b, ref)) for key, b in blocks.items()}
 
 
-def _add_in_context(table: LatencyTable, cfg: OpConfig, space, context: Timing, base: Timing) -> None:
-    """The op's entry from its context network's timing and the base's: the difference per edge (at least 0)."""
+def _entry_of(cfg, space, timings: Dict[str, Timing], paced: Optional[Dict[str, Timing]],
+              base_key: Optional[str]) -> Dict:
+    """A configuration's table entry: from the ``paced`` timings where there are some, with the measured ones
+    under 'unpaced'; else from ``timings``."""
+    if not paced:
+        return _measured_entry(cfg, space, timings, base_key)
+    raw = _measured_entry(cfg, space, timings, base_key)
+    return dict(_measured_entry(cfg, space, paced, base_key), unpaced={k: raw[k] for k in ("median", "iqr", "min")})
+
+
+def _measured_entry(cfg, space, timings: Dict[str, Timing], base_key: Optional[str]) -> Dict:
+    """A configuration's table entry from the timings: its own, or in context (``base_key``: the key of the base
+    network it was timed against) the difference of its context network and the base, per edge (at least 0)."""
+    tm = timings[cfg.key()]
+    if base_key is None or not isinstance(cfg, OpConfig):
+        return tm.entry()
+    base = timings[base_key]
     n = len([e for e in space.edges() if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride)])
-    table.add(cfg, max(0.0, (context.median - base.median) / n), (context.iqr + base.iqr) / n,
-              min(context.runs, base.runs), min=max(0.0, (context.min - base.min) / n), edges=n,
-              context_median=context.median)
+    return {"median": max(0.0, (tm.median - base.median) / n), "iqr": (tm.iqr + base.iqr) / n,
+            "runs": min(tm.runs, base.runs), "min": max(0.0, (tm.min - base.min) / n), "edges": n,
+            "context_median": tm.median}
 
 
 def _table_meta(d: torch.device, tok: str, n_threads: int, rt, batch: int, dtype: str, fmt: str, spaces) -> Dict:
@@ -516,7 +577,8 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
     ``networks`` random architectures of ``space`` (seeded; the checks of bench/check_latency_prediction.py
     draw others) are measured whole on the table's runtime, interleaved; the offset is the median of
     (measured - base - sum of the ops' entries): what the runtime does around the ops, per network, with
-    the networks' runs read by the table's statistic (their median, or their fastest). The
+    the networks' runs read by the table's statistic (their median, or their fastest), and for a paced
+    table scaled to its pace (``meta['pace']``) by probes of the anchor beside them. The
     scale stays 1: fitted too, on 20 networks timed with 5-10 % noise, it ranged from 0.58 to 1.60 and
     helped in 4 of 9 fits, hurt in 3 (docs/latency.md). Returns the calibration dict.
     """
@@ -526,17 +588,20 @@ def calibrate(table: LatencyTable, space, networks: int = 20, seed: int = 1234, 
         raise ValueError(f"cannot calibrate the simulated device {table.device!r}: it cannot time networks")
     gen = torch.Generator().manual_seed(seed)
     gs = [random_genotype(space, gen) for _ in range(networks)]
+    ref = table_ref_ms(table.meta)
+    probes: Optional[List[float]] = [] if ref else None
     tms = time_genotypes(space, gs, batch=table.batch or 64, dtype=table.dtype, device=table.device,
                          threads=threads or table.meta.get("threads"), memory_format=table.memory_format,
-                         rounds=rounds, runs=runs, clock=clock, runtime=table.runtime)
-    meas = np.array([t.value(table.statistic) for t in tms])
+                         rounds=rounds, runs=runs, clock=clock, runtime=table.runtime, pace=probes)
+    # a paced table predicts at its own pace: bring the networks to it
+    meas = np.array([t.value(table.statistic) for t in tms]) * (ref / np.median(probes) if ref else 1.0)
     table.meta.pop("calibration", None)
     ops = np.array([table.predict(space, g, include_base=False) for g in gs])
     rest = meas - np.array([table.base(space, g) for g in gs])
     offset = float(np.median(rest - ops))
     fit = ops + offset - rest
     table.meta["calibration"] = {"scale": 1.0, "offset_ms": offset, "networks": networks, "seed": seed,
-                                 "space": space.name, "statistic": table.statistic,
+                                 "space": space.name, "statistic": table.statistic, "paced": bool(ref),
                                  "fit": "median of (measured - base - sum of the ops)",
                                  "mape_on_fit": float(np.mean(np.abs(fit) / meas) * 100)}
     return table.meta["calibration"]

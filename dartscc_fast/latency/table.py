@@ -27,6 +27,7 @@ A JSON object::
         "governor": "performance",              # CPU frequency governor where Linux exposes it, else null
         "calibration": {"scale": 0.8, "offset_ms": 1.5, ...},  # optional: predict = base + scale*sum + offset
         "statistic": "median",                  # which field of the entries lookups read: median (absent) or min
+        "pace": {"anchor_ms": 27.1, ...},       # optional: the entries are scaled to this pace of the anchor
         "spaces": ["fmnist-paper"],             # the search spaces it was made for
         ...                                     # free-form extras (host, preset parameters)
       },
@@ -36,7 +37,8 @@ A JSON object::
           "iqr": 0.021,                         # spread: interquartile range of the runs
           "runs": 57,                           # timed runs (0: computed, not measured)
           "min": 1.201,                         # fastest run (optional)
-          "edges": 6, "context_median": 60.1    # in context: the edges running it, its network's time
+          "edges": 6, "context_median": 60.1,   # in context: the edges running it, its network's time
+          "unpaced": {"median": 1.25, ...}      # paced tables: the median, iqr and min as measured
         }, ...
       }
     }
@@ -218,6 +220,23 @@ class LatencyTable:
         out._check_statistic()
         return out
 
+    def unpaced(self) -> "LatencyTable":
+        """A copy whose entries are the runs as measured, before :mod:`~dartscc_fast.latency.pace` scaled them
+        to the profile's pace (``profile --pace``). The calibration is dropped: it was fitted at the pace, so
+        refit it (``dartscc-fast table calibrate``)."""
+        if "pace" not in self.meta:
+            raise LatencyTableError(f"{self._where()}: the table was not paced (profile --pace), so it has no "
+                                    f"unpaced entries")
+        out = LatencyTable.from_dict(copy.deepcopy(self.to_dict()), source=self.source)
+        for key, e in out.entries.items():
+            if "unpaced" not in e:
+                raise LatencyTableError(f"{self._where(key)}: a paced table's entry lacks 'unpaced'")
+            e.update(e.pop("unpaced"))
+        out.meta.pop("pace")
+        out.meta.pop("calibration", None)
+        out._compiled = None
+        return out
+
     def _check_statistic(self) -> None:
         statistic = self.statistic
         if statistic not in STATISTICS:
@@ -338,6 +357,8 @@ class LatencyTable:
             sources.append(o.source or "(unsaved)")
             spaces = list(out.meta.get("spaces", []))
             out.meta["spaces"] = spaces + [s for s in o.meta.get("spaces", []) if s not in spaces]
+        if any(o.meta.get("pace") != self.meta.get("pace") for o in others):
+            out.meta.pop("pace", None)  # entries at several paces: the merged table has no one pace to scale to
         out.meta["merged_from"] = sources
         out.meta["merged"] = utc_now()
         out._check_statistic()  # the first table's statistic, which every merged entry must carry
