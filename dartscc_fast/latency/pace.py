@@ -6,13 +6,15 @@ measurement's or the table's?"). Interleaving shares that drift among the networ
 between chunks, nor between the op configurations `profile` times one after the other. So, with pacing on,
 the **anchor** (the space's network base: stem, preprocessing, node sums, classifier, every edge free) is
 timed in a **probe** of :data:`PROBE_RUNS` runs, read by its fastest (other work only adds time), before and
-after every block of runs: one op configuration's timing in one pass of ``profile``, one round of a chunk of
-networks in ``time_genotypes``. A block's runs are then scaled by ``ref / pace``: ``pace`` the block's probes,
-``ref`` the reference pace (the median probe of the whole profile; for a check or a calibration, the table's).
-A paced figure is the time the run would have taken at the reference pace.
+after every block of runs: one op configuration's timing in one pass of ``profile`` (its runs scaled by the mean
+of the two probes around it), one chunk of networks in ``time_genotypes`` (probed before every round and after the
+last; the check and the calibration scale the chunk by the median of its probes). A block's runs are scaled by
+``ref / pace``: ``ref`` the reference pace (the median probe of the whole profile; for a check or a calibration,
+the table's). A paced figure is the time the run would have taken at the reference pace.
 
-Pacing assumes the drift slows every op alike; what it cannot remove is noise within a block, and a drift
-that hits some ops more than others.
+Pacing assumes the drift slows every op alike. Measured, it does not: on a 2-core virtual machine the anchor was
+slowed 1.6 to 2.3 times as much as the networks, and pacing the check's measurement helped in one torch run and
+hurt in the other (docs/latency.md, "Pacing"); so it is an option, off by default.
 """
 from __future__ import annotations
 
