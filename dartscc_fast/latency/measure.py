@@ -303,17 +303,16 @@ def build_network(space, genotype, dtype="float32", device="cpu", memory_format:
     return in_format(net, memory_format)
 
 
-def _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime, anchor=False):
-    """The runtime and one forward callable per genotype's whole network (and, with ``anchor``, one more last:
-    the network base, the anchor of :mod:`~dartscc_fast.latency.pace`)."""
+def _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime,
+                       anchor_clock: Optional[str] = None):
+    """The runtime, one forward callable per genotype's whole network and, with ``anchor_clock``, the probes of
+    the space's anchor timed with that clock (:func:`_base_anchor`; else None)."""
     d = _run_device(device)
     rt = get_runtime(runtime, d, threads)
     fmt = check_memory_format(memory_format, d) if rt.uses_memory_format else "contiguous"
     x = network_input(space, batch, dtype, d, fmt)
-    nets = [build_network(space, g, dtype, d, fmt) for g in genotypes]
-    if anchor:
-        nets.append(build_base_network(space, "all", dtype, d, fmt))
-    return rt, [rt.prepare(net, x) for net in nets]
+    anchor = _base_anchor(space, batch, dtype, d, fmt, rt, anchor_clock) if anchor_clock else None
+    return rt, [rt.prepare(build_network(space, g, dtype, d, fmt), x) for g in genotypes], anchor
 
 
 def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu", threads: Optional[int] = None,
@@ -321,7 +320,7 @@ def time_genotype(space, genotype, batch: int = 64, dtype="float32", device="cpu
     """The measured forward time of a discrete architecture's whole network (time_callable's options),
     in ``memory_format`` (None: the device's default, as :func:`profile_space`), on ``runtime``
     (a name of :data:`~dartscc_fast.latency.runtimes.RUNTIMES`)."""
-    rt, (fn,) = _network_callables(space, [genotype], batch, dtype, device, threads, memory_format, runtime)
+    rt, (fn,), _ = _network_callables(space, [genotype], batch, dtype, device, threads, memory_format, runtime)
     with rt.running() as n:
         check_clock(timing_kw.get("clock", "wall"), rt, n)
         return time_callable(fn, rt.timer_device, check=False, **timing_kw)
@@ -340,9 +339,8 @@ def time_genotypes(space, genotypes, batch: int = 64, dtype="float32", device="c
     networks' runs to a reference pace; the runs returned are as measured."""
     if rounds < 1 or runs < 1:
         raise ValueError(f"rounds and runs must be >= 1, got {rounds}, {runs}")
-    rt, fns = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime,
-                                 anchor=pace is not None)
-    anchor = anchor_pace(fns.pop(), rt, clock) if pace is not None else None
+    rt, fns, anchor = _network_callables(space, genotypes, batch, dtype, device, threads, memory_format, runtime,
+                                         anchor_clock=clock if pace is not None else None)
     timings = [Timing() for _ in fns]
     with rt.running() as n:
         check_clock(clock, rt, n)

@@ -213,7 +213,7 @@ class LatencyTable:
         """A copy whose lookups read ``statistic`` ('median' or 'min') of every entry. The whole-network
         calibration is dropped when the statistic changes: it was fitted to the other one, so refit it
         (:func:`dartscc_fast.latency.measure.calibrate`, ``dartscc-fast table calibrate``)."""
-        out = LatencyTable.from_dict(copy.deepcopy(self.to_dict()), source=self.source)
+        out = self._copy()
         if statistic != out.statistic:
             out.meta.pop("calibration", None)
         out.meta["statistic"] = statistic
@@ -227,15 +227,18 @@ class LatencyTable:
         if "pace" not in self.meta:
             raise LatencyTableError(f"{self._where()}: the table was not paced (profile --pace), so it has no "
                                     f"unpaced entries")
-        out = LatencyTable.from_dict(copy.deepcopy(self.to_dict()), source=self.source)
+        out = self._copy()
         for key, e in out.entries.items():
             if "unpaced" not in e:
                 raise LatencyTableError(f"{self._where(key)}: a paced table's entry lacks 'unpaced'")
             e.update(e.pop("unpaced"))
         out.meta.pop("pace")
         out.meta.pop("calibration", None)
-        out._compiled = None
         return out
+
+    def _copy(self) -> "LatencyTable":
+        """A deep copy, with no compiled lookup or prepared tensors yet."""
+        return LatencyTable.from_dict(copy.deepcopy(self.to_dict()), source=self.source)
 
     def _check_statistic(self) -> None:
         statistic = self.statistic
