@@ -313,6 +313,7 @@ def check_random(args, space, table, threads) -> dict:
         pred_other = np.array([on_other.predict(space, g) for g in genotypes])
         results_other = score_predictors(args.refit, pred_other, *measured[other], other)
     extra = score_paced(args, space, genotypes, table, pred, first, again) if pace else {}
+    extra.update(score_shared_work(args, space, genotypes, table, measured[table.statistic]))
     if again is not None:  # other work only adds time: the faster of two timings minutes apart is the less disturbed
         extra["results_fastest_of_both"] = score_predictors(
             args.refit, pred, np.minimum(*measured[table.statistic]), None, table.statistic,
@@ -356,6 +357,20 @@ def score_paced(args, space, genotypes, table, pred, first, again) -> dict:
         out["results_unpaced_table_paced_measurement"] = score_predictors(
             args.refit, pred_raw, paced[0], None, stat, "the unpaced table against the paced measurement")
     return out
+
+
+def score_shared_work(args, space, genotypes, table, measured) -> dict:
+    """For a table whose entries split shared work from per-edge work (ops in context), the same table read as
+    every edge's average cost in context instead (``predict(shared=False)``), on the same runs: a paired
+    comparison of the two models."""
+    pred = [table.predict(space, g, shared=False) for g in genotypes]
+    if not any("shared" in e for e in table.entries.values()):
+        return {}
+    pred = np.array(pred)
+    return {"predicted_per_edge_average": pred.tolist(),
+            "results_per_edge_average": score_predictors(args.refit, pred, *measured, table.statistic,
+                                                         "the table as per-edge averages in context (no work "
+                                                         "shared once per node)")}
 
 
 def score_predictors(k, pred, meas, retest, statistic, label="") -> dict:

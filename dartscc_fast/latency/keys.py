@@ -183,6 +183,11 @@ def space_configs(space, batch: int, dtype="float32", device="cpu") -> List[OpCo
 
 def genotype_configs(space, genotype, batch: int, dtype="float32", device="cpu") -> List[OpConfig]:
     """The op of every chosen edge of a discrete network (all its cells), one config each."""
+    return [c for _, _, c in genotype_edges(space, genotype, batch, dtype, device)]
+
+
+def genotype_edges(space, genotype, batch: int, dtype="float32", device="cpu") -> List[Tuple[int, int, OpConfig]]:
+    """``(cell, source node, config)`` of every chosen edge of a discrete network but 'none', in cell order."""
     by_edge = {(e.cell, e.src, e.dst): e for e in space.edges()}
     out = []
     for cell in range(space.layers):
@@ -192,5 +197,5 @@ def genotype_configs(space, genotype, batch: int, dtype="float32", device="cpu")
                 if prim == "none":
                     continue
                 e = by_edge[(cell, src, i + 2)]
-                out.append(OpConfig(prim, e.C, e.C, e.H, e.W, e.stride, batch, dtype, device))
+                out.append((cell, src, OpConfig(prim, e.C, e.C, e.H, e.W, e.stride, batch, dtype, device)))
     return out

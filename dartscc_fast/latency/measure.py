@@ -69,7 +69,7 @@ from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, ke
 from dartscc_fast.latency.runtimes import get_runtime
 from dartscc_fast.latency.runtimes.base import num_threads  # noqa: F401  (its home before runtimes existed)
 from dartscc_fast.latency.table import STATISTICS, LatencyTable
-from dartscc_fast.nn.primitives import derived_op
+from dartscc_fast.nn.primitives import derived_op, shared_part
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype, random_genotype
 
@@ -271,24 +271,34 @@ def build_base_network(space, inputs: str = "all", dtype="float32", device="cpu"
 
 
 def build_context_network(space, cfg: OpConfig, dtype="float32", device="cpu",
-                          memory_format: str = "contiguous") -> Tuple[nn.Module, int]:
+                          memory_format: str = "contiguous", once_per_source: bool = False) -> Tuple[nn.Module, int]:
     """The 'all' network base with every edge whose configuration is ``cfg`` running ``cfg``'s op, and how
     many edges that is: timed against the base, the op's cost in context (what a whole network pays for it,
-    with the fusions and shared subexpressions a graph runtime finds across ops)."""
+    with the fusions and shared subexpressions a graph runtime finds across ops). ``once_per_source``: only
+    the first such edge leaving each node runs it, so no two of them can share work (:func:`context_edges`)."""
     net = build_base_network(space, "all", dtype, device, memory_format)
-    by_edge = {(e.cell, e.src, e.dst): e for e in space.edges()}
-    n = 0
+    chosen = {(e.cell, e.src, e.dst) for e in context_edges(space, cfg, once_per_source)}
     for c, cell in enumerate(net.cells):
         k = 0
         for i, node in enumerate(cell._nodes):
             for _, j in node:
-                e = by_edge[(c, j, i + 2)]
-                if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride):
-                    op = derived_op(cfg.primitive, e.C, e.stride).eval().to(device, torch_dtype(dtype_name(dtype)))
-                    cell._ops[k] = in_format(op, memory_format)
-                    n += 1
+                if (c, j, i + 2) in chosen:
+                    op = derived_op(cfg.primitive, cfg.cin, cfg.stride).eval()
+                    cell._ops[k] = in_format(op.to(device, torch_dtype(dtype_name(dtype))), memory_format)
                 k += 1
-    return net, n
+    return net, len(chosen)
+
+
+def context_edges(space, cfg: OpConfig, once_per_source: bool = False) -> List:
+    """The edges of the space whose configuration is ``cfg``'s (channels, size, stride); with
+    ``once_per_source``, the first of them leaving each node."""
+    edges = [e for e in space.edges() if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride)]
+    if not once_per_source:
+        return edges
+    first: Dict[Tuple[int, int], object] = {}
+    for e in sorted(edges, key=lambda e: e.dst):
+        first.setdefault((e.cell, e.src), e)
+    return list(first.values())
 
 
 def network_input(space, batch: int, dtype="float32", device="cpu", memory_format: str = "contiguous") -> torch.Tensor:
@@ -454,7 +464,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
     in_context = (not rt.uses_memory_format) if in_context is None else bool(in_context)
     fmt = check_memory_format(memory_format, d) if rt.uses_memory_format else "contiguous"
     tok = device_token(d)
-    jobs = _profile_jobs(spaces, batch, dtype, tok, include_base or in_context)
+    jobs = _profile_jobs(spaces, batch, dtype, tok, include_base or in_context, in_context)
     timing_kw = dict(warmup=warmup, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds / passes,
                      rel_ci=rel_ci, clock=clock, check=False)
     with rt.running() as n_threads:
@@ -472,7 +482,7 @@ def profile_space(spaces, device: Union[str, torch.device] = "cpu", batch: int =
         meta["pace"] = anchor.meta()
     t = LatencyTable(meta=meta)
     for cfg, space in jobs:
-        if include_base or not isinstance(cfg, BaseConfig):
+        if isinstance(cfg, OpConfig) or (include_base and isinstance(cfg, BaseConfig)):
             t.add(cfg, **_entry_of(cfg, space, timings, paced,
                                    BaseConfig.of(space, batch, dtype, tok, "all").key() if in_context else None))
     if calibrate_networks:
@@ -523,8 +533,7 @@ def _time_jobs(jobs, passes: int, progress: bool, rt, desc: str, make,
             if anchor is not None:
                 before = anchor.probes[-1]
                 blocks.setdefault(key, []).append((timings[key].times[first:], (before + anchor.probe()) / 2))
-            bar.set(last=f"{cfg.primitive if isinstance(cfg, OpConfig) else 'base ' + cfg.inputs}"
-                         f" {timings[key].median:.3g}ms")
+            bar.set(last=f"{_job_name(cfg)} {timings[key].median:.3g}ms")
             bar.update()
     bar.close()
     if anchor is None:
@@ -540,20 +549,56 @@ def _entry_of(cfg, space, timings: Dict[str, Timing], paced: Optional[Dict[str, 
     if not paced:
         return _measured_entry(cfg, space, timings, base_key)
     raw = _measured_entry(cfg, space, timings, base_key)
-    return dict(_measured_entry(cfg, space, paced, base_key), unpaced={k: raw[k] for k in ("median", "iqr", "min")})
+    unpaced = {k: raw[k] for k in ("median", "iqr", "min", "shared", "per_edge") if k in raw}
+    return dict(_measured_entry(cfg, space, paced, base_key), unpaced=unpaced)
 
 
 def _measured_entry(cfg, space, timings: Dict[str, Timing], base_key: Optional[str]) -> Dict:
     """A configuration's table entry from the timings: its own, or in context (``base_key``: the key of the base
-    network it was timed against) the difference of its context network and the base, per edge (at least 0)."""
+    network it was timed against) the difference of its context network and the base, per edge (at least 0),
+    and, where the once-per-source network was timed too, that difference split into the work shared once per
+    source node and the work each edge adds (:func:`_shared_split`)."""
     tm = timings[cfg.key()]
     if base_key is None or not isinstance(cfg, OpConfig):
         return tm.entry()
     base = timings[base_key]
-    n = len([e for e in space.edges() if (e.C, e.H, e.W, e.stride) == (cfg.cin, cfg.h, cfg.w, cfg.stride)])
-    return {"median": max(0.0, (tm.median - base.median) / n), "iqr": (tm.iqr + base.iqr) / n,
-            "runs": min(tm.runs, base.runs), "min": max(0.0, (tm.min - base.min) / n), "edges": n,
-            "context_median": tm.median}
+    n = len(context_edges(space, cfg))
+    entry = {"median": max(0.0, (tm.median - base.median) / n), "iqr": (tm.iqr + base.iqr) / n,
+             "runs": min(tm.runs, base.runs), "min": max(0.0, (tm.min - base.min) / n), "edges": n,
+             "context_median": tm.median}
+    s = len(context_edges(space, cfg, True))
+    once = timings.get(_OncePerSource(cfg).key())
+    if once is not None:
+        entry.update(_shared_split(cfg, s, n, tm, once, base))
+    elif not _can_share(space, cfg):  # nothing to split: all of it is per edge
+        entry.update(shared={"median": 0.0, "min": 0.0, "sources": s, "group": "-"},
+                     per_edge={"median": entry["median"], "min": entry["min"]})
+    return entry
+
+
+def _can_share(space, cfg: OpConfig) -> bool:
+    """Whether ``cfg``'s edges could share work: the op does some, and some node has two of them leaving it."""
+    return (shared_part(cfg.primitive, cfg.stride) is not None
+            and len(context_edges(space, cfg, True)) < len(context_edges(space, cfg)))
+
+
+def _shared_split(cfg: OpConfig, s: int, n: int, every: Timing, once: Timing, base: Timing) -> Dict:
+    """Split an op's cost in context over ``n`` edges leaving ``s`` nodes into a part paid once per source node
+    (``shared``: what a graph runtime computes once for all the node's edges that need it, see
+    :func:`~dartscc_fast.nn.primitives.shared_part`) and a part paid per edge (``per_edge``), from the network
+    with the op on every edge (``every``: s x shared + n x per_edge) and on one edge per node (``once``:
+    s x (shared + per_edge)). Both stay >= 0, keeping their sum over the ``n`` edges; one edge per node: all per
+    edge."""
+    shared, per_edge = {}, {}
+    for stat in ("median", "min"):
+        a, b = every.value(stat) - base.value(stat), once.value(stat) - base.value(stat)
+        e = (a - b) / (n - s) if n > s else max(0.0, a) / n
+        sh = b / s - e if n > s else 0.0
+        if sh < 0 or e < 0:  # noise past a bound: keep the total, put it all on the side that is not negative
+            e, sh = (max(0.0, a) / n, 0.0) if sh < 0 else (0.0, max(0.0, a) / s)
+        shared[stat], per_edge[stat] = sh, e
+    return {"shared": dict(shared, sources=s, group=shared_part(cfg.primitive, cfg.stride)),
+            "per_edge": per_edge}
 
 
 def _table_meta(d: torch.device, tok: str, n_threads: int, rt, batch: int, dtype: str, fmt: str, spaces) -> Dict:
@@ -623,11 +668,32 @@ def _governor() -> Optional[str]:
         return None
 
 
-def _profile_jobs(spaces, batch: int, dtype: str, tok: str, include_base: bool) -> List[Tuple[object, object]]:
-    """``(config, space)`` for every distinct op configuration of the spaces, and each one's network bases."""
+@dataclass(frozen=True)
+class _OncePerSource:
+    """A profile job: ``op``'s context network with the op on one edge per source node
+    (``build_context_network(once_per_source=True)``), which against the full one splits the op's cost."""
+    op: OpConfig
+
+    def key(self) -> str:
+        return self.op.key() + ":once-per-source"
+
+
+def _job_name(cfg) -> str:
+    if isinstance(cfg, _OncePerSource):
+        return cfg.op.primitive + " once per source"
+    return cfg.primitive if isinstance(cfg, OpConfig) else "base " + cfg.inputs
+
+
+def _profile_jobs(spaces, batch: int, dtype: str, tok: str, include_base: bool,
+                  once_per_source: bool = False) -> List[Tuple[object, object]]:
+    """``(config, space)`` for every distinct op configuration of the spaces, and each one's network bases;
+    with ``once_per_source``, each op configuration whose edges could share work (:func:`_can_share`) is
+    followed by its once-per-source job (:class:`_OncePerSource`)."""
     jobs, seen = [], set()
     for space in spaces:
         cfgs = list(space_configs(space, batch, dtype, tok))
+        if once_per_source:
+            cfgs = [j for c in cfgs for j in ([c, _OncePerSource(c)] if _can_share(space, c) else [c])]
         if include_base:
             cfgs += [BaseConfig.of(space, batch, dtype, tok, inputs) for inputs in BASE_INPUTS]
         for cfg in cfgs:
@@ -642,8 +708,9 @@ def _job_callable(cfg, space, batch: int, dtype: str, d: torch.device, fmt: str,
     """What to time for one configuration (an op on its input, its context network, or a network base) on
     runtime ``rt``, and its timing options."""
     kw = dict(timing_kw)
-    if in_context and isinstance(cfg, OpConfig):
-        net, _ = build_context_network(space, cfg, dtype, d, fmt)
+    if isinstance(cfg, _OncePerSource) or (in_context and isinstance(cfg, OpConfig)):
+        once = isinstance(cfg, _OncePerSource)
+        net, _ = build_context_network(space, cfg.op if once else cfg, dtype, d, fmt, once_per_source=once)
         kw["max_seconds"] *= 3
         return rt.prepare(net, network_input(space, batch, dtype, d, fmt)), kw
     if isinstance(cfg, BaseConfig):

@@ -70,6 +70,7 @@ from dartscc_fast.latency.keys import (
     dtype_name,
     edge_configs,
     genotype_configs,
+    genotype_edges,
     node_sums,
     parse_key,
 )
@@ -106,11 +107,27 @@ def _entry(d: Mapping, where: str) -> Dict:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
             out[name] = float(v)
+    if ("shared" in out) != ("per_edge" in out):
+        raise LatencyTableError(f"{where}: an entry has both 'shared' and 'per_edge' or neither")
+    for part in ("shared", "per_edge"):
+        if part in out:
+            _check_split(out[part], f"{where}: '{part}'")
+    if "shared" in out and not isinstance(out["shared"].get("group"), str):
+        raise LatencyTableError(f"{where}: 'shared' must name its 'group' (a string)")
     runs = out.get("runs", 0)
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
         raise LatencyTableError(f"{where}: 'runs' must be an integer >= 0, got {runs!r}")
     out["runs"] = runs
     return out
+
+
+def _check_split(d, where: str) -> None:
+    if not isinstance(d, Mapping) or "median" not in d:
+        raise LatencyTableError(f"{where} must be an object with a 'median', got {d!r}")
+    for name in ("median", "min"):
+        v = d.get(name, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
 
 
 class LatencyTable:
@@ -490,16 +507,35 @@ class LatencyTable:
         return have["top2"] + (have["all"] - have["top2"]) * (n - n_top2) / (n_all - n_top2)
 
     def predict(self, space, genotype, batch: Optional[int] = None, dtype=None, device=None,
-                include_base: bool = True, fallback: Union[None, str, Callable] = None) -> float:
+                include_base: bool = True, fallback: Union[None, str, Callable] = None, shared: bool = True) -> float:
         """Predicted latency (ms) of a discrete architecture: base + the sum of its chosen ops; on a calibrated
-        table (``meta['calibration']``, see :meth:`calibration`) base + scale x sum + offset."""
+        table (``meta['calibration']``, see :meth:`calibration`) base + scale x sum + offset.
+
+        Where every chosen op's entry splits its cost into work shared by the edges leaving one node and work
+        per edge (tables profiled in context, :func:`~dartscc_fast.latency.measure.profile_space`), the sum
+        counts each node's shared work once (the largest of its edges' ``shared`` of one group) and each edge's
+        ``per_edge``; ``shared=False``: every edge's average cost in context instead."""
         args = self._lookup_args(batch, dtype, device)
-        keys = [c.key() for c in genotype_configs(space, genotype, *args)]
-        total = float(self.lookup(keys, 1, fallback).sum()) if keys else 0.0
+        total = self._ops_time(genotype_edges(space, genotype, *args), fallback, shared)
         if not include_base:
             return total
         scale, offset = self.calibration()
         return scale * total + self.base(space, genotype, *args) + offset
+
+    def _ops_time(self, edges, fallback, shared: bool) -> float:
+        """The chosen ops' summed time (:meth:`predict`); ``edges`` as :func:`~.keys.genotype_edges` gives them."""
+        keys = [c.key() for _, _, c in edges]
+        if not keys:
+            return 0.0
+        if not (shared and all("shared" in self.entries.get(k, ()) for k in keys)):
+            return float(self.lookup(keys, 1, fallback).sum())
+        stat, once, total = self.statistic, {}, 0.0
+        for (cell, src, _), key in zip(edges, keys):
+            e = self.entries[key]
+            total += e["per_edge"][stat]
+            node = (cell, src, e["shared"]["group"])
+            once[node] = max(once.get(node, 0.0), e["shared"][stat])
+        return total + sum(once.values())
 
     def calibration(self) -> Tuple[float, float]:
         """(scale, offset in ms) of the whole-network calibration: what a runtime's graph does to the per-op sum

@@ -313,6 +313,24 @@ OPS = {
 }
 
 
+#: ops whose first step is ReLU on their input (and not on a subsampled view of it)
+_RELU_FIRST = frozenset({"sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5",
+                         "conv_7x1_1x7"})
+
+
+def shared_part(primitive: str, stride: int) -> Optional[str]:
+    """The name of the work a derived op can share with the other edges that leave the same node.
+
+    A graph runtime that eliminates common subexpressions (the ONNX exporter and ONNX Runtime do) computes
+    identical work on one tensor once: 'relu' for the ops that start with ReLU on their input, whichever they
+    are; else the op at its stride (two max pools of one node are one pool; two factorized reduces share
+    their subsampling and ReLU). Weighted layers differ from edge to edge, so only this part is shared.
+    None for the ops that do no work ('none', skip_connect at stride 1)."""
+    if primitive == "none" or (primitive == "skip_connect" and stride == 1):
+        return None
+    return "relu" if primitive in _RELU_FIRST else f"{primitive}/s{stride}"
+
+
 def derived_op(primitive: str, C: int, stride: int) -> nn.Module:
     """A candidate op as a derived (discrete) network runs it: affine, as DARTS evaluates, with
     skip_connect at stride 2 as :class:`SubsampledFactorizedReduce` (the same function and keys)."""
