@@ -527,15 +527,21 @@ class LatencyTable:
         keys = [c.key() for _, _, c in edges]
         if not keys:
             return 0.0
-        if not (shared and all("shared" in self.entries.get(k, ()) for k in keys)):
+        stat = self.statistic
+        if not (shared and all(self._split(k, stat) for k in keys)):
             return float(self.lookup(keys, 1, fallback).sum())
-        stat, once, total = self.statistic, {}, 0.0
+        once, total = {}, 0.0
         for (cell, src, _), key in zip(edges, keys):
             e = self.entries[key]
             total += e["per_edge"][stat]
             node = (cell, src, e["shared"]["group"])
             once[node] = max(once.get(node, 0.0), e["shared"][stat])
         return total + sum(once.values())
+
+    def _split(self, key: str, stat: str) -> bool:
+        """Whether the entry splits its ``stat`` into shared and per-edge work."""
+        e = self.entries.get(key, {})
+        return "shared" in e and stat in e["shared"] and stat in e["per_edge"]
 
     def calibration(self) -> Tuple[float, float]:
         """(scale, offset in ms) of the whole-network calibration: what a runtime's graph does to the per-op sum

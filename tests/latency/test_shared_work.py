@@ -136,3 +136,11 @@ def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_pat
     assert back.entries == t.entries
     g = Genotype.from_json(json.dumps({k: v for k, v in _ALL_POOLS.items()}))
     assert back.predict(TINY, g) == pytest.approx(t.predict(TINY, g))
+
+
+def test_predict_reads_the_average_where_the_split_lacks_the_tables_statistic():
+    t = LatencyTable(meta={"device": "cpu", "batch": 2, "dtype": "float32", "statistic": "min"})
+    for c in space_configs(TINY, 2):
+        t.add(c, 2.0, 0.0, 5, min=1.5, shared={"median": 3.0, "group": "relu"}, per_edge={"median": 0.5})
+    g = Genotype.from_json(json.dumps(_ALL_POOLS))
+    assert t.predict(TINY, g, include_base=False) == pytest.approx(1.5 * len(genotype_edges(TINY, g, 2)))
