@@ -47,7 +47,9 @@ def register(sub) -> None:
     ctx = p.add_mutually_exclusive_group()
     ctx.add_argument("--in-context", dest="in_context", action="store_true", default=None,
                      help="time each op inside its network (the base with the op on every edge of its "
-                          "configuration, minus the base): the default on the graph runtimes, which fuse across ops")
+                          "configuration, minus the base; and, where edges leaving one node could share work, with "
+                          "the op on one edge per node, to split off what they share): the default on the graph "
+                          "runtimes, which fuse across ops and compute shared work once")
     ctx.add_argument("--isolated", dest="in_context", action="store_false",
                      help="time each op alone: the default on torch")
     p.add_argument("--calibrate", type=arg(NON_NEGATIVE_INT), default=None, metavar="N",
@@ -174,6 +176,11 @@ def _pace_text(pace) -> str:
             f"probes spread {pace.get('spread_pct', float('nan')):.1f} %, 10th to 90th percentile)")
 
 
+def _split_text(table: LatencyTable) -> str:
+    n = sum("shared" in e and e["shared"].get("group") != "-" for e in table.entries.values())
+    return f", shared work split once per source node ({n} entries)" if n else ""
+
+
 def _format(table: LatencyTable, sort: str = "shape") -> str:
     m = table.meta
     lines = [f"latency table{' ' + table.source if table.source else ''}: {len(table)} entries, unit ms",
@@ -182,7 +189,7 @@ def _format(table: LatencyTable, sort: str = "shape") -> str:
              f"spaces {', '.join(m.get('spaces', []))}, {m.get('date')}",
              f"  runtime {table_runtime(m)} {m.get('runtime_version') or m.get('torch') or ''}, provider "
              f"{m.get('provider') or m.get('device')}, optimisation {m.get('optimisation') or 'eager'}, ops timed "
-             f"{m.get('op_timing') or 'isolated'}",
+             f"{m.get('op_timing') or 'isolated'}{_split_text(table)}",
              f"  conditions: load average {m.get('load_average')}, busy CPUs {m.get('busy_cpus')}, governor "
              f"{m.get('governor')}, clock {m.get('clock') or 'wall'}",
              _calibration_text(m.get("calibration")),

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from dartscc_fast.cli import main
 from dartscc_fast.latency import LatencyTable, LatencyTableError, profile_space, space_configs
 from dartscc_fast.latency.keys import OpConfig, genotype_edges
 from dartscc_fast.latency.measure import (
@@ -121,7 +122,7 @@ def test_a_split_entry_must_be_whole():
 
 
 @needs_ort
-def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_path):
+def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_path, capsys):
     t = profile_space(TINY, runtime="onnxruntime", **QUICK)
     base = t.entries[[k for k in t.keys() if k.startswith("base:") and ":all:" in k][0]]
     assert base["median"] > 0
@@ -136,6 +137,8 @@ def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_pat
     assert back.entries == t.entries
     g = Genotype.from_json(json.dumps({k: v for k, v in _ALL_POOLS.items()}))
     assert back.predict(TINY, g) == pytest.approx(t.predict(TINY, g))
+    assert main(["table", "show", str(tmp_path / "t.json")]) == 0
+    assert "ops timed in context, shared work split once per source node" in capsys.readouterr().out
 
 
 def test_predict_reads_the_average_where_the_split_lacks_the_tables_statistic():
