@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import pytest
@@ -10,6 +11,14 @@ os.environ.setdefault("DARTSCC_CUDA_KERNELS", "1")
 CUDA_REASON = "CUDA is not available on this machine (CPU-only torch or no GPU): CUDA kernels untested here"
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON))]
+
+# the graph runtimes latency tables are measured on (optional extras)
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+HAVE_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
+needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="needs onnx and onnxruntime (pip install .[onnx])")
+needs_ov = pytest.mark.skipif(not HAVE_OV, reason="needs onnx and openvino (pip install .[openvino])")
+#: the quickest profile a latency test can read: two images, one thread, a few runs
+QUICK_PROFILE = dict(batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3, warmup=1)
 
 
 def tol(dtype):

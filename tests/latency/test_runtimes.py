@@ -1,6 +1,5 @@
 """Runtimes a table is measured on: eager torch and ONNX Runtime (per op, in context, whole networks),
 the table's record of them, and bench/check_latency_prediction.py on a few architectures."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from conftest import QUICK_PROFILE, needs_ort, needs_ov
 
 from dartscc_fast.cli import main
 from dartscc_fast.latency import LatencyTable, LatencyTableError, profile_space, space_configs, time_genotype
@@ -22,12 +22,7 @@ from dartscc_fast.latency.runtimes import RUNTIMES, RuntimeUnavailable, get_runt
 from dartscc_fast.space import get_space, random_genotype
 
 TINY = get_space("fmnist-paper", C=4, input_size=8)
-HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-HAVE_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
-needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="needs onnx and onnxruntime (pip install .[onnx])")
-needs_ov = pytest.mark.skipif(not HAVE_OV, reason="needs onnx and openvino (pip install .[openvino])")
 RUNTIME_PARAMS = ["torch", pytest.param("onnxruntime", marks=needs_ort), pytest.param("openvino", marks=needs_ov)]
-QUICK = dict(batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3, warmup=1)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
 
@@ -41,7 +36,7 @@ def test_get_runtime_checks_its_arguments():
     rt = get_runtime("torch", threads=1)
     assert rt.name == "torch" and rt.meta()["runtime_version"] == torch.__version__
     with pytest.raises(ValueError, match="unknown runtime"):
-        profile_space(TINY, runtime="tvm", **QUICK)
+        profile_space(TINY, runtime="tvm", **QUICK_PROFILE)
 
 
 @pytest.mark.parametrize("runtime", RUNTIME_PARAMS[1:])
@@ -80,7 +75,7 @@ def test_context_network_runs_the_op_on_every_edge_of_its_configuration():
 
 @pytest.mark.parametrize("runtime", RUNTIME_PARAMS)
 def test_table_round_trips_with_its_runtime(tmp_path, capsys, runtime):
-    t = profile_space(TINY, runtime=runtime, **QUICK)
+    t = profile_space(TINY, runtime=runtime, **QUICK_PROFILE)
     assert len(t) == len(space_configs(TINY, 2)) + 2
     m = t.meta
     assert t.runtime == m["runtime"] == runtime and m["threads"] == 1
@@ -110,9 +105,9 @@ def test_whole_network_onnxruntime_timing_and_runtimes_do_not_merge():
     assert tm.median > 0 and tm.runs >= 3
     ts = time_genotypes(TINY, gs, batch=2, threads=1, rounds=2, runs=2, runtime="onnxruntime", clock="thread")
     assert all(t.runs == 4 and t.median > 0 for t in ts)
-    ort = profile_space(TINY, runtime="onnxruntime", in_context=False, include_base=False, **QUICK)
+    ort = profile_space(TINY, runtime="onnxruntime", in_context=False, include_base=False, **QUICK_PROFILE)
     assert ort.meta["op_timing"] == "isolated"
-    eager = profile_space(TINY, include_base=False, **QUICK)
+    eager = profile_space(TINY, include_base=False, **QUICK_PROFILE)
     with pytest.raises(LatencyTableError, match="different runtimes"):
         eager.merge(ort)
 
@@ -176,7 +171,7 @@ def test_check_latency_prediction_on_five_architectures(tmp_path, runtime):
 
 
 def test_calibration_fits_whole_networks_and_predict_applies_it():
-    t = profile_space(TINY, calibrate_networks=4, **QUICK)
+    t = profile_space(TINY, calibrate_networks=4, **QUICK_PROFILE)
     cal = t.meta["calibration"]
     assert cal["networks"] == 4 and cal["space"] == TINY.name and cal["scale"] > 0
     assert t.calibration() == (cal["scale"], cal["offset_ms"])

@@ -1,11 +1,11 @@
 """Work a graph runtime shares between the edges that leave one node (common-subexpression elimination):
 the once-per-source context network, the split of an op's cost in context, and predictions that count the
 shared part once per node."""
-import importlib.util
 import json
 from collections import Counter
 
 import pytest
+from conftest import QUICK_PROFILE, needs_ort
 
 from dartscc_fast.cli import main
 from dartscc_fast.latency import LatencyTable, LatencyTableError, profile_space, space_configs
@@ -20,9 +20,6 @@ from dartscc_fast.nn.primitives import shared_part
 from dartscc_fast.space import Genotype, get_space
 
 TINY = get_space("fmnist-paper", C=4, input_size=8)
-HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="needs onnx and onnxruntime (pip install .[onnx])")
-QUICK = dict(batch=2, threads=1, progress=False, max_seconds=0.02, min_runs=3, warmup=1)
 pytestmark = pytest.mark.filterwarnings("ignore:the machine is busy")
 _ALL_POOLS = {c: [[["max_pool_3x3", j] for j in range(i + 2)] for i in range(4)] for c in ("normal", "reduce")}
 _ALL_POOLS.update(normal_concat=[2, 3, 4, 5], reduce_concat=[2, 3, 4, 5])
@@ -123,7 +120,7 @@ def test_a_split_entry_must_be_whole():
 
 @needs_ort
 def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_path, capsys):
-    t = profile_space(TINY, runtime="onnxruntime", **QUICK)
+    t = profile_space(TINY, runtime="onnxruntime", **QUICK_PROFILE)
     base = t.entries[[k for k in t.keys() if k.startswith("base:") and ":all:" in k][0]]
     assert base["median"] > 0
     for c in space_configs(TINY, 2):
