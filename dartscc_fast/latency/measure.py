@@ -25,7 +25,9 @@ memory format (channels_last on the CPU by default, see
 What runs the module is a runtime (:mod:`dartscc_fast.latency.runtimes`): eager torch by default, or
 ONNX Runtime, where each configuration is exported to ONNX and run in a session with every graph
 optimisation; there each op is timed by default in context (:func:`build_context_network`), since
-the runtime fuses and shares work across ops that an op timed alone does not show.
+the runtime fuses and shares work across ops that an op timed alone does not show, and where edges leaving
+one node could share work, also with the op on one edge per node, which splits the op's cost into the work
+the node's edges share and the work each adds (:func:`_shared_split`).
 
 ``passes > 1`` repeats the sweep over all configurations and pools the runs, so
 a burst of load from another process lands on every configuration alike.
