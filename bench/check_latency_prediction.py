@@ -363,10 +363,9 @@ def score_shared_work(args, space, genotypes, table, measured) -> dict:
     """For a table whose entries split shared work from per-edge work (ops in context), the same table read as
     every edge's average cost in context instead (``predict(shared=False)``), on the same runs: a paired
     comparison of the two models."""
-    pred = [table.predict(space, g, shared=False) for g in genotypes]
-    if not any("shared" in e for e in table.entries.values()):
+    if not table.shared_work_entries():
         return {}
-    pred = np.array(pred)
+    pred = np.array([table.predict(space, g, shared=False) for g in genotypes])
     return {"predicted_per_edge_average": pred.tolist(),
             "results_per_edge_average": score_predictors(args.refit, pred, *measured, table.statistic,
                                                          "the table as per-edge averages in context (no work "

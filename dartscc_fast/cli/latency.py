@@ -177,7 +177,7 @@ def _pace_text(pace) -> str:
 
 
 def _split_text(table: LatencyTable) -> str:
-    n = sum("shared" in e and e["shared"].get("group") != "-" for e in table.entries.values())
+    n = table.shared_work_entries()
     return f", shared work split once per source node ({n} entries)" if n else ""
 
 

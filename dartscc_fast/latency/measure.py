@@ -70,7 +70,7 @@ from dartscc_fast.latency.pace import PROBE_RUNS, Pace, paced_runs, table_ref_ms
 from dartscc_fast.latency.roofline import DevicePreset, estimate, get_preset, kernel_time_ms, kernels
 from dartscc_fast.latency.runtimes import get_runtime
 from dartscc_fast.latency.runtimes.base import num_threads  # noqa: F401  (its home before runtimes existed)
-from dartscc_fast.latency.table import STATISTICS, LatencyTable
+from dartscc_fast.latency.table import NO_SHARED_WORK, STATISTICS, LatencyTable
 from dartscc_fast.nn.primitives import derived_op, shared_part
 from dartscc_fast.progress import Progress
 from dartscc_fast.space import DiscreteNetwork, Genotype, random_genotype
@@ -573,7 +573,7 @@ def _measured_entry(cfg, space, timings: Dict[str, Timing], base_key: Optional[s
     if once is not None:
         entry.update(_shared_split(cfg, s, n, tm, once, base))
     elif not _can_share(space, cfg):  # nothing to split: all of it is per edge
-        entry.update(shared={"median": 0.0, "min": 0.0, "sources": s, "group": "-"},
+        entry.update(shared={"median": 0.0, "min": 0.0, "sources": s, "group": NO_SHARED_WORK},
                      per_edge={"median": entry["median"], "min": entry["min"]})
     return entry
 
@@ -589,13 +589,13 @@ def _shared_split(cfg: OpConfig, s: int, n: int, every: Timing, once: Timing, ba
     (``shared``: what a graph runtime computes once for all the node's edges that need it, see
     :func:`~dartscc_fast.nn.primitives.shared_part`) and a part paid per edge (``per_edge``), from the network
     with the op on every edge (``every``: s x shared + n x per_edge) and on one edge per node (``once``:
-    s x (shared + per_edge)). Both stay >= 0, keeping their sum over the ``n`` edges; one edge per node: all per
-    edge."""
+    s x (shared + per_edge)), where ``s < n`` (:func:`_can_share`). Both stay >= 0, keeping their sum over the
+    ``n`` edges."""
     shared, per_edge = {}, {}
     for stat in ("median", "min"):
         a, b = every.value(stat) - base.value(stat), once.value(stat) - base.value(stat)
-        e = (a - b) / (n - s) if n > s else max(0.0, a) / n
-        sh = b / s - e if n > s else 0.0
+        e = (a - b) / (n - s)
+        sh = b / s - e
         if sh < 0 or e < 0:  # noise past a bound: keep the total, put it all on the side that is not negative
             e, sh = (max(0.0, a) / n, 0.0) if sh < 0 else (0.0, max(0.0, a) / s)
         shared[stat], per_edge[stat] = sh, e

@@ -103,10 +103,7 @@ def _entry(d: Mapping, where: str) -> Dict:
     out = dict(d)
     for name in ("median", "iqr", "min"):
         if name in out:
-            v = out[name]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
-            out[name] = float(v)
+            out[name] = _ms(out[name], where, name)
     if ("shared" in out) != ("per_edge" in out):
         raise LatencyTableError(f"{where}: an entry has both 'shared' and 'per_edge' or neither")
     for part in ("shared", "per_edge"):
@@ -121,13 +118,23 @@ def _entry(d: Mapping, where: str) -> Dict:
     return out
 
 
+def _ms(v, where: str, name: str) -> float:
+    """A time of an entry, checked: a finite number >= 0."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
 def _check_split(d, where: str) -> None:
     if not isinstance(d, Mapping) or "median" not in d:
         raise LatencyTableError(f"{where} must be an object with a 'median', got {d!r}")
     for name in ("median", "min"):
-        v = d.get(name, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise LatencyTableError(f"{where}: '{name}' must be a finite number >= 0, got {v!r}")
+        if name in d:
+            _ms(d[name], where, name)
+
+
+#: the group of a split entry whose op shares no work with the other edges leaving its node
+NO_SHARED_WORK = "-"
 
 
 class LatencyTable:
@@ -537,6 +544,12 @@ class LatencyTable:
             node = (cell, src, e["shared"]["group"])
             once[node] = max(once.get(node, 0.0), e["shared"][stat])
         return total + sum(once.values())
+
+    def shared_work_entries(self) -> int:
+        """How many entries split off work that the edges leaving one node share (ops timed in context on a graph
+        runtime, :func:`~dartscc_fast.latency.measure.profile_space`); entries whose op shares nothing
+        (group :data:`NO_SHARED_WORK`) are not counted."""
+        return sum(e.get("shared", {}).get("group", NO_SHARED_WORK) != NO_SHARED_WORK for e in self.entries.values())
 
     def _split(self, key: str, stat: str) -> bool:
         """Whether the entry splits its ``stat`` into shared and per-edge work."""

@@ -16,6 +16,7 @@ from dartscc_fast.latency.measure import (
     build_context_network,
     context_edges,
 )
+from dartscc_fast.latency.table import NO_SHARED_WORK
 from dartscc_fast.nn.primitives import shared_part
 from dartscc_fast.space import Genotype, get_space
 
@@ -75,13 +76,15 @@ def _split_table(space, batch=2):
     for c in space_configs(space, batch):
         g = shared_part(c.primitive, c.stride)
         sh = 10.0 if g else 0.0
-        t.add(c, 1.0 + sh / 3, 0.0, 5, shared={"median": sh, "min": sh, "sources": 1, "group": g or "-"},
+        t.add(c, 1.0 + sh / 3, 0.0, 5, shared={"median": sh, "min": sh, "sources": 1, "group": g or NO_SHARED_WORK},
               per_edge={"median": 1.0, "min": 1.0})
     return t
 
 
 def test_predict_counts_shared_work_once_per_node_and_group():
     t = _split_table(TINY)
+    assert t.shared_work_entries() == sum(shared_part(c.primitive, c.stride) is not None
+                                          for c in space_configs(TINY, 2)) > 0
     g = Genotype.from_json(json.dumps({
         "normal": [[["max_pool_3x3", 0], ["max_pool_3x3", 1]], [["max_pool_3x3", 0], ["sep_conv_3x3", 1],
                                                                 ["sep_conv_3x3", 2]],
@@ -127,7 +130,7 @@ def test_onnxruntime_in_context_table_splits_shared_work_and_round_trips(tmp_pat
         e = t.entries[c.key()]
         n, s = len(context_edges(TINY, c)), len(context_edges(TINY, c, True))
         assert e["shared"]["sources"] == s and e["edges"] == n
-        if e["median"] > 0 and e["shared"]["group"] != "-":  # the split keeps the cost in context
+        if e["median"] > 0 and e["shared"]["group"] != NO_SHARED_WORK:  # the split keeps the cost in context
             assert s * e["shared"]["median"] + n * e["per_edge"]["median"] == pytest.approx(n * e["median"])
     t.save(tmp_path / "t.json")
     back = LatencyTable.load(tmp_path / "t.json")
